@@ -1,0 +1,203 @@
+//! Server configuration: plain data loaded from TOML, overridden by flags, validated once.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Address `puente serve` listens on when none is given.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 50051));
+/// Directory of the store when none is given.
+pub const DEFAULT_DATA_DIR: &str = "puente-data";
+/// Trust domain of the SPIFFE IDs accepted when none is given.
+pub const DEFAULT_TRUST_DOMAIN: &str = "puente.local";
+/// Largest message accepted, content and attachments together: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Most recipients one message may have after expanding `*` and regions.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 64;
+/// Most attachments one message may carry.
+pub const DEFAULT_MAX_ATTACHMENTS: usize = 32;
+/// How long a client may take to complete the TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long shutdown waits for in-flight calls before exiting anyway.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// Everything `puente serve` needs. Paths point at key material; no key bytes are held here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on for gRPC over mutual TLS.
+    pub listen: SocketAddr,
+    /// Directory of the sled store and message objects; created if missing.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain the server presents.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub client_ca: PathBuf,
+    /// PEM certificate revocation list(s) applied to client certificates, if any.
+    pub crl: Option<PathBuf>,
+    /// SPIFFE trust domain of accepted client identities.
+    pub trust_domain: String,
+    /// Message and request limits.
+    pub limits: Limits,
+    /// Milliseconds a client may take to finish the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds shutdown waits for in-flight calls.
+    pub drain_timeout_ms: u64,
+}
+
+/// Bounds on what one request may carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message, content and attachments together, in bytes.
+    pub max_message_bytes: usize,
+    /// Most recipients after expanding `*` and `region:` entries.
+    pub max_recipients: usize,
+    /// Most attachments per message.
+    pub max_attachments: usize,
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+            max_attachments: DEFAULT_MAX_ATTACHMENTS,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            crl: None,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            limits: Limits::default(),
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file; keys it does not set keep their defaults.
+    ///
+    /// # Errors
+    /// The file cannot be read or does not match the schema (unknown keys are refused).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks that the configuration can be served.
+    ///
+    /// # Errors
+    /// `ConfigError::Invalid` naming the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
+        for (key, path) in [
+            ("tls_cert (--tls-cert)", &self.tls_cert),
+            ("tls_key (--tls-key)", &self.tls_key),
+            ("client_ca (--client-ca)", &self.client_ca),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} is required (or run `puente serve --dev` for a development PKI)"
+                )));
+            }
+        }
+        if crate::identity::validate_trust_domain(&self.trust_domain).is_err() {
+            return invalid("trust_domain must be a lower-case DNS-like name such as puente.local");
+        }
+        if self.limits.max_message_bytes < 1024 || self.limits.max_message_bytes > 256 << 20 {
+            return invalid("limits.max_message_bytes must be between 1024 and 268435456");
+        }
+        if self.limits.max_recipients == 0 || self.limits.max_recipients > 10_000 {
+            return invalid("limits.max_recipients must be between 1 and 10000");
+        }
+        if self.limits.max_attachments > 1_000 {
+            return invalid("limits.max_attachments must be at most 1000");
+        }
+        if self.handshake_timeout_ms == 0 {
+            return invalid("handshake_timeout_ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// The handshake timeout as a `Duration`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The drain timeout as a `Duration`.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_only_the_keys_it_sets() {
+        let config: Config = toml::from_str(
+            "trust_domain = \"exchange.example\"\n[limits]\nmax_recipients = 5\n",
+        )
+        .unwrap();
+        assert_eq!(config.trust_domain, "exchange.example");
+        assert_eq!(config.limits.max_recipients, 5);
+        assert_eq!(config.limits.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("listen_addr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn validate_names_missing_key_material() {
+        let err = Config::default().validate().unwrap_err();
+        assert!(err.to_string().contains("tls_cert"));
+    }
+}

@@ -1,0 +1,86 @@
+//! `StreamInbox`: the backlog after the client's resume point, then live messages, in sequence
+//! order without gaps.
+//!
+//! Each stream has its own task that follows the inbox's durable watermark and reads entries
+//! from the store up to it. Nothing is pushed to readers, so a slow reader only delays itself:
+//! its task waits on a small bounded channel while senders and other readers go on.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::{debug, warn};
+
+use super::{ExchangeError, ExchangeService};
+use crate::identity::AgencyId;
+use crate::pb::v1::{DeliveryState, StreamInboxResponse};
+
+/// Entries read from the store per round.
+const READ_CHUNK: usize = 64;
+/// Responses buffered per stream before the reader task waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// The response stream of `StreamInbox`.
+pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;
+
+/// Starts the reader task of one inbox stream.
+pub(super) fn spawn(service: ExchangeService, agency: AgencyId, after: u64) -> InboxStream {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        if let Err(err) = follow(&service, &agency, after, &tx).await {
+            // The client may already be gone; then there is nobody to tell.
+            let _ = tx.send(Err(err.into())).await;
+        }
+        debug!(agency = %agency, "inbox stream closed");
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+async fn follow(
+    service: &ExchangeService,
+    agency: &AgencyId,
+    mut last: u64,
+    tx: &mpsc::Sender<Result<StreamInboxResponse, Status>>,
+) -> Result<(), ExchangeError> {
+    let mut watermark = service.store.subscribe_inbox(agency.as_str());
+    let mut shutdown = service.shutdown.clone();
+    loop {
+        if *shutdown.borrow_and_update() {
+            return Err(ExchangeError::ShuttingDown);
+        }
+        service.check_active(agency)?;
+        let durable = *watermark.borrow_and_update();
+        let entries = service
+            .store
+            .inbox_range(agency.as_str(), last, durable, READ_CHUNK)?;
+        if entries.is_empty() {
+            tokio::select! {
+                changed = watermark.changed() => if changed.is_err() { return Err(ExchangeError::ShuttingDown) },
+                _ = shutdown.changed() => {}
+                _ = tx.closed() => return Ok(()),
+            }
+            continue;
+        }
+        for (sequence, message_id) in entries {
+            // Inbox entries and messages commit in one batch: a dangling entry is corruption.
+            let record = service.store.message(&message_id)?.ok_or_else(|| {
+                warn!(agency = %agency, sequence, message_id, "inbox entry without its message");
+                ExchangeError::Store(crate::store::StoreError::NotFound)
+            })?;
+            let message = service.to_message(record)?;
+            let response = StreamInboxResponse {
+                sequence,
+                message: Some(message),
+            };
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+            service
+                .store
+                .advance_delivery_later(&message_id, agency.as_str(), DeliveryState::Delivered as i32);
+            last = sequence;
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! `puente.v1.ExchangeService`: agencies send, receive and acknowledge intelligence.
+//!
+//! The sender of a message is always the agency named by the caller's certificate. Handlers
+//! validate requests into domain types ([`validate`]), expand recipients against the directory,
+//! and hand one [`NewMessage`] to the store, which answers only once it is durable.
+
+mod inbox;
+pub mod validate;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use prost::Message as _;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::config::Limits;
+use crate::directory::{to_wire, Directory};
+use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Role};
+use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
+use crate::pb::v1::{
+    message, send_message_request, AcknowledgeMessageRequest, AcknowledgeMessageResponse,
+    DeliveryState, Evaluation, GetDeliveryStatusRequest, GetDeliveryStatusResponse,
+    GetMessageRequest, GetMessageResponse, ListAgenciesRequest, ListAgenciesResponse, Message,
+    RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
+};
+use crate::store::records::MessageRecord;
+use crate::store::{NewMessage, Store, StoreError};
+use validate::{MessageId, Recipient};
+
+/// Why an exchange call failed. Mapped to a gRPC status in one place, below.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The caller presented no usable identity.
+    #[error(transparent)]
+    Unauthenticated(#[from] IdentityError),
+    /// The caller is not an agency.
+    #[error("this method needs an agency certificate (spiffe://<trust-domain>/agency/<ID>); this caller is {0}")]
+    NotAnAgency(String),
+    /// The caller's agency is not in the directory.
+    #[error("agency {0} is not registered on this exchange; ask an administrator to register it")]
+    UnregisteredAgency(AgencyId),
+    /// The caller's agency is suspended.
+    #[error("agency {0} is suspended and can neither send nor receive; contact the exchange administrators")]
+    SuspendedAgency(AgencyId),
+    /// A request field breaks a rule.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// Field path, e.g. `recipients[2]`.
+        field: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A named recipient is suspended.
+    #[error("recipient {0} is suspended and cannot receive messages; remove it from recipients")]
+    RecipientSuspended(String),
+    /// No such message, or the caller may not see it (indistinguishable on purpose).
+    #[error("no message {0} that this agency can access")]
+    MessageNotFound(MessageId),
+    /// The caller can read the message but this operation is for another party.
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    /// The idempotency key was used for a different request.
+    #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
+    IdempotencyConflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The server is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl ExchangeError {
+    /// An `InvalidField` error for a fixed field name.
+    pub fn invalid(field: &str, reason: &str) -> ExchangeError {
+        ExchangeError::InvalidField {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<ExchangeError> for Status {
+    fn from(err: ExchangeError) -> Self {
+        match err {
+            ExchangeError::Unauthenticated(e) => e.into(),
+            ExchangeError::NotAnAgency(_)
+            | ExchangeError::UnregisteredAgency(_)
+            | ExchangeError::SuspendedAgency(_)
+            | ExchangeError::NotAllowed(_) => Status::permission_denied(err.to_string()),
+            ExchangeError::InvalidField { field, reason } => crate::errors::bad_request(&field, &reason),
+            ExchangeError::RecipientSuspended(_) => Status::failed_precondition(err.to_string()),
+            ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
+            ExchangeError::IdempotencyConflict(_) => Status::already_exists(err.to_string()),
+            ExchangeError::Store(StoreError::Closed) | ExchangeError::ShuttingDown => {
+                crate::errors::shutting_down()
+            }
+            ExchangeError::Store(e) => crate::errors::internal(&e),
+        }
+    }
+}
+
+impl From<StoreError> for ExchangeError {
+    fn from(err: StoreError) -> Self {
+        ExchangeError::Store(err)
+    }
+}
+
+/// The ExchangeService handlers and what they share.
+#[derive(Clone)]
+pub struct ExchangeService {
+    store: Arc<Store>,
+    directory: Arc<Directory>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ExchangeService {
+    /// Serves agencies from `store` and `directory`; inbox streams end when `shutdown` turns true.
+    pub fn new(
+        store: Arc<Store>,
+        directory: Arc<Directory>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> ExchangeService {
+        ExchangeService {
+            store,
+            directory,
+            limits,
+            shutdown,
+        }
+    }
+
+    /// The calling agency, which must be registered and active.
+    fn require_agency<T>(&self, request: &Request<T>) -> Result<(Arc<Caller>, AgencyId), ExchangeError> {
+        let caller = caller_of(request)?;
+        let Role::Agency(agency) = &caller.role else {
+            return Err(ExchangeError::NotAnAgency(caller.id.to_string()));
+        };
+        let agency = agency.clone();
+        self.check_active(&agency)?;
+        Ok((caller, agency))
+    }
+
+    fn check_active(&self, agency: &AgencyId) -> Result<(), ExchangeError> {
+        match self.directory.get(agency.as_str()) {
+            None => Err(ExchangeError::UnregisteredAgency(agency.clone())),
+            Some(_) if !self.directory.is_active(agency.as_str()) => {
+                Err(ExchangeError::SuspendedAgency(agency.clone()))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A message the agency is party to (sender or recipient); `MessageNotFound` otherwise.
+    fn readable(&self, agency: &AgencyId, id: &MessageId) -> Result<MessageRecord, ExchangeError> {
+        match self.store.message(id.as_str())? {
+            Some(record) if is_party(&record, agency) => Ok(record),
+            _ => Err(ExchangeError::MessageNotFound(id.clone())),
+        }
+    }
+
+    /// Expands recipient entries into sorted agency ids, checking each named one.
+    fn expand(&self, sender: &AgencyId, entries: &[Recipient]) -> Result<Vec<String>, ExchangeError> {
+        let mut expanded = BTreeSet::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match entry {
+                Recipient::Agency(id) => {
+                    let field = || format!("recipients[{i}]");
+                    if id == sender {
+                        return Err(ExchangeError::InvalidField {
+                            field: field(),
+                            reason: "an agency cannot send a message to itself".into(),
+                        });
+                    }
+                    if self.directory.get(id.as_str()).is_none() {
+                        return Err(ExchangeError::InvalidField {
+                            field: field(),
+                            reason: format!("no agency {id} is registered; see ListAgencies"),
+                        });
+                    }
+                    if !self.directory.is_active(id.as_str()) {
+                        return Err(ExchangeError::RecipientSuspended(id.to_string()));
+                    }
+                    expanded.insert(id.to_string());
+                }
+                Recipient::Region(region) => expanded.extend(self.directory.active(Some(*region))),
+                Recipient::Everyone => expanded.extend(self.directory.active(None)),
+            }
+        }
+        expanded.remove(sender.as_str());
+        if expanded.is_empty() {
+            return Err(ExchangeError::invalid("recipients", "no active agency other than the sender matches"));
+        }
+        if expanded.len() > self.limits.max_recipients {
+            return Err(ExchangeError::invalid(
+                "recipients",
+                &format!("expands to {} agencies; the limit is {}", expanded.len(), self.limits.max_recipients),
+            ));
+        }
+        Ok(expanded.into_iter().collect())
+    }
+
+    /// The wire form of a stored message, body included.
+    fn to_message(&self, record: MessageRecord) -> Result<Message, ExchangeError> {
+        let body = self.store.body(&record)?;
+        let body = SendMessageRequest::decode(body.as_slice()).map_err(|source| {
+            ExchangeError::Store(StoreError::Corrupt {
+                key: format!("body of {}", record.message_id),
+                source,
+            })
+        })?;
+        Ok(Message {
+            message_id: record.message_id,
+            sender: record.sender,
+            recipients: record.recipients,
+            topic: record.topic,
+            subject: record.subject,
+            handling: record.handling,
+            evaluation: Some(Evaluation {
+                source_reliability: record.source_reliability,
+                information_accuracy: record.information_accuracy,
+            }),
+            created_at: Some(timestamp(record.created_at_micros)),
+            in_reply_to: record.in_reply_to,
+            case_reference: record.case_reference,
+            content: body.content.map(|content| match content {
+                send_message_request::Content::Text(text) => message::Content::Text(text),
+            }),
+            attachments: body.attachments,
+            content_sha256: record.content_sha256,
+        })
+    }
+
+    async fn send(&self, request: Request<SendMessageRequest>) -> Result<SendMessageResponse, ExchangeError> {
+        let (caller, sender) = self.require_agency(&request)?;
+        let draft = validate::validate(request.into_inner(), &self.limits)?;
+        if let Some(parent) = &draft.in_reply_to {
+            self.readable(&sender, parent).map_err(|_| {
+                ExchangeError::invalid("in_reply_to", "names no message this agency can read")
+            })?;
+        }
+        let recipients = self.expand(&sender, &draft.recipients)?;
+        let message_id = MessageId::generate();
+        let record = MessageRecord {
+            message_id: message_id.to_string(),
+            sender: sender.to_string(),
+            recipients,
+            topic: draft.topic as i32,
+            subject: draft.subject,
+            handling: draft.handling as i32,
+            source_reliability: draft.source_reliability as i32,
+            information_accuracy: draft.information_accuracy as i32,
+            created_at_micros: crate::store::now_micros(),
+            in_reply_to: draft.in_reply_to.map(|id| id.to_string()).unwrap_or_default(),
+            case_reference: draft.case_reference,
+            content_sha256: draft.content_sha256,
+            sender_serial: caller.serial.clone(),
+            body_len: draft.body.len() as u64,
+            body: draft.body,
+            body_external: false,
+        };
+        let recipients_count = record.recipients.len();
+        let client_message_id = draft.client_message_id.clone();
+        let accepted = self
+            .store
+            .send(NewMessage {
+                record,
+                client_message_id: draft.client_message_id,
+                request_sha256: draft.request_sha256,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::IdempotencyConflict => ExchangeError::IdempotencyConflict(client_message_id),
+                other => other.into(),
+            })?;
+        if accepted.created {
+            info!(agency = %sender, message_id = %accepted.message_id, recipients = recipients_count, "message accepted");
+        } else {
+            info!(agency = %sender, message_id = %accepted.message_id, "idempotent retry answered");
+        }
+        Ok(SendMessageResponse {
+            message_id: accepted.message_id,
+            audit_index: None,
+            accepted_at: Some(timestamp(accepted.accepted_at_micros)),
+        })
+    }
+
+    async fn acknowledge(&self, request: Request<AcknowledgeMessageRequest>) -> Result<AcknowledgeMessageResponse, ExchangeError> {
+        let (_, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let id = MessageId::parse("message_id", &request.message_id)?;
+        let state = match DeliveryState::try_from(request.state) {
+            Ok(state @ (DeliveryState::Received | DeliveryState::Read)) => state,
+            _ => return Err(ExchangeError::invalid("state", "must be DELIVERY_STATE_RECEIVED or DELIVERY_STATE_READ")),
+        };
+        let record = self.readable(&agency, &id)?;
+        if !record.recipients.iter().any(|r| r == agency.as_str()) {
+            return Err(ExchangeError::NotAllowed("only a recipient can acknowledge a message"));
+        }
+        let delivery = self.store.advance_delivery(id.as_str(), agency.as_str(), state as i32).await?;
+        info!(agency = %agency, message_id = %id, state = state.as_str_name(), "message acknowledged");
+        Ok(AcknowledgeMessageResponse {
+            state: delivery.state,
+            updated_at: Some(timestamp(delivery.updated_at_micros)),
+        })
+    }
+
+    fn get(&self, request: Request<GetMessageRequest>) -> Result<GetMessageResponse, ExchangeError> {
+        let (_, agency) = self.require_agency(&request)?;
+        let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
+        let record = self.readable(&agency, &id)?;
+        Ok(GetMessageResponse {
+            message: Some(self.to_message(record)?),
+        })
+    }
+
+    fn delivery_status(&self, request: Request<GetDeliveryStatusRequest>) -> Result<GetDeliveryStatusResponse, ExchangeError> {
+        let (_, agency) = self.require_agency(&request)?;
+        let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
+        let record = self.readable(&agency, &id)?;
+        if record.sender != agency.as_str() {
+            return Err(ExchangeError::NotAllowed("only the sender can see a message's delivery status"));
+        }
+        let recipients = self
+            .store
+            .deliveries(id.as_str())?
+            .into_iter()
+            .map(|(agency_id, delivery)| RecipientStatus {
+                agency_id,
+                state: delivery.state,
+                updated_at: Some(timestamp(delivery.updated_at_micros)),
+            })
+            .collect();
+        Ok(GetDeliveryStatusResponse {
+            message_id: id.to_string(),
+            recipients,
+        })
+    }
+}
+
+fn is_party(record: &MessageRecord, agency: &AgencyId) -> bool {
+    record.sender == agency.as_str() || record.recipients.iter().any(|r| r == agency.as_str())
+}
+
+/// A protobuf timestamp from microseconds since the Unix epoch.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl ExchangeApi for ExchangeService {
+    #[instrument(skip(self, request))]
+    async fn send_message(&self, request: Request<SendMessageRequest>) -> Result<Response<SendMessageResponse>, Status> {
+        Ok(Response::new(self.send(request).await?))
+    }
+
+    type StreamInboxStream = inbox::InboxStream;
+
+    #[instrument(skip(self, request))]
+    async fn stream_inbox(&self, request: Request<StreamInboxRequest>) -> Result<Response<Self::StreamInboxStream>, Status> {
+        let (_, agency) = self.require_agency(&request)?;
+        let after = request.get_ref().after_sequence;
+        info!(agency = %agency, after_sequence = after, "inbox stream opened");
+        Ok(Response::new(inbox::spawn(self.clone(), agency, after)))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn acknowledge_message(&self, request: Request<AcknowledgeMessageRequest>) -> Result<Response<AcknowledgeMessageResponse>, Status> {
+        Ok(Response::new(self.acknowledge(request).await?))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_message(&self, request: Request<GetMessageRequest>) -> Result<Response<GetMessageResponse>, Status> {
+        Ok(Response::new(self.get(request)?))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_delivery_status(&self, request: Request<GetDeliveryStatusRequest>) -> Result<Response<GetDeliveryStatusResponse>, Status> {
+        Ok(Response::new(self.delivery_status(request)?))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_agencies(&self, request: Request<ListAgenciesRequest>) -> Result<Response<ListAgenciesResponse>, Status> {
+        self.require_agency(&request)?;
+        Ok(Response::new(ListAgenciesResponse {
+            agencies: self.directory.list().iter().map(to_wire).collect(),
+        }))
+    }
+}

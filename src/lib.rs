@@ -1,0 +1,28 @@
+//! Puente: a mutual-TLS gRPC exchange through which law-enforcement and financial-intelligence
+//! agencies exchange intelligence. The sender of every message is the identity in its verified
+//! client certificate; a message is acknowledged only once it is on stable storage.
+//!
+//! # Layout
+//! - [`pb`]: generated code for the contract in `proto/puente/v1/`, and its descriptors.
+//! - [`config`]: server configuration (TOML + flags), validated once.
+//! - [`identity`]: SPIFFE IDs, agency ids, and the `Caller` parsed from a client certificate.
+//! - [`tls`]: the rustls server configuration (mutual TLS, CRLs, no resumption).
+//! - [`server`]: `run(listener, config, shutdown)`: accept loop, handshakes, tonic router.
+//! - [`exchange`]: `ExchangeService`: validation, recipient expansion, inbox streams.
+//! - [`directory`]: the agency registry and `AdminService`.
+//! - [`store`]: sled records, the sequencing writer and group commit.
+//! - [`pki`]: certificate issuing for the development PKI.
+//! - [`cli`]: the `puente` command line (server and agency client).
+//! - [`errors`]: shared helpers of the error → gRPC status mappings.
+
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod errors;
+pub mod exchange;
+pub mod identity;
+pub mod pb;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,244 @@
+//! `run(listener, config, shutdown)`: the TLS accept loop and the tonic router.
+//!
+//! TLS is ours, not tonic's: each handshake runs in its own task under a timeout, the verified
+//! client certificate is parsed once into a [`Peer`], and finished connections are handed to
+//! tonic, which attaches the `Peer` to every request of the connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::directory::service::AdminService;
+use crate::directory::{Directory, DirectoryError};
+use crate::exchange::ExchangeService;
+use crate::identity::{Caller, IdentityError, Peer};
+use crate::pb::v1::admin_service_server::AdminServiceServer;
+use crate::pb::v1::exchange_service_server::ExchangeServiceServer;
+use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
+
+/// Room for a request's other fields on top of `limits.max_message_bytes`: a gRPC frame larger
+/// than both is refused from its length prefix, before it is buffered.
+const ENVELOPE_HEADROOM: usize = 64 * 1024;
+/// Pending finished handshakes waiting for tonic to take them.
+const ACCEPT_QUEUE: usize = 128;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The directory cannot be loaded.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The reflection service cannot be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the exchange on `listener` until `shutdown` completes, then drains: open inbox streams
+/// end with UNAVAILABLE, in-flight calls get up to `config.drain_timeout_ms` to finish, and the
+/// store is closed after its last write is durable.
+///
+/// # Errors
+/// Invalid configuration, unusable TLS material, a store that cannot be opened, or a transport
+/// failure.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let tls_config = tls::server_config(
+        &config.tls_cert,
+        &config.tls_key,
+        &config.client_ca,
+        config.crl.as_deref(),
+    )?;
+    let store = Store::open(&config.data_dir)?;
+    let directory = Arc::new(Directory::load(Arc::clone(&store))?);
+
+    let (stopping_tx, stopping) = watch::channel(false);
+    let exchange = ExchangeService::new(
+        Arc::clone(&store),
+        Arc::clone(&directory),
+        config.limits.clone(),
+        stopping,
+    );
+    let admin = AdminService::new(directory);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ExchangeServiceServer<ExchangeService>>().await;
+    health.set_serving::<AdminServiceServer<AdminService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let max_frame = config.limits.max_message_bytes + ENVELOPE_HEADROOM;
+
+    let local_addr = listener.local_addr().ok();
+    let incoming = accept_loop(
+        listener,
+        tls_config,
+        config.trust_domain.clone(),
+        config.handshake_timeout(),
+    );
+    let (draining_tx, draining) = oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        info!("shutdown requested: draining");
+        let _ = stopping_tx.send(true);
+        let _ = draining_tx.send(());
+    };
+    info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(ExchangeServiceServer::new(exchange).max_decoding_message_size(max_frame))
+        .add_service(AdminServiceServer::new(admin).max_decoding_message_size(max_frame))
+        .serve_with_incoming_shutdown(incoming, signal);
+    let drain_timeout = config.drain_timeout();
+    let drain_deadline = async move {
+        match draining.await {
+            Ok(()) => tokio::time::sleep(drain_timeout).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = drain_deadline => warn!(?drain_timeout, "drain timed out; closing remaining connections"),
+    }
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Accepts TCP connections and completes each TLS handshake in its own task, so a slow or silent
+/// client stalls nobody. Yields connections whose handshake succeeded.
+fn accept_loop(
+    listener: TcpListener,
+    tls_config: Arc<ServerConfig>,
+    trust_domain: String,
+    handshake_timeout: Duration,
+) -> ReceiverStream<io::Result<TlsConnection>> {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let acceptor = TlsAcceptor::from(tls_config);
+    let trust_domain: Arc<str> = trust_domain.into();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, remote_addr) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, trust_domain) = (acceptor.clone(), tx.clone(), Arc::clone(&trust_domain));
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let caller = identify(&stream, &trust_domain);
+                        match &caller {
+                            Ok(caller) => debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated"),
+                            Err(e) => warn!(%remote_addr, error = %e, "client certificate names no usable identity"),
+                        }
+                        let peer = Peer {
+                            caller,
+                            remote_addr: Some(remote_addr),
+                        };
+                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                    }
+                    Ok(Err(e)) => warn!(%remote_addr, error = %e, "TLS handshake refused"),
+                    Err(_) => warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn identify(stream: &TlsStream<TcpStream>, trust_domain: &str) -> Result<Arc<Caller>, IdentityError> {
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or(IdentityError::NoCertificate)?;
+    Caller::from_certificate(leaf, trust_domain).map(Arc::new)
+}
+
+/// A server-side TLS connection and the identity parsed from its client certificate.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,406 @@
+//! The durable store: one sled tree, one sequencing writer thread with group commit, and a
+//! directory of large message bodies.
+//!
+//! Every write goes through the writer. It applies one atomic `sled::Batch` per operation, then
+//! — once for all operations it collected meanwhile — flushes sled and `fdatasync`s its file, and
+//! only then answers the callers and advances the inbox watermarks that readers follow. So an
+//! answer means "on stable storage", and no reader ever sees an inbox entry a crash could lose.
+
+mod objects;
+pub mod records;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use objects::{sync_dir, INLINE_BODY_MAX};
+use objects::Objects;
+use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
+use writer::{Op, Writer};
+
+/// How many queued operations the writer takes into one group commit at most.
+pub const MAX_GROUP_COMMIT: usize = 512;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error.
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A file of the store could not be read or written.
+    #[error("store I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored record does not decode.
+    #[error("corrupt record at key {key}: {source}")]
+    Corrupt {
+        /// The key, escaped.
+        key: String,
+        /// The decoding error.
+        source: prost::DecodeError,
+    },
+    /// The idempotency key is bound to a different request.
+    #[error("client_message_id already used for a different message")]
+    IdempotencyConflict,
+    /// A record to create exists already.
+    #[error("record exists")]
+    AlreadyExists,
+    /// A record to update does not exist.
+    #[error("record not found")]
+    NotFound,
+    /// The writer has stopped (the server is shutting down).
+    #[error("store is closed")]
+    Closed,
+}
+
+/// A message ready to be committed.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The record; its body is inline, or will be written to the object directory by `send`.
+    pub record: MessageRecord,
+    /// The sender's idempotency key.
+    pub client_message_id: String,
+    /// SHA-256 of the request without its idempotency key.
+    pub request_sha256: Vec<u8>,
+}
+
+/// A committed send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The message id.
+    pub message_id: String,
+    /// When it was accepted, microseconds since the Unix epoch.
+    pub accepted_at_micros: i64,
+    /// False when this answers a retry of an already committed request.
+    pub created: bool,
+}
+
+/// Whether `put_agency` creates or replaces a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fails with `AlreadyExists` if the agency is registered.
+    Create,
+    /// Fails with `NotFound` if the agency is not registered.
+    Update,
+}
+
+/// The store. Cheap to share behind an `Arc`; reads go straight to sled, writes to the writer.
+pub struct Store {
+    db: sled::Db,
+    objects: Objects,
+    ops: mpsc::Sender<Op>,
+    inboxes: Arc<Inboxes>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Durable inbox watermarks: the highest sequence of each agency's inbox that is on stable
+/// storage. Readers subscribe and never read past it.
+#[derive(Default)]
+pub(crate) struct Inboxes {
+    watermarks: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Inboxes {
+    fn sender(&self, agency: &str, initial: u64) -> watch::Sender<u64> {
+        let mut map = self
+            .watermarks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(agency.to_string())
+            .or_insert_with(|| watch::channel(initial).0)
+            .clone()
+    }
+
+    pub(crate) fn publish(&self, agency: &str, sequence: u64) {
+        self.sender(agency, sequence).send_if_modified(|current| {
+            let advanced = sequence > *current;
+            if advanced {
+                *current = sequence;
+            }
+            advanced
+        });
+    }
+
+    fn subscribe(&self, agency: &str) -> watch::Receiver<u64> {
+        self.sender(agency, 0).subscribe()
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens the store in `data_dir` (created if missing), removes bodies of messages a crash
+    /// left uncommitted, and starts the writer thread.
+    ///
+    /// # Errors
+    /// The directory or sled cannot be opened, or a directory record is corrupt.
+    pub fn open(data_dir: &Path) -> Result<Arc<Store>, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let db_dir = data_dir.join("store");
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(128 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()?;
+        // sled's own flush uses sync_file_range, which does not reach stable storage on every
+        // device: the writer fdatasyncs this file after each flush.
+        let db_file = File::open(db_dir.join("db"))?;
+        let objects = Objects::open(data_dir.join("objects"))?;
+        let removed = objects.sweep(|id| matches!(db.contains_key(keys::message(id)), Ok(true)))?;
+        if removed > 0 {
+            tracing::warn!(removed, "removed message bodies of sends that never committed");
+        }
+
+        let inboxes = Arc::new(Inboxes::default());
+        let mut sequences = HashMap::new();
+        for agency in scan_agencies(&db)? {
+            let last = last_inbox_sequence(&db, &agency.agency_id)?;
+            inboxes.publish(&agency.agency_id, last);
+            sequences.insert(agency.agency_id, last);
+        }
+
+        let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
+        let writer = Writer::new(db.clone(), db_file, Arc::clone(&inboxes), sequences);
+        let handle = std::thread::Builder::new()
+            .name("puente-store-writer".into())
+            .spawn(move || writer.run(queue))?;
+        Ok(Arc::new(Store {
+            db,
+            objects,
+            ops,
+            inboxes,
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops.send(op(reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a message durably: its record, an inbox entry per recipient, its idempotency key
+    /// and a PENDING delivery record per recipient, in one atomic batch. A body larger than
+    /// [`INLINE_BODY_MAX`] is first written to its own fsynced file.
+    ///
+    /// A retry (same sender and `client_message_id`, same `request_sha256`) returns the original
+    /// acceptance with `created == false` and writes nothing.
+    ///
+    /// # Errors
+    /// `IdempotencyConflict` for the same key with another request; I/O and sled errors.
+    pub async fn send(&self, mut message: NewMessage) -> Result<Accepted, StoreError> {
+        let external = message.record.body.len() > INLINE_BODY_MAX;
+        if external {
+            let body = std::mem::take(&mut message.record.body);
+            let objects = self.objects.clone();
+            let id = message.record.message_id.clone();
+            tokio::task::spawn_blocking(move || objects.put(&id, &body))
+                .await
+                .map_err(|_| StoreError::Closed)??;
+            message.record.body_external = true;
+        }
+        let id = message.record.message_id.clone();
+        let result = self.submit(|reply| Op::Send { message, reply }).await;
+        if external && !matches!(result, Ok(Accepted { created: true, .. })) {
+            if let Err(e) = self.objects.remove(&id) {
+                tracing::warn!(message_id = %id, error = %e, "cannot remove body of uncommitted send");
+            }
+        }
+        result
+    }
+
+    /// Moves a recipient's delivery state forward to `state` (never backward) and returns the
+    /// resulting record, once durable.
+    ///
+    /// # Errors
+    /// `NotFound` if the agency is not a recipient of the message; I/O and sled errors.
+    pub async fn advance_delivery(
+        &self,
+        message_id: &str,
+        agency: &str,
+        state: i32,
+    ) -> Result<DeliveryRecord, StoreError> {
+        let (message_id, agency) = (message_id.to_string(), agency.to_string());
+        self.submit(|reply| Op::AdvanceDelivery {
+            message_id,
+            agency,
+            state,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// Queues a move to `state` without waiting for it (used when a message is streamed: the
+    /// DELIVERED state is informative, and losing it in a crash only understates delivery).
+    pub fn advance_delivery_later(&self, message_id: &str, agency: &str, state: i32) {
+        let op = Op::AdvanceDelivery {
+            message_id: message_id.to_string(),
+            agency: agency.to_string(),
+            state,
+            reply: None,
+        };
+        if self.ops.try_send(op).is_err() {
+            tracing::debug!(message_id, agency, "writer busy: delivery state update skipped");
+        }
+    }
+
+    /// Creates or replaces a directory entry durably and returns it as stored.
+    ///
+    /// # Errors
+    /// `AlreadyExists` / `NotFound` according to `mode`; I/O and sled errors.
+    pub async fn put_agency(
+        &self,
+        record: AgencyRecord,
+        mode: PutMode,
+    ) -> Result<AgencyRecord, StoreError> {
+        self.submit(|reply| Op::PutAgency {
+            record,
+            mode,
+            reply,
+        })
+        .await
+    }
+
+    /// A message record, if it exists.
+    ///
+    /// # Errors
+    /// sled errors and corrupt records.
+    pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        get_record(&self.db, &keys::message(message_id))
+    }
+
+    /// The body of a message, read from its own file when it is external.
+    ///
+    /// # Errors
+    /// The body file cannot be read.
+    pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+        if record.body_external {
+            Ok(self.objects.get(&record.message_id)?)
+        } else {
+            Ok(record.body.clone())
+        }
+    }
+
+    /// The delivery record of each recipient of a message, ordered by agency id.
+    ///
+    /// # Errors
+    /// sled errors and corrupt records.
+    pub fn deliveries(&self, message_id: &str) -> Result<Vec<(String, DeliveryRecord)>, StoreError> {
+        let prefix = keys::delivery_prefix(message_id);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                let agency = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                Ok((agency, decode(&key, &value)?))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` inbox entries of `agency` with `after < sequence <= up_to`, in order.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn inbox_range(
+        &self,
+        agency: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        let start = keys::inbox(agency, after.saturating_add(1));
+        let end = keys::inbox(agency, up_to);
+        self.db
+            .range(start..=end)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                let sequence = keys::inbox_sequence(&key).unwrap_or_default();
+                Ok((sequence, String::from_utf8_lossy(&value).into_owned()))
+            })
+            .collect()
+    }
+
+    /// Follows the durable watermark of an agency's inbox.
+    pub fn subscribe_inbox(&self, agency: &str) -> watch::Receiver<u64> {
+        self.inboxes.subscribe(agency)
+    }
+
+    /// Every directory entry, ordered by agency id.
+    ///
+    /// # Errors
+    /// sled errors and corrupt records.
+    pub fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError> {
+        scan_agencies(&self.db)
+    }
+
+    /// Stops the writer after the operations already queued, and waits for it. Later writes
+    /// fail with `Closed`.
+    pub async fn close(&self) {
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(handle) = handle else { return };
+        // The writer stops at `Op::Close`, after answering everything queued before it.
+        if self.ops.send(Op::Close).await.is_err() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("store writer thread panicked"),
+        }
+    }
+}
+
+/// The current time in microseconds since the Unix epoch, the store's time unit.
+pub fn now_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn scan_agencies(db: &sled::Db) -> Result<Vec<AgencyRecord>, StoreError> {
+    db.scan_prefix(keys::AGENCY_PREFIX)
+        .map(|item| {
+            let (key, value) = item?;
+            decode(&key, &value)
+        })
+        .collect()
+}
+
+fn last_inbox_sequence(db: &sled::Db, agency: &str) -> Result<u64, StoreError> {
+    match db.scan_prefix(keys::inbox_prefix(agency)).next_back() {
+        Some(item) => Ok(keys::inbox_sequence(&item?.0).unwrap_or_default()),
+        None => Ok(0),
+    }
+}
+
+fn get_record<T: prost::Message + Default>(db: &sled::Db, key: &[u8]) -> Result<Option<T>, StoreError> {
+    db.get(key)?.map(|value| decode(key, &value)).transpose()
+}
+
+fn decode<T: prost::Message + Default>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    T::decode(value).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).escape_debug().to_string(),
+        source,
+    })
+}
+
+fn encode(record: &impl prost::Message) -> Vec<u8> {
+    record.encode_to_vec()
+}
+
+/// Reads an idempotency record (used by the writer).
+fn idempotency(db: &sled::Db, sender: &str, client_message_id: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+    get_record(db, &keys::idempotency(sender, client_message_id))
+}

@@ -1,0 +1,170 @@
+//! The store's own canonical records and key layout. Records are protobuf-encoded (prost derive)
+//! so fields can be added without rewriting stored data; they are not the public contract.
+
+/// A stored message. The body is the deterministic protobuf encoding of a `SendMessageRequest`
+/// holding only `content` and `attachments`; `content_sha256` is its SHA-256.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MessageRecord {
+    /// Server-assigned UUIDv7.
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    /// Sending agency id, from its certificate.
+    #[prost(string, tag = "2")]
+    pub sender: String,
+    /// Recipient agency ids after expansion, sorted.
+    #[prost(string, repeated, tag = "3")]
+    pub recipients: Vec<String>,
+    /// `puente.v1.Topic` value.
+    #[prost(int32, tag = "4")]
+    pub topic: i32,
+    /// Subject line.
+    #[prost(string, tag = "5")]
+    pub subject: String,
+    /// `puente.v1.HandlingCode` value.
+    #[prost(int32, tag = "6")]
+    pub handling: i32,
+    /// `puente.v1.SourceReliability` value.
+    #[prost(int32, tag = "7")]
+    pub source_reliability: i32,
+    /// `puente.v1.InformationAccuracy` value.
+    #[prost(int32, tag = "8")]
+    pub information_accuracy: i32,
+    /// Acceptance time, microseconds since the Unix epoch.
+    #[prost(int64, tag = "9")]
+    pub created_at_micros: i64,
+    /// Message this one answers, or empty.
+    #[prost(string, tag = "10")]
+    pub in_reply_to: String,
+    /// Sender's case reference, or empty.
+    #[prost(string, tag = "11")]
+    pub case_reference: String,
+    /// SHA-256 of the body.
+    #[prost(bytes = "vec", tag = "12")]
+    pub content_sha256: Vec<u8>,
+    /// Serial (hex) of the certificate the message was sent with.
+    #[prost(string, tag = "13")]
+    pub sender_serial: String,
+    /// The body, when small enough to keep inline; empty when `body_external`.
+    #[prost(bytes = "vec", tag = "14")]
+    pub body: Vec<u8>,
+    /// The body lives in the object directory under the message id.
+    #[prost(bool, tag = "15")]
+    pub body_external: bool,
+    /// Length of the body in bytes.
+    #[prost(uint64, tag = "16")]
+    pub body_len: u64,
+}
+
+/// What an idempotency key (sender + `client_message_id`) is bound to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdempotencyRecord {
+    /// The message the key created.
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    /// SHA-256 of the request that created it, without its `client_message_id`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub request_sha256: Vec<u8>,
+    /// Acceptance time of that message, microseconds since the Unix epoch.
+    #[prost(int64, tag = "3")]
+    pub accepted_at_micros: i64,
+}
+
+/// Delivery state of one message for one recipient.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct DeliveryRecord {
+    /// `puente.v1.DeliveryState` value; only ever moves forward.
+    #[prost(int32, tag = "1")]
+    pub state: i32,
+    /// When that state was reached, microseconds since the Unix epoch.
+    #[prost(int64, tag = "2")]
+    pub updated_at_micros: i64,
+}
+
+/// A directory entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AgencyRecord {
+    /// Agency id.
+    #[prost(string, tag = "1")]
+    pub agency_id: String,
+    /// Display name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// ISO 3166-1 alpha-2 country (or `EU`/`XX`).
+    #[prost(string, tag = "3")]
+    pub country: String,
+    /// `puente.v1.Region` value.
+    #[prost(int32, tag = "4")]
+    pub region: i32,
+    /// `puente.v1.AgencyStatus` value.
+    #[prost(int32, tag = "5")]
+    pub status: i32,
+    /// When the agency was registered, microseconds since the Unix epoch.
+    #[prost(int64, tag = "6")]
+    pub created_at_micros: i64,
+    /// When the record last changed, microseconds since the Unix epoch.
+    #[prost(int64, tag = "7")]
+    pub updated_at_micros: i64,
+}
+
+/// Key layout of the single sled tree. One tree, so that one `sled::Batch` covers every record a
+/// message touches. Agency ids never contain `/`, and message ids are fixed-length UUIDs.
+pub mod keys {
+    /// `m/<message_id>` → `MessageRecord`.
+    pub fn message(message_id: &str) -> Vec<u8> {
+        [b"m/", message_id.as_bytes()].concat()
+    }
+
+    /// `i/<agency>/` prefix of one agency's inbox.
+    pub fn inbox_prefix(agency: &str) -> Vec<u8> {
+        [b"i/", agency.as_bytes(), b"/"].concat()
+    }
+
+    /// `i/<agency>/<sequence, 8 bytes big-endian>` → message id.
+    pub fn inbox(agency: &str, sequence: u64) -> Vec<u8> {
+        [inbox_prefix(agency).as_slice(), &sequence.to_be_bytes()].concat()
+    }
+
+    /// Sequence number at the end of an inbox key.
+    pub fn inbox_sequence(key: &[u8]) -> Option<u64> {
+        let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+        Some(u64::from_be_bytes(tail))
+    }
+
+    /// `k/<sender>/<client_message_id>` → `IdempotencyRecord`.
+    pub fn idempotency(sender: &str, client_message_id: &str) -> Vec<u8> {
+        [b"k/", sender.as_bytes(), b"/", client_message_id.as_bytes()].concat()
+    }
+
+    /// `d/<message_id>/` prefix of a message's delivery records.
+    pub fn delivery_prefix(message_id: &str) -> Vec<u8> {
+        [b"d/", message_id.as_bytes(), b"/"].concat()
+    }
+
+    /// `d/<message_id>/<agency>` → `DeliveryRecord`.
+    pub fn delivery(message_id: &str, agency: &str) -> Vec<u8> {
+        [delivery_prefix(message_id).as_slice(), agency.as_bytes()].concat()
+    }
+
+    /// `a/` prefix of the directory.
+    pub const AGENCY_PREFIX: &[u8] = b"a/";
+
+    /// `a/<agency>` → `AgencyRecord`.
+    pub fn agency(agency: &str) -> Vec<u8> {
+        [AGENCY_PREFIX, agency.as_bytes()].concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn inbox_keys_sort_by_sequence_and_round_trip() {
+        let a = keys::inbox("ES-CNP", 255);
+        let b = keys::inbox("ES-CNP", 256);
+        assert!(a < b);
+        assert_eq!(keys::inbox_sequence(&b), Some(256));
+        assert!(a.starts_with(&keys::inbox_prefix("ES-CNP")));
+        assert!(!a.starts_with(&keys::inbox_prefix("ES")));
+    }
+}
