@@ -62,6 +62,23 @@ pub struct Limits {
     pub max_attachments: usize,
 }
 
+/// How a client reaches the exchange and who it is: one entry of a profiles file
+/// (`[name]` tables in TOML). Relative paths are relative to the profiles file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientProfile {
+    /// Server address, `host:port`.
+    pub addr: String,
+    /// PEM client certificate.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA certificate that issued the server's certificate.
+    pub ca: PathBuf,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+}
+
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -181,10 +198,9 @@ mod tests {
 
     #[test]
     fn toml_overrides_only_the_keys_it_sets() {
-        let config: Config = toml::from_str(
-            "trust_domain = \"exchange.example\"\n[limits]\nmax_recipients = 5\n",
-        )
-        .unwrap();
+        let config: Config =
+            toml::from_str("trust_domain = \"exchange.example\"\n[limits]\nmax_recipients = 5\n")
+                .unwrap();
         assert_eq!(config.trust_domain, "exchange.example");
         assert_eq!(config.limits.max_recipients, 5);
         assert_eq!(config.limits.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);

@@ -169,7 +169,9 @@ impl fmt::Display for SpiffeId {
 /// `IdentityError::Malformed` if empty, too long or with other characters.
 pub fn validate_trust_domain(trust_domain: &str) -> Result<(), IdentityError> {
     if trust_domain.is_empty() || trust_domain.len() > 255 {
-        return Err(IdentityError::Malformed("trust domain must be 1 to 255 characters"));
+        return Err(IdentityError::Malformed(
+            "trust domain must be 1 to 255 characters",
+        ));
     }
     if !trust_domain
         .bytes()
@@ -191,8 +193,7 @@ impl AgencyId {
     /// `IdentityError::BadAgencyId`.
     pub fn parse(s: &str) -> Result<AgencyId, IdentityError> {
         let valid = (2..=32).contains(&s.len())
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-');
         if valid {
             Ok(AgencyId(s.to_string()))
@@ -294,9 +295,18 @@ mod tests {
     #[test]
     fn spiffe_ids_parse_into_roles() {
         let cases = [
-            ("spiffe://puente.local/agency/ES-CNP", Ok(Role::Agency(AgencyId("ES-CNP".into())))),
-            ("spiffe://puente.local/auditor/ana", Ok(Role::Auditor("ana".into()))),
-            ("spiffe://puente.local/admin/root", Ok(Role::Admin("root".into()))),
+            (
+                "spiffe://puente.local/agency/ES-CNP",
+                Ok(Role::Agency(AgencyId("ES-CNP".into()))),
+            ),
+            (
+                "spiffe://puente.local/auditor/ana",
+                Ok(Role::Auditor("ana".into())),
+            ),
+            (
+                "spiffe://puente.local/admin/root",
+                Ok(Role::Admin("root".into())),
+            ),
             (
                 "spiffe://puente.local/agency/es-cnp",
                 Err(IdentityError::BadAgencyId("es-cnp".into())),
@@ -336,10 +346,23 @@ mod tests {
 
     #[test]
     fn agency_ids_follow_the_directory_convention() {
-        for ok in ["ES-CNP", "CO-DIJIN", "EU-EUROPOL", "XX", "A1234567890123456789012345678901"] {
+        for ok in [
+            "ES-CNP",
+            "CO-DIJIN",
+            "EU-EUROPOL",
+            "XX",
+            "A1234567890123456789012345678901",
+        ] {
             assert!(AgencyId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "E", "es-cnp", "ES_CNP", "ES CNP", "A12345678901234567890123456789012"] {
+        for bad in [
+            "",
+            "E",
+            "es-cnp",
+            "ES_CNP",
+            "ES CNP",
+            "A12345678901234567890123456789012",
+        ] {
             assert!(AgencyId::parse(bad).is_err(), "{bad}");
         }
     }

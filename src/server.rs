@@ -91,8 +91,12 @@ pub async fn run(
     );
     let admin = AdminService::new(directory);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ExchangeServiceServer<ExchangeService>>().await;
-    health.set_serving::<AdminServiceServer<AdminService>>().await;
+    health
+        .set_serving::<ExchangeServiceServer<ExchangeService>>()
+        .await;
+    health
+        .set_serving::<AdminServiceServer<AdminService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -167,14 +171,19 @@ fn accept_loop(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, trust_domain) = (acceptor.clone(), tx.clone(), Arc::clone(&trust_domain));
+            let (acceptor, tx, trust_domain) =
+                (acceptor.clone(), tx.clone(), Arc::clone(&trust_domain));
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let caller = identify(&stream, &trust_domain);
                         match &caller {
-                            Ok(caller) => debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated"),
-                            Err(e) => warn!(%remote_addr, error = %e, "client certificate names no usable identity"),
+                            Ok(caller) => {
+                                debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated")
+                            }
+                            Err(e) => {
+                                warn!(%remote_addr, error = %e, "client certificate names no usable identity")
+                            }
                         }
                         let peer = Peer {
                             caller,
@@ -191,7 +200,10 @@ fn accept_loop(
     ReceiverStream::new(rx)
 }
 
-fn identify(stream: &TlsStream<TcpStream>, trust_domain: &str) -> Result<Arc<Caller>, IdentityError> {
+fn identify(
+    stream: &TlsStream<TcpStream>,
+    trust_domain: &str,
+) -> Result<Arc<Caller>, IdentityError> {
     let leaf = stream
         .get_ref()
         .1
@@ -216,13 +228,21 @@ impl Connected for TlsConnection {
 }
 
 impl AsyncRead for TlsConnection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConnection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
@@ -234,7 +254,11 @@ impl AsyncWrite for TlsConnection {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 

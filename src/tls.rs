@@ -42,7 +42,10 @@ fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> TlsErro
 ///
 /// # Errors
 /// The file cannot be read, or holds no certificate.
-pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_error(what, path, e))?
         .collect::<Result<Vec<_>, _>>()

@@ -77,12 +77,14 @@ impl TryFrom<Option<Agency>> for AgencyEntry {
             reason: reason.to_string(),
         };
         let agency = agency.ok_or_else(|| invalid("agency", "is required"))?;
-        let agency_id = AgencyId::parse(&agency.agency_id).map_err(|e: IdentityError| {
-            invalid("agency.agency_id", &e.to_string())
-        })?;
+        let agency_id = AgencyId::parse(&agency.agency_id)
+            .map_err(|e: IdentityError| invalid("agency.agency_id", &e.to_string()))?;
         let name = agency.name.trim().to_string();
         if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(invalid("agency.name", "must be 1 to 200 printable characters"));
+            return Err(invalid(
+                "agency.name",
+                "must be 1 to 200 printable characters",
+            ));
         }
         let country = agency.country;
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -202,7 +204,9 @@ impl Directory {
             updated_at_micros: now,
         };
         let stored = match self.store.put_agency(record, PutMode::Create).await {
-            Err(StoreError::AlreadyExists) => return Err(DirectoryError::AlreadyExists(entry.agency_id)),
+            Err(StoreError::AlreadyExists) => {
+                return Err(DirectoryError::AlreadyExists(entry.agency_id))
+            }
             other => other?,
         };
         self.cache(&stored);
@@ -259,11 +263,23 @@ mod tests {
         let cases = [
             (agency("ES-CNP", "Policía Nacional", "ES", Region::Eu), None),
             (None, Some("agency")),
-            (agency("es", "x", "ES", Region::Eu), Some("agency.agency_id")),
+            (
+                agency("es", "x", "ES", Region::Eu),
+                Some("agency.agency_id"),
+            ),
             (agency("ES-CNP", " ", "ES", Region::Eu), Some("agency.name")),
-            (agency("ES-CNP", "x", "ESP", Region::Eu), Some("agency.country")),
-            (agency("ES-CNP", "x", "es", Region::Eu), Some("agency.country")),
-            (agency("ES-CNP", "x", "ES", Region::Unspecified), Some("agency.region")),
+            (
+                agency("ES-CNP", "x", "ESP", Region::Eu),
+                Some("agency.country"),
+            ),
+            (
+                agency("ES-CNP", "x", "es", Region::Eu),
+                Some("agency.country"),
+            ),
+            (
+                agency("ES-CNP", "x", "ES", Region::Unspecified),
+                Some("agency.region"),
+            ),
         ];
         for (input, want) in cases {
             let got = AgencyEntry::try_from(input.clone()).err().map(|e| match e {

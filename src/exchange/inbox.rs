@@ -26,10 +26,16 @@ const STREAM_BUFFER: usize = 16;
 pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;
 
 /// Starts the reader task of one inbox stream.
-pub(super) fn spawn(service: ExchangeService, agency: AgencyId, after: u64) -> InboxStream {
+/// With `backlog_only`, the stream ends once it has caught up with the durable inbox.
+pub(super) fn spawn(
+    service: ExchangeService,
+    agency: AgencyId,
+    after: u64,
+    backlog_only: bool,
+) -> InboxStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        if let Err(err) = follow(&service, &agency, after, &tx).await {
+        if let Err(err) = follow(&service, &agency, after, backlog_only, &tx).await {
             // The client may already be gone; then there is nobody to tell.
             let _ = tx.send(Err(err.into())).await;
         }
@@ -42,6 +48,7 @@ async fn follow(
     service: &ExchangeService,
     agency: &AgencyId,
     mut last: u64,
+    backlog_only: bool,
     tx: &mpsc::Sender<Result<StreamInboxResponse, Status>>,
 ) -> Result<(), ExchangeError> {
     let mut watermark = service.store.subscribe_inbox(agency.as_str());
@@ -56,6 +63,9 @@ async fn follow(
             .store
             .inbox_range(agency.as_str(), last, durable, READ_CHUNK)?;
         if entries.is_empty() {
+            if backlog_only {
+                return Ok(());
+            }
             tokio::select! {
                 changed = watermark.changed() => if changed.is_err() { return Err(ExchangeError::ShuttingDown) },
                 _ = shutdown.changed() => {}
@@ -77,9 +87,11 @@ async fn follow(
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
-            service
-                .store
-                .advance_delivery_later(&message_id, agency.as_str(), DeliveryState::Delivered as i32);
+            service.store.advance_delivery_later(
+                &message_id,
+                agency.as_str(),
+                DeliveryState::Delivered as i32,
+            );
             last = sequence;
         }
     }

@@ -90,7 +90,9 @@ impl From<ExchangeError> for Status {
             | ExchangeError::UnregisteredAgency(_)
             | ExchangeError::SuspendedAgency(_)
             | ExchangeError::NotAllowed(_) => Status::permission_denied(err.to_string()),
-            ExchangeError::InvalidField { field, reason } => crate::errors::bad_request(&field, &reason),
+            ExchangeError::InvalidField { field, reason } => {
+                crate::errors::bad_request(&field, &reason)
+            }
             ExchangeError::RecipientSuspended(_) => Status::failed_precondition(err.to_string()),
             ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
             ExchangeError::IdempotencyConflict(_) => Status::already_exists(err.to_string()),
@@ -134,7 +136,10 @@ impl ExchangeService {
     }
 
     /// The calling agency, which must be registered and active.
-    fn require_agency<T>(&self, request: &Request<T>) -> Result<(Arc<Caller>, AgencyId), ExchangeError> {
+    fn require_agency<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Arc<Caller>, AgencyId), ExchangeError> {
         let caller = caller_of(request)?;
         let Role::Agency(agency) = &caller.role else {
             return Err(ExchangeError::NotAnAgency(caller.id.to_string()));
@@ -163,7 +168,11 @@ impl ExchangeService {
     }
 
     /// Expands recipient entries into sorted agency ids, checking each named one.
-    fn expand(&self, sender: &AgencyId, entries: &[Recipient]) -> Result<Vec<String>, ExchangeError> {
+    fn expand(
+        &self,
+        sender: &AgencyId,
+        entries: &[Recipient],
+    ) -> Result<Vec<String>, ExchangeError> {
         let mut expanded = BTreeSet::new();
         for (i, entry) in entries.iter().enumerate() {
             match entry {
@@ -192,12 +201,19 @@ impl ExchangeService {
         }
         expanded.remove(sender.as_str());
         if expanded.is_empty() {
-            return Err(ExchangeError::invalid("recipients", "no active agency other than the sender matches"));
+            return Err(ExchangeError::invalid(
+                "recipients",
+                "no active agency other than the sender matches",
+            ));
         }
         if expanded.len() > self.limits.max_recipients {
             return Err(ExchangeError::invalid(
                 "recipients",
-                &format!("expands to {} agencies; the limit is {}", expanded.len(), self.limits.max_recipients),
+                &format!(
+                    "expands to {} agencies; the limit is {}",
+                    expanded.len(),
+                    self.limits.max_recipients
+                ),
             ));
         }
         Ok(expanded.into_iter().collect())
@@ -234,7 +250,10 @@ impl ExchangeService {
         })
     }
 
-    async fn send(&self, request: Request<SendMessageRequest>) -> Result<SendMessageResponse, ExchangeError> {
+    async fn send(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<SendMessageResponse, ExchangeError> {
         let (caller, sender) = self.require_agency(&request)?;
         let draft = validate::validate(request.into_inner(), &self.limits)?;
         if let Some(parent) = &draft.in_reply_to {
@@ -254,7 +273,10 @@ impl ExchangeService {
             source_reliability: draft.source_reliability as i32,
             information_accuracy: draft.information_accuracy as i32,
             created_at_micros: crate::store::now_micros(),
-            in_reply_to: draft.in_reply_to.map(|id| id.to_string()).unwrap_or_default(),
+            in_reply_to: draft
+                .in_reply_to
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
             case_reference: draft.case_reference,
             content_sha256: draft.content_sha256,
             sender_serial: caller.serial.clone(),
@@ -273,7 +295,9 @@ impl ExchangeService {
             })
             .await
             .map_err(|e| match e {
-                StoreError::IdempotencyConflict => ExchangeError::IdempotencyConflict(client_message_id),
+                StoreError::IdempotencyConflict => {
+                    ExchangeError::IdempotencyConflict(client_message_id)
+                }
                 other => other.into(),
             })?;
         if accepted.created {
@@ -288,19 +312,32 @@ impl ExchangeService {
         })
     }
 
-    async fn acknowledge(&self, request: Request<AcknowledgeMessageRequest>) -> Result<AcknowledgeMessageResponse, ExchangeError> {
+    async fn acknowledge(
+        &self,
+        request: Request<AcknowledgeMessageRequest>,
+    ) -> Result<AcknowledgeMessageResponse, ExchangeError> {
         let (_, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
         let id = MessageId::parse("message_id", &request.message_id)?;
         let state = match DeliveryState::try_from(request.state) {
             Ok(state @ (DeliveryState::Received | DeliveryState::Read)) => state,
-            _ => return Err(ExchangeError::invalid("state", "must be DELIVERY_STATE_RECEIVED or DELIVERY_STATE_READ")),
+            _ => {
+                return Err(ExchangeError::invalid(
+                    "state",
+                    "must be DELIVERY_STATE_RECEIVED or DELIVERY_STATE_READ",
+                ))
+            }
         };
         let record = self.readable(&agency, &id)?;
         if !record.recipients.iter().any(|r| r == agency.as_str()) {
-            return Err(ExchangeError::NotAllowed("only a recipient can acknowledge a message"));
+            return Err(ExchangeError::NotAllowed(
+                "only a recipient can acknowledge a message",
+            ));
         }
-        let delivery = self.store.advance_delivery(id.as_str(), agency.as_str(), state as i32).await?;
+        let delivery = self
+            .store
+            .advance_delivery(id.as_str(), agency.as_str(), state as i32)
+            .await?;
         info!(agency = %agency, message_id = %id, state = state.as_str_name(), "message acknowledged");
         Ok(AcknowledgeMessageResponse {
             state: delivery.state,
@@ -308,7 +345,10 @@ impl ExchangeService {
         })
     }
 
-    fn get(&self, request: Request<GetMessageRequest>) -> Result<GetMessageResponse, ExchangeError> {
+    fn get(
+        &self,
+        request: Request<GetMessageRequest>,
+    ) -> Result<GetMessageResponse, ExchangeError> {
         let (_, agency) = self.require_agency(&request)?;
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         let record = self.readable(&agency, &id)?;
@@ -317,12 +357,17 @@ impl ExchangeService {
         })
     }
 
-    fn delivery_status(&self, request: Request<GetDeliveryStatusRequest>) -> Result<GetDeliveryStatusResponse, ExchangeError> {
+    fn delivery_status(
+        &self,
+        request: Request<GetDeliveryStatusRequest>,
+    ) -> Result<GetDeliveryStatusResponse, ExchangeError> {
         let (_, agency) = self.require_agency(&request)?;
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         let record = self.readable(&agency, &id)?;
         if record.sender != agency.as_str() {
-            return Err(ExchangeError::NotAllowed("only the sender can see a message's delivery status"));
+            return Err(ExchangeError::NotAllowed(
+                "only the sender can see a message's delivery status",
+            ));
         }
         let recipients = self
             .store
@@ -356,37 +401,63 @@ pub fn timestamp(micros: i64) -> prost_types::Timestamp {
 #[tonic::async_trait]
 impl ExchangeApi for ExchangeService {
     #[instrument(skip(self, request))]
-    async fn send_message(&self, request: Request<SendMessageRequest>) -> Result<Response<SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
         Ok(Response::new(self.send(request).await?))
     }
 
     type StreamInboxStream = inbox::InboxStream;
 
     #[instrument(skip(self, request))]
-    async fn stream_inbox(&self, request: Request<StreamInboxRequest>) -> Result<Response<Self::StreamInboxStream>, Status> {
+    async fn stream_inbox(
+        &self,
+        request: Request<StreamInboxRequest>,
+    ) -> Result<Response<Self::StreamInboxStream>, Status> {
         let (_, agency) = self.require_agency(&request)?;
-        let after = request.get_ref().after_sequence;
-        info!(agency = %agency, after_sequence = after, "inbox stream opened");
-        Ok(Response::new(inbox::spawn(self.clone(), agency, after)))
+        let StreamInboxRequest {
+            after_sequence,
+            backlog_only,
+        } = request.into_inner();
+        info!(agency = %agency, after_sequence, backlog_only, "inbox stream opened");
+        Ok(Response::new(inbox::spawn(
+            self.clone(),
+            agency,
+            after_sequence,
+            backlog_only,
+        )))
     }
 
     #[instrument(skip(self, request))]
-    async fn acknowledge_message(&self, request: Request<AcknowledgeMessageRequest>) -> Result<Response<AcknowledgeMessageResponse>, Status> {
+    async fn acknowledge_message(
+        &self,
+        request: Request<AcknowledgeMessageRequest>,
+    ) -> Result<Response<AcknowledgeMessageResponse>, Status> {
         Ok(Response::new(self.acknowledge(request).await?))
     }
 
     #[instrument(skip(self, request))]
-    async fn get_message(&self, request: Request<GetMessageRequest>) -> Result<Response<GetMessageResponse>, Status> {
+    async fn get_message(
+        &self,
+        request: Request<GetMessageRequest>,
+    ) -> Result<Response<GetMessageResponse>, Status> {
         Ok(Response::new(self.get(request)?))
     }
 
     #[instrument(skip(self, request))]
-    async fn get_delivery_status(&self, request: Request<GetDeliveryStatusRequest>) -> Result<Response<GetDeliveryStatusResponse>, Status> {
+    async fn get_delivery_status(
+        &self,
+        request: Request<GetDeliveryStatusRequest>,
+    ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
         Ok(Response::new(self.delivery_status(request)?))
     }
 
     #[instrument(skip(self, request))]
-    async fn list_agencies(&self, request: Request<ListAgenciesRequest>) -> Result<Response<ListAgenciesResponse>, Status> {
+    async fn list_agencies(
+        &self,
+        request: Request<ListAgenciesRequest>,
+    ) -> Result<Response<ListAgenciesResponse>, Status> {
         self.require_agency(&request)?;
         Ok(Response::new(ListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),

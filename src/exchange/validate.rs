@@ -48,7 +48,10 @@ impl MessageId {
         match uuid::Uuid::try_parse(s) {
             Ok(id) => Ok(MessageId(id.hyphenated().to_string())),
             Err(_) if s.is_empty() => Err(ExchangeError::invalid(field, "is required")),
-            Err(_) => Err(ExchangeError::invalid(field, "must be a message id (a UUID)")),
+            Err(_) => Err(ExchangeError::invalid(
+                field,
+                "must be a message id (a UUID)",
+            )),
         }
     }
 
@@ -106,21 +109,33 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
 
     let client_message_id = std::mem::take(&mut request.client_message_id);
     if client_message_id.is_empty() {
-        return Err(invalid("client_message_id", "is required: a unique key chosen by the sender, used to make retries safe"));
+        return Err(invalid(
+            "client_message_id",
+            "is required: a unique key chosen by the sender, used to make retries safe",
+        ));
     }
     if client_message_id.len() > MAX_REFERENCE_CHARS
         || !client_message_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
     {
-        return Err(invalid("client_message_id", "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"));
+        return Err(invalid(
+            "client_message_id",
+            "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+        ));
     }
 
     if request.recipients.is_empty() {
-        return Err(invalid("recipients", "at least one recipient is required (an agency id, region:<REGION> or *)"));
+        return Err(invalid(
+            "recipients",
+            "at least one recipient is required (an agency id, region:<REGION> or *)",
+        ));
     }
     if request.recipients.len() > limits.max_recipients {
-        return Err(invalid("recipients", &format!("at most {} entries are allowed", limits.max_recipients)));
+        return Err(invalid(
+            "recipients",
+            &format!("at most {} entries are allowed", limits.max_recipients),
+        ));
     }
     let mut recipients = Vec::with_capacity(request.recipients.len());
     for (i, entry) in request.recipients.iter().enumerate() {
@@ -134,7 +149,9 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     }
 
     let topic = match Topic::try_from(request.topic) {
-        Ok(Topic::Unspecified) | Err(_) => return Err(invalid("topic", "is required: one of the TOPIC_* values")),
+        Ok(Topic::Unspecified) | Err(_) => {
+            return Err(invalid("topic", "is required: one of the TOPIC_* values"))
+        }
         Ok(topic) => topic,
     };
     let subject = request.subject.trim().to_string();
@@ -142,26 +159,42 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         return Err(invalid("subject", "is required"));
     }
     if subject.chars().count() > MAX_SUBJECT_CHARS || !printable(&subject) {
-        return Err(invalid("subject", "must be at most 256 printable characters on one line"));
+        return Err(invalid(
+            "subject",
+            "must be at most 256 printable characters on one line",
+        ));
     }
     let handling = match HandlingCode::try_from(request.handling) {
         Ok(HandlingCode::Unspecified) | Err(_) => {
-            return Err(invalid("handling", "is required: HANDLING_CODE_H0 to HANDLING_CODE_H3"))
+            return Err(invalid(
+                "handling",
+                "is required: HANDLING_CODE_H0 to HANDLING_CODE_H3",
+            ))
         }
         Ok(code) => code,
     };
-    let evaluation = request
-        .evaluation
-        .ok_or_else(|| invalid("evaluation", "is required: source_reliability and information_accuracy"))?;
+    let evaluation = request.evaluation.ok_or_else(|| {
+        invalid(
+            "evaluation",
+            "is required: source_reliability and information_accuracy",
+        )
+    })?;
     let source_reliability = match SourceReliability::try_from(evaluation.source_reliability) {
         Ok(SourceReliability::Unspecified) | Err(_) => {
-            return Err(invalid("evaluation.source_reliability", "is required: SOURCE_RELIABILITY_A, _B, _C or _X"))
+            return Err(invalid(
+                "evaluation.source_reliability",
+                "is required: SOURCE_RELIABILITY_A, _B, _C or _X",
+            ))
         }
         Ok(value) => value,
     };
-    let information_accuracy = match InformationAccuracy::try_from(evaluation.information_accuracy) {
+    let information_accuracy = match InformationAccuracy::try_from(evaluation.information_accuracy)
+    {
         Ok(InformationAccuracy::Unspecified) | Err(_) => {
-            return Err(invalid("evaluation.information_accuracy", "is required: INFORMATION_ACCURACY_1 to _4"))
+            return Err(invalid(
+                "evaluation.information_accuracy",
+                "is required: INFORMATION_ACCURACY_1 to _4",
+            ))
         }
         Ok(value) => value,
     };
@@ -171,7 +204,10 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     };
     let case_reference = request.case_reference.trim().to_string();
     if case_reference.chars().count() > MAX_REFERENCE_CHARS || !printable(&case_reference) {
-        return Err(invalid("case_reference", "must be at most 128 printable characters"));
+        return Err(invalid(
+            "case_reference",
+            "must be at most 128 printable characters",
+        ));
     }
 
     let mut size = 0usize;
@@ -185,7 +221,10 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         }
     }
     if request.attachments.len() > limits.max_attachments {
-        return Err(invalid("attachments", &format!("at most {} attachments are allowed", limits.max_attachments)));
+        return Err(invalid(
+            "attachments",
+            &format!("at most {} attachments are allowed", limits.max_attachments),
+        ));
     }
     for (i, attachment) in request.attachments.iter().enumerate() {
         let name = &attachment.filename;
@@ -213,7 +252,10 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     if size > limits.max_message_bytes {
         return Err(invalid(
             "content",
-            &format!("content and attachments are {size} bytes; the limit is {} bytes", limits.max_message_bytes),
+            &format!(
+                "content and attachments are {size} bytes; the limit is {} bytes",
+                limits.max_message_bytes
+            ),
         ));
     }
 
@@ -255,22 +297,27 @@ fn parse_recipient(entry: &str) -> Result<Recipient, String> {
             "EU" => Ok(Recipient::Region(Region::Eu)),
             "CELAC" => Ok(Recipient::Region(Region::Celac)),
             "INTERNATIONAL" => Ok(Recipient::Region(Region::International)),
-            _ => Err(format!("unknown region {region:?}: use region:EU, region:CELAC or region:INTERNATIONAL")),
+            _ => Err(format!(
+                "unknown region {region:?}: use region:EU, region:CELAC or region:INTERNATIONAL"
+            )),
         };
     }
-    AgencyId::parse(entry)
-        .map(Recipient::Agency)
-        .map_err(|_| format!("{entry:?} is not an agency id (such as CO-DIJIN), region:<REGION> or *"))
+    AgencyId::parse(entry).map(Recipient::Agency).map_err(|_| {
+        format!("{entry:?} is not an agency id (such as CO-DIJIN), region:<REGION> or *")
+    })
 }
 
 fn is_media_type(s: &str) -> bool {
     let token = |t: &str| {
         !t.is_empty()
             && t.len() <= 127
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     let essence = s.split(';').next().unwrap_or_default().trim();
-    matches!(essence.split_once('/'), Some((kind, sub)) if token(kind) && token(sub)) && s.len() <= 255 && printable(s)
+    matches!(essence.split_once('/'), Some((kind, sub)) if token(kind) && token(sub))
+        && s.len() <= 255
+        && printable(s)
 }
 
 #[cfg(test)]
@@ -308,12 +355,27 @@ mod tests {
         let cases: &[(Edit, Option<&str>)] = &[
             (|_| {}, None),
             (|r| r.client_message_id.clear(), Some("client_message_id")),
-            (|r| r.client_message_id = "a b".into(), Some("client_message_id")),
-            (|r| r.client_message_id = "x".repeat(129), Some("client_message_id")),
+            (
+                |r| r.client_message_id = "a b".into(),
+                Some("client_message_id"),
+            ),
+            (
+                |r| r.client_message_id = "x".repeat(129),
+                Some("client_message_id"),
+            ),
             (|r| r.recipients.clear(), Some("recipients")),
-            (|r| r.recipients = vec!["CO-DIJIN".into(), "co-dijin".into()], Some("recipients[1]")),
-            (|r| r.recipients = vec!["region:ASIA".into()], Some("recipients[0]")),
-            (|r| r.recipients = vec!["*".into(), "region:EU".into()], None),
+            (
+                |r| r.recipients = vec!["CO-DIJIN".into(), "co-dijin".into()],
+                Some("recipients[1]"),
+            ),
+            (
+                |r| r.recipients = vec!["region:ASIA".into()],
+                Some("recipients[0]"),
+            ),
+            (
+                |r| r.recipients = vec!["*".into(), "region:EU".into()],
+                None,
+            ),
             (|r| r.topic = 0, Some("topic")),
             (|r| r.topic = 99, Some("topic")),
             (|r| r.subject = "  ".into(), Some("subject")),
@@ -321,31 +383,80 @@ mod tests {
             (|r| r.subject = "s".repeat(257), Some("subject")),
             (|r| r.handling = 0, Some("handling")),
             (|r| r.evaluation = None, Some("evaluation")),
-            (|r| r.evaluation = Some(Evaluation { source_reliability: 1, information_accuracy: 0 }), Some("evaluation.information_accuracy")),
-            (|r| r.evaluation = Some(Evaluation { source_reliability: 0, information_accuracy: 1 }), Some("evaluation.source_reliability")),
-            (|r| r.in_reply_to = "not-a-uuid".into(), Some("in_reply_to")),
-            (|r| r.case_reference = "c".repeat(129), Some("case_reference")),
-            (|r| r.content = None, Some("content")),
-            (|r| r.content = Some(send_message_request::Content::Text(String::new())), Some("text")),
             (
-                |r| r.attachments = vec![Attachment { filename: "../etc/passwd".into(), ..Default::default() }],
+                |r| {
+                    r.evaluation = Some(Evaluation {
+                        source_reliability: 1,
+                        information_accuracy: 0,
+                    })
+                },
+                Some("evaluation.information_accuracy"),
+            ),
+            (
+                |r| {
+                    r.evaluation = Some(Evaluation {
+                        source_reliability: 0,
+                        information_accuracy: 1,
+                    })
+                },
+                Some("evaluation.source_reliability"),
+            ),
+            (|r| r.in_reply_to = "not-a-uuid".into(), Some("in_reply_to")),
+            (
+                |r| r.case_reference = "c".repeat(129),
+                Some("case_reference"),
+            ),
+            (|r| r.content = None, Some("content")),
+            (
+                |r| r.content = Some(send_message_request::Content::Text(String::new())),
+                Some("text"),
+            ),
+            (
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: "../etc/passwd".into(),
+                        ..Default::default()
+                    }]
+                },
                 Some("attachments[0].filename"),
             ),
             (
-                |r| r.attachments = vec![Attachment { filename: "a.pdf".into(), media_type: "pdf".into(), data: vec![] }],
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: "a.pdf".into(),
+                        media_type: "pdf".into(),
+                        data: vec![],
+                    }]
+                },
                 Some("attachments[0].media_type"),
             ),
             (
-                |r| r.attachments = vec![Attachment { filename: "a.pdf".into(), media_type: "application/pdf".into(), data: vec![1] }],
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: "a.pdf".into(),
+                        media_type: "application/pdf".into(),
+                        data: vec![1],
+                    }]
+                },
                 None,
             ),
-            (|r| r.content = Some(send_message_request::Content::Text("x".repeat(2048))), Some("content")),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("x".repeat(2048))),
+                Some("content"),
+            ),
         ];
-        let limits = Limits { max_message_bytes: 1024, ..Limits::default() };
+        let limits = Limits {
+            max_message_bytes: 1024,
+            ..Limits::default()
+        };
         for (i, (edit, want)) in cases.iter().enumerate() {
             let mut request = valid();
             edit(&mut request);
-            assert_eq!(field_of(validate(request, &limits)).as_deref(), *want, "case {i}");
+            assert_eq!(
+                field_of(validate(request, &limits)).as_deref(),
+                *want,
+                "case {i}"
+            );
         }
     }
 
@@ -373,6 +484,12 @@ mod tests {
     fn duplicate_recipients_collapse() {
         let mut request = valid();
         request.recipients = vec!["CO-DIJIN".into(), "CO-DIJIN".into()];
-        assert_eq!(validate(request, &Limits::default()).unwrap().recipients.len(), 1);
+        assert_eq!(
+            validate(request, &Limits::default())
+                .unwrap()
+                .recipients
+                .len(),
+            1
+        );
     }
 }

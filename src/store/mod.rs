@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use objects::{sync_dir, INLINE_BODY_MAX};
 use objects::Objects;
+pub use objects::{sync_dir, INLINE_BODY_MAX};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use writer::{Op, Writer};
 
@@ -152,7 +152,10 @@ impl Store {
         let objects = Objects::open(data_dir.join("objects"))?;
         let removed = objects.sweep(|id| matches!(db.contains_key(keys::message(id)), Ok(true)))?;
         if removed > 0 {
-            tracing::warn!(removed, "removed message bodies of sends that never committed");
+            tracing::warn!(
+                removed,
+                "removed message bodies of sends that never committed"
+            );
         }
 
         let inboxes = Arc::new(Inboxes::default());
@@ -177,9 +180,15 @@ impl Store {
         }))
     }
 
-    async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
+    async fn submit<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.ops.send(op(reply)).await.map_err(|_| StoreError::Closed)?;
+        self.ops
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -244,7 +253,11 @@ impl Store {
             reply: None,
         };
         if self.ops.try_send(op).is_err() {
-            tracing::debug!(message_id, agency, "writer busy: delivery state update skipped");
+            tracing::debug!(
+                message_id,
+                agency,
+                "writer busy: delivery state update skipped"
+            );
         }
     }
 
@@ -289,7 +302,10 @@ impl Store {
     ///
     /// # Errors
     /// sled errors and corrupt records.
-    pub fn deliveries(&self, message_id: &str) -> Result<Vec<(String, DeliveryRecord)>, StoreError> {
+    pub fn deliveries(
+        &self,
+        message_id: &str,
+    ) -> Result<Vec<(String, DeliveryRecord)>, StoreError> {
         let prefix = keys::delivery_prefix(message_id);
         self.db
             .scan_prefix(&prefix)
@@ -385,7 +401,10 @@ fn last_inbox_sequence(db: &sled::Db, agency: &str) -> Result<u64, StoreError> {
     }
 }
 
-fn get_record<T: prost::Message + Default>(db: &sled::Db, key: &[u8]) -> Result<Option<T>, StoreError> {
+fn get_record<T: prost::Message + Default>(
+    db: &sled::Db,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
     db.get(key)?.map(|value| decode(key, &value)).transpose()
 }
 
@@ -401,6 +420,10 @@ fn encode(record: &impl prost::Message) -> Vec<u8> {
 }
 
 /// Reads an idempotency record (used by the writer).
-fn idempotency(db: &sled::Db, sender: &str, client_message_id: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+fn idempotency(
+    db: &sled::Db,
+    sender: &str,
+    client_message_id: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
     get_record(db, &keys::idempotency(sender, client_message_id))
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord};
-use super::{decode, encode, get_record, idempotency, Accepted, Inboxes, NewMessage, PutMode, StoreError, MAX_GROUP_COMMIT};
+use super::{
+    decode, encode, get_record, idempotency, Accepted, Inboxes, NewMessage, PutMode, StoreError,
+    MAX_GROUP_COMMIT,
+};
 use crate::pb::v1::DeliveryState;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -36,7 +39,10 @@ pub(super) enum Op {
 /// An answer held back until the group it belongs to is durable.
 enum Pending {
     Send(Reply<Accepted>, Result<Accepted, StoreError>),
-    Delivery(Option<Reply<DeliveryRecord>>, Result<DeliveryRecord, StoreError>),
+    Delivery(
+        Option<Reply<DeliveryRecord>>,
+        Result<DeliveryRecord, StoreError>,
+    ),
     Agency(Reply<AgencyRecord>, Result<AgencyRecord, StoreError>),
 }
 
@@ -68,7 +74,9 @@ impl Writer {
         let mut advanced: HashMap<String, u64> = HashMap::new();
         let mut closing = false;
         while !closing {
-            let Some(first) = queue.blocking_recv() else { break };
+            let Some(first) = queue.blocking_recv() else {
+                break;
+            };
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match self.apply(op, &mut advanced) {
@@ -124,7 +132,11 @@ impl Writer {
         })
     }
 
-    fn send(&mut self, message: NewMessage, advanced: &mut HashMap<String, u64>) -> Result<Accepted, StoreError> {
+    fn send(
+        &mut self,
+        message: NewMessage,
+        advanced: &mut HashMap<String, u64>,
+    ) -> Result<Accepted, StoreError> {
         let record = &message.record;
         if let Some(existing) = idempotency(&self.db, &record.sender, &message.client_message_id)? {
             return if existing.request_sha256 == message.request_sha256 {
@@ -170,7 +182,12 @@ impl Writer {
         })
     }
 
-    fn advance_delivery(&self, message_id: &str, agency: &str, state: i32) -> Result<DeliveryRecord, StoreError> {
+    fn advance_delivery(
+        &self,
+        message_id: &str,
+        agency: &str,
+        state: i32,
+    ) -> Result<DeliveryRecord, StoreError> {
         let key = keys::delivery(message_id, agency);
         let current: DeliveryRecord = get_record(&self.db, &key)?.ok_or(StoreError::NotFound)?;
         if state <= current.state {
@@ -184,7 +201,11 @@ impl Writer {
         Ok(next)
     }
 
-    fn put_agency(&mut self, mut record: AgencyRecord, mode: PutMode) -> Result<AgencyRecord, StoreError> {
+    fn put_agency(
+        &mut self,
+        mut record: AgencyRecord,
+        mode: PutMode,
+    ) -> Result<AgencyRecord, StoreError> {
         let key = keys::agency(&record.agency_id);
         let existing: Option<AgencyRecord> = match self.db.get(&key)? {
             Some(value) => Some(decode(&key, &value)?),
@@ -205,7 +226,10 @@ impl Writer {
 
 impl Pending {
     fn finish(self, durable: &Result<(), String>) {
-        fn settle<T>(result: Result<T, StoreError>, durable: &Result<(), String>) -> Result<T, StoreError> {
+        fn settle<T>(
+            result: Result<T, StoreError>,
+            durable: &Result<(), String>,
+        ) -> Result<T, StoreError> {
             match durable {
                 Ok(()) => result,
                 Err(e) => Err(StoreError::Io(std::io::Error::other(e.clone()))),
