@@ -241,10 +241,17 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .send_message(request)
         .await
         .map_err(|status| {
-            anyhow::anyhow!(
-                "{}\n(to retry safely, repeat the command with --client-message-id {client_message_id})",
-                rpc_error(status)
-            )
+            // Only when the outcome is unknown is a retry useful; the key makes it safe.
+            let unsure = matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Internal
+            );
+            let error = rpc_error(status);
+            if unsure {
+                anyhow::anyhow!("{error}\n(the message may or may not have been accepted: repeat the command with --client-message-id {client_message_id} to retry safely)")
+            } else {
+                error
+            }
         })?
         .into_inner();
     println!("message_id: {}", response.message_id);

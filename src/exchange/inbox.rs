@@ -19,8 +19,9 @@ use crate::pb::v1::{DeliveryState, StreamInboxResponse};
 
 /// Entries read from the store per round.
 const READ_CHUNK: usize = 64;
-/// Responses buffered per stream before the reader task waits for the client.
-const STREAM_BUFFER: usize = 16;
+/// Responses buffered per stream before the reader task waits for the client. Small, because a
+/// message counts as DELIVERED once it is handed to this buffer.
+const STREAM_BUFFER: usize = 2;
 
 /// The response stream of `StreamInbox`.
 pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;

@@ -26,7 +26,7 @@ use crate::pb::v1::{
     RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
 };
 use crate::store::records::MessageRecord;
-use crate::store::{NewMessage, Store, StoreError};
+use crate::store::{Accepted, NewMessage, Store, StoreError};
 use validate::{MessageId, Recipient};
 
 /// Why an exchange call failed. Mapped to a gRPC status in one place, below.
@@ -256,6 +256,26 @@ impl ExchangeService {
     ) -> Result<SendMessageResponse, ExchangeError> {
         let (caller, sender) = self.require_agency(&request)?;
         let draft = validate::validate(request.into_inner(), &self.limits)?;
+        let conflict = |e| match e {
+            StoreError::IdempotencyConflict => {
+                ExchangeError::IdempotencyConflict(draft.client_message_id.clone())
+            }
+            other => other.into(),
+        };
+        // A retry is answered from the idempotency record before any check against the current
+        // directory: the original send passed them, and its answer must not change.
+        if let Some(original) = self
+            .store
+            .earlier_send(
+                sender.as_str(),
+                &draft.client_message_id,
+                &draft.request_sha256,
+            )
+            .map_err(conflict)?
+        {
+            info!(agency = %sender, message_id = %original.message_id, "idempotent retry answered");
+            return Ok(response(original));
+        }
         if let Some(parent) = &draft.in_reply_to {
             self.readable(&sender, parent).map_err(|_| {
                 ExchangeError::invalid("in_reply_to", "names no message this agency can read")
@@ -285,31 +305,21 @@ impl ExchangeService {
             body_external: false,
         };
         let recipients_count = record.recipients.len();
-        let client_message_id = draft.client_message_id.clone();
         let accepted = self
             .store
             .send(NewMessage {
                 record,
-                client_message_id: draft.client_message_id,
-                request_sha256: draft.request_sha256,
+                client_message_id: draft.client_message_id.clone(),
+                request_sha256: draft.request_sha256.clone(),
             })
             .await
-            .map_err(|e| match e {
-                StoreError::IdempotencyConflict => {
-                    ExchangeError::IdempotencyConflict(client_message_id)
-                }
-                other => other.into(),
-            })?;
+            .map_err(conflict)?;
         if accepted.created {
             info!(agency = %sender, message_id = %accepted.message_id, recipients = recipients_count, "message accepted");
         } else {
             info!(agency = %sender, message_id = %accepted.message_id, "idempotent retry answered");
         }
-        Ok(SendMessageResponse {
-            message_id: accepted.message_id,
-            audit_index: None,
-            accepted_at: Some(timestamp(accepted.accepted_at_micros)),
-        })
+        Ok(response(accepted))
     }
 
     async fn acknowledge(
@@ -383,6 +393,14 @@ impl ExchangeService {
             message_id: id.to_string(),
             recipients,
         })
+    }
+}
+
+fn response(accepted: Accepted) -> SendMessageResponse {
+    SendMessageResponse {
+        message_id: accepted.message_id,
+        audit_index: None,
+        accepted_at: Some(timestamp(accepted.accepted_at_micros)),
     }
 }
 

@@ -131,13 +131,7 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
             "at least one recipient is required (an agency id, region:<REGION> or *)",
         ));
     }
-    if request.recipients.len() > limits.max_recipients {
-        return Err(invalid(
-            "recipients",
-            &format!("at most {} entries are allowed", limits.max_recipients),
-        ));
-    }
-    let mut recipients = Vec::with_capacity(request.recipients.len());
+    let mut recipients = Vec::new();
     for (i, entry) in request.recipients.iter().enumerate() {
         let recipient = parse_recipient(entry).map_err(|reason| ExchangeError::InvalidField {
             field: format!("recipients[{i}]"),
@@ -145,6 +139,15 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         })?;
         if !recipients.contains(&recipient) {
             recipients.push(recipient);
+        }
+        if recipients.len() > limits.max_recipients {
+            return Err(invalid(
+                "recipients",
+                &format!(
+                    "at most {} distinct entries are allowed",
+                    limits.max_recipients
+                ),
+            ));
         }
     }
 

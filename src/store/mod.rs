@@ -213,13 +213,33 @@ impl Store {
             message.record.body_external = true;
         }
         let id = message.record.message_id.clone();
-        let result = self.submit(|reply| Op::Send { message, reply }).await;
+        let result = self
+            .submit(|reply| Op::Send {
+                message: Box::new(message),
+                reply,
+            })
+            .await;
         if external && !matches!(result, Ok(Accepted { created: true, .. })) {
             if let Err(e) = self.objects.remove(&id) {
                 tracing::warn!(message_id = %id, error = %e, "cannot remove body of uncommitted send");
             }
         }
         result
+    }
+
+    /// The answer already given to this sender for this idempotency key and request, if the
+    /// request was committed before. Lets a retry succeed even when the checks a new send
+    /// would pass (recipients active, reply target readable) no longer hold.
+    ///
+    /// # Errors
+    /// `IdempotencyConflict` if the key was used for a different request; sled errors.
+    pub fn earlier_send(
+        &self,
+        sender: &str,
+        client_message_id: &str,
+        request_sha256: &[u8],
+    ) -> Result<Option<Accepted>, StoreError> {
+        idempotent_answer(&self.db, sender, client_message_id, request_sha256)
     }
 
     /// Moves a recipient's delivery state forward to `state` (never backward) and returns the
@@ -419,11 +439,26 @@ fn encode(record: &impl prost::Message) -> Vec<u8> {
     record.encode_to_vec()
 }
 
-/// Reads an idempotency record (used by the writer).
-fn idempotency(
+/// The original acceptance of an earlier send with this sender, key and request digest, if any.
+///
+/// # Errors
+/// `IdempotencyConflict` if the key was used for a different request; sled errors.
+fn idempotent_answer(
     db: &sled::Db,
     sender: &str,
     client_message_id: &str,
-) -> Result<Option<IdempotencyRecord>, StoreError> {
-    get_record(db, &keys::idempotency(sender, client_message_id))
+    request_sha256: &[u8],
+) -> Result<Option<Accepted>, StoreError> {
+    let key = keys::idempotency(sender, client_message_id);
+    let Some(existing) = get_record::<IdempotencyRecord>(db, &key)? else {
+        return Ok(None);
+    };
+    if existing.request_sha256 != request_sha256 {
+        return Err(StoreError::IdempotencyConflict);
+    }
+    Ok(Some(Accepted {
+        message_id: existing.message_id,
+        accepted_at_micros: existing.accepted_at_micros,
+        created: false,
+    }))
 }

@@ -9,8 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord};
 use super::{
-    decode, encode, get_record, idempotency, Accepted, Inboxes, NewMessage, PutMode, StoreError,
-    MAX_GROUP_COMMIT,
+    decode, encode, get_record, idempotent_answer, Accepted, Inboxes, NewMessage, PutMode,
+    StoreError, MAX_GROUP_COMMIT,
 };
 use crate::pb::v1::DeliveryState;
 
@@ -19,7 +19,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// One queued write.
 pub(super) enum Op {
     Send {
-        message: NewMessage,
+        message: Box<NewMessage>,
         reply: Reply<Accepted>,
     },
     AdvanceDelivery {
@@ -114,7 +114,7 @@ impl Writer {
     fn apply(&mut self, op: Op, advanced: &mut HashMap<String, u64>) -> Option<Pending> {
         Some(match op {
             Op::Send { message, reply } => {
-                let result = self.send(message, advanced);
+                let result = self.send(*message, advanced);
                 Pending::Send(reply, result)
             }
             Op::AdvanceDelivery {
@@ -138,16 +138,13 @@ impl Writer {
         advanced: &mut HashMap<String, u64>,
     ) -> Result<Accepted, StoreError> {
         let record = &message.record;
-        if let Some(existing) = idempotency(&self.db, &record.sender, &message.client_message_id)? {
-            return if existing.request_sha256 == message.request_sha256 {
-                Ok(Accepted {
-                    message_id: existing.message_id,
-                    accepted_at_micros: existing.accepted_at_micros,
-                    created: false,
-                })
-            } else {
-                Err(StoreError::IdempotencyConflict)
-            };
+        if let Some(original) = idempotent_answer(
+            &self.db,
+            &record.sender,
+            &message.client_message_id,
+            &message.request_sha256,
+        )? {
+            return Ok(original);
         }
         let mut batch = sled::Batch::default();
         batch.insert(keys::message(&record.message_id), encode(record));

@@ -1,0 +1,342 @@
+//! Crash consistency: the `puente` binary is killed with SIGKILL while 32 clients send, then
+//! restarted on the same data directory. Every acknowledged message must be there, streamed
+//! exactly once and in order, and retries of the sends that were in flight must not duplicate.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use common::{agency_spiffe, connect, message, TestPki, WAIT};
+use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
+use puente::pb::v1::{GetMessageRequest, Region, SendMessageRequest, StreamInboxRequest};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+const SENDERS: [&str; 4] = ["ES-CNP", "BE-FPJ", "FR-OCLCO", "PT-PJ"];
+const RECIPIENTS: [&str; 2] = ["CO-DIJIN", "MX-FGR"];
+const CLIENTS: usize = 32;
+/// Acknowledged sends to wait for before killing the server.
+const ACKED_BEFORE_KILL: usize = 400;
+
+/// A `puente serve` child process.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `127.0.0.1:0` and reads the bound address from its stdout.
+    fn start(dir: &Path) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_puente"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--tls-cert")
+            .arg(dir.join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.join("server.key"))
+            .arg("--client-ca")
+            .arg(dir.join("ca.pem"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start puente serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("socket address");
+        ServerProcess { child, addr }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_tls_files(pki: &TestPki, dir: &Path) {
+    for (name, pem) in [
+        ("server.pem", &pki.server_cert_pem),
+        ("server.key", &pki.server_key_pem),
+        ("ca.pem", &pki.ca_pem),
+    ] {
+        std::fs::write(dir.join(name), pem).expect("write TLS file");
+    }
+}
+
+async fn agency(pki: &TestPki, id: &str, addr: SocketAddr) -> ExchangeServiceClient<Channel> {
+    let (cert, key) = pki.issue(&agency_spiffe(id));
+    let channel = connect(&cert, &key, &pki.ca_pem, addr)
+        .await
+        .expect("connect");
+    ExchangeServiceClient::new(channel)
+}
+
+/// What the clients learned before the crash.
+#[derive(Default)]
+struct Ledger {
+    /// Acknowledged sends: client_message_id → (sender, message id, request).
+    acked: HashMap<String, (String, String, SendMessageRequest)>,
+    /// Sends that were in flight when the server died: (sender, request).
+    in_flight: Vec<(String, SendMessageRequest)>,
+}
+
+fn request_for(client: usize, n: usize) -> SendMessageRequest {
+    let recipients: Vec<&str> = if n % 3 == 0 {
+        RECIPIENTS.to_vec()
+    } else {
+        vec![RECIPIENTS[n % 2]]
+    };
+    let mut request = message(&format!("c{client}-m{n}"), &recipients);
+    request.subject = format!("report {n} of client {client}");
+    request
+}
+
+/// Streams a recipient's whole inbox and returns (sequence, message id) pairs.
+async fn inbox_of(client: &mut ExchangeServiceClient<Channel>) -> Vec<(u64, String)> {
+    let mut stream = client
+        .stream_inbox(StreamInboxRequest {
+            after_sequence: 0,
+            backlog_only: true,
+        })
+        .await
+        .expect("stream inbox")
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(item) = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("inbox stream stalled")
+        .expect("inbox stream failed")
+    {
+        entries.push((item.sequence, item.message.expect("message").message_id));
+    }
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    write_tls_files(&pki, dir.path());
+
+    let server = ServerProcess::start(dir.path());
+    let mut admin = pki.admin_client("root", server.addr).await;
+    for (id, region) in SENDERS
+        .iter()
+        .map(|id| (*id, Region::Eu))
+        .chain(RECIPIENTS.iter().map(|id| (*id, Region::Celac)))
+    {
+        admin
+            .register_agency(puente::pb::v1::RegisterAgencyRequest {
+                agency: Some(puente::pb::v1::Agency {
+                    agency_id: id.into(),
+                    name: format!("Agency {id}"),
+                    country: id[..2].into(),
+                    region: region as i32,
+                    status: 0,
+                }),
+            })
+            .await
+            .expect("register agency");
+    }
+
+    // 32 clients send until the server dies under them.
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let (enough_tx, mut enough) = tokio::sync::watch::channel(0usize);
+    let enough_tx = Arc::new(enough_tx);
+    let mut tasks = Vec::new();
+    for client_no in 0..CLIENTS {
+        let sender = SENDERS[client_no % SENDERS.len()];
+        let mut client = agency(&pki, sender, server.addr).await;
+        let (ledger, enough_tx) = (Arc::clone(&ledger), Arc::clone(&enough_tx));
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let request = request_for(client_no, n);
+                match client.send_message(request.clone()).await {
+                    Ok(response) => {
+                        let id = response.into_inner().message_id;
+                        let mut ledger = ledger.lock().await;
+                        ledger.acked.insert(
+                            request.client_message_id.clone(),
+                            (sender.to_string(), id, request),
+                        );
+                        enough_tx.send_replace(ledger.acked.len());
+                    }
+                    Err(_) => {
+                        ledger
+                            .lock()
+                            .await
+                            .in_flight
+                            .push((sender.to_string(), request));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(
+        WAIT * 3,
+        enough.wait_for(|acked| *acked >= ACKED_BEFORE_KILL),
+    )
+    .await
+    .expect("clients made no progress")
+    .expect("watch");
+    server.kill();
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let ledger = Arc::try_unwrap(ledger)
+        .ok()
+        .expect("tasks done")
+        .into_inner();
+    assert!(ledger.acked.len() >= ACKED_BEFORE_KILL);
+    assert_eq!(
+        ledger.in_flight.len(),
+        CLIENTS,
+        "every client stops at the crash"
+    );
+
+    let server = ServerProcess::start(dir.path());
+
+    // Retries of the in-flight sends: committed ones return their original id, the others are
+    // accepted now; either way each must end up in the inboxes exactly once.
+    let mut retried = HashMap::new();
+    for (sender, request) in &ledger.in_flight {
+        let mut client = agency(&pki, sender, server.addr).await;
+        let response = client
+            .send_message(request.clone())
+            .await
+            .expect("retry after restart")
+            .into_inner();
+        retried.insert(
+            request.client_message_id.clone(),
+            (response.message_id, request.clone()),
+        );
+    }
+    // A retry of an acknowledged send returns the original id and writes nothing new.
+    let (cmid, (sender, original_id, request)) = ledger.acked.iter().next().expect("one acked");
+    let again = agency(&pki, sender, server.addr)
+        .await
+        .send_message(request.clone())
+        .await
+        .expect("idempotent retry")
+        .into_inner();
+    assert_eq!(&again.message_id, original_id, "retry of {cmid}");
+
+    for recipient in RECIPIENTS {
+        let mut client = agency(&pki, recipient, server.addr).await;
+        let entries = inbox_of(&mut client).await;
+        let sequences: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
+        let expected: Vec<u64> = (1..=entries.len() as u64).collect();
+        assert_eq!(
+            sequences, expected,
+            "{recipient}: sequences must be 1..=n without gaps"
+        );
+        let ids: Vec<&String> = entries.iter().map(|(_, id)| id).collect();
+        let unique: HashSet<&String> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{recipient}: a message streamed twice"
+        );
+
+        let addressed =
+            |request: &SendMessageRequest| request.recipients.iter().any(|r| r == recipient);
+        let must_have = ledger
+            .acked
+            .values()
+            .filter(|(_, _, request)| addressed(request))
+            .map(|(_, id, _)| id)
+            .chain(
+                retried
+                    .values()
+                    .filter(|(_, request)| addressed(request))
+                    .map(|(id, _)| id),
+            );
+        let mut wanted = 0;
+        for id in must_have {
+            assert!(
+                unique.contains(id),
+                "{recipient}: acknowledged message {id} is missing"
+            );
+            wanted += 1;
+        }
+        assert_eq!(
+            unique.len(),
+            wanted,
+            "{recipient}: inbox holds messages nobody was told about"
+        );
+
+        // One client sends one message at a time, so its messages must be streamed in the order
+        // it sent them.
+        let position: HashMap<&String, u64> = entries.iter().map(|(seq, id)| (id, *seq)).collect();
+        for client_no in 0..CLIENTS {
+            let mut last = 0;
+            for n in 0.. {
+                let Some((_, id, request)) = ledger.acked.get(&format!("c{client_no}-m{n}")) else {
+                    break;
+                };
+                if addressed(request) {
+                    let seq = position[id];
+                    assert!(
+                        seq > last,
+                        "{recipient}: client {client_no}'s message {n} streamed out of order"
+                    );
+                    last = seq;
+                }
+            }
+        }
+
+        // Every streamed message is the one its sender sent.
+        let sent: HashMap<&String, &SendMessageRequest> = ledger
+            .acked
+            .values()
+            .map(|(_, id, request)| (id, request))
+            .chain(retried.values().map(|(id, request)| (id, request)))
+            .collect();
+        for (_, id) in entries.iter().step_by(37) {
+            let stored = client
+                .get_message(GetMessageRequest {
+                    message_id: id.clone(),
+                })
+                .await
+                .expect("get message")
+                .into_inner()
+                .message
+                .expect("message");
+            assert_eq!(
+                stored.subject, sent[id].subject,
+                "{recipient}: message {id}"
+            );
+            assert_eq!(
+                stored.content,
+                sent[id].content.clone().map(|c| match c {
+                    puente::pb::v1::send_message_request::Content::Text(t) =>
+                        puente::pb::v1::message::Content::Text(t),
+                })
+            );
+        }
+    }
+}
