@@ -62,6 +62,16 @@ impl ServerProcess {
         ServerProcess { child, addr }
     }
 
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for exit")
+    }
+
     /// SIGKILL: no shutdown code runs.
     fn kill(mut self) {
         self.child.kill().expect("kill -9");
@@ -339,4 +349,49 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_exits_zero() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    write_tls_files(&pki, dir.path());
+    let server = ServerProcess::start(dir.path());
+    let mut admin = pki.admin_client("root", server.addr).await;
+    admin
+        .register_agency(puente::pb::v1::RegisterAgencyRequest {
+            agency: Some(puente::pb::v1::Agency {
+                agency_id: "CO-DIJIN".into(),
+                name: "DIJIN".into(),
+                country: "CO".into(),
+                region: Region::Celac as i32,
+                status: 0,
+            }),
+        })
+        .await
+        .expect("register agency");
+    let mut client = agency(&pki, "CO-DIJIN", server.addr).await;
+    let mut stream = client
+        .stream_inbox(StreamInboxRequest {
+            after_sequence: 0,
+            backlog_only: false,
+        })
+        .await
+        .expect("open a live inbox stream")
+        .into_inner();
+
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("terminate");
+    assert!(
+        status.success(),
+        "puente serve must exit 0 after SIGTERM, got {status}"
+    );
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream must end, not hang");
+    assert!(
+        ended.is_err() || matches!(ended, Ok(None)),
+        "no message was expected"
+    );
 }
