@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_ATTACHMENTS: usize = 32;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How long shutdown waits for in-flight calls before exiting anyway.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Longest life of a connection, so none lives on an old handshake forever.
+pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 
 /// Everything `puente serve` needs. Paths point at key material; no key bytes are held here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +50,9 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Milliseconds shutdown waits for in-flight calls.
     pub drain_timeout_ms: u64,
+    /// Seconds after which a connection is closed (clients reconnect and resume); a new
+    /// handshake re-checks the certificate against the CRLs in force.
+    pub max_connection_age_secs: u64,
 }
 
 /// Bounds on what one request may carry.
@@ -126,6 +131,7 @@ impl Default for Config {
             limits: Limits::default(),
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+            max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
         }
     }
 }
@@ -175,6 +181,9 @@ impl Config {
         if self.limits.max_attachments > 1_000 {
             return invalid("limits.max_attachments must be at most 1000");
         }
+        if self.max_connection_age_secs < 10 {
+            return invalid("max_connection_age_secs must be at least 10");
+        }
         if self.handshake_timeout_ms == 0 {
             return invalid("handshake_timeout_ms must be positive");
         }
@@ -184,6 +193,11 @@ impl Config {
     /// The handshake timeout as a `Duration`.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The maximum connection age as a `Duration`.
+    pub fn max_connection_age(&self) -> Duration {
+        Duration::from_secs(self.max_connection_age_secs)
     }
 
     /// The drain timeout as a `Duration`.

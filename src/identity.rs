@@ -1,9 +1,13 @@
 //! Who is calling: the SPIFFE ID in a verified client certificate, parsed once per connection
 //! into a [`Caller`] that reaches handlers through request extensions.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -50,6 +54,50 @@ pub struct Peer {
     pub caller: Result<Arc<Caller>, IdentityError>,
     /// The client's address.
     pub remote_addr: Option<SocketAddr>,
+    /// The revocations in force, checked on every call of the connection.
+    pub revocations: Arc<Revocations>,
+}
+
+/// Serials (lower-case hex) of revoked client certificates, shared by every connection so a
+/// new CRL reaches connections that are already open.
+pub struct Revocations {
+    revoked: ArcSwap<HashSet<String>>,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            revoked: ArcSwap::from_pointee(HashSet::new()),
+            generation: watch::Sender::new(0),
+        }
+    }
+}
+
+impl fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Revocations")
+            .field("revoked", &self.revoked.load().len())
+            .finish()
+    }
+}
+
+impl Revocations {
+    /// Whether the certificate with this serial is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.load().contains(serial)
+    }
+
+    /// Replaces the revoked set and wakes every subscriber.
+    pub fn replace(&self, revoked: HashSet<String>) {
+        self.revoked.store(Arc::new(revoked));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever the revoked set is replaced.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
 }
 
 /// Why a certificate (or a string) is not a valid identity on this exchange.
@@ -67,6 +115,11 @@ pub enum IdentityError {
     /// The certificate has more than one `spiffe://` URI SAN.
     #[error("the client certificate has {0} spiffe:// URI SANs; exactly one is required")]
     SeveralSpiffeIds(usize),
+    /// The certificate was revoked after the connection was opened.
+    #[error(
+        "the client certificate has been revoked; ask the exchange administrators for a new one"
+    )]
+    Revoked,
     /// The certificate lacks the clientAuth extended key usage.
     #[error("the client certificate lacks the clientAuth extended key usage")]
     NotForClientAuth,
@@ -273,13 +326,19 @@ impl Caller {
 /// The caller of a request, as attached by the server to its connection.
 ///
 /// # Errors
-/// `IdentityError::NoCertificate` when the request came over no authenticated connection, or the
-/// error found when the connection's certificate was parsed.
+/// `IdentityError::NoCertificate` when the request came over no authenticated connection, the
+/// error found when the connection's certificate was parsed, or `Revoked` when its certificate
+/// has been revoked since.
 pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Arc<Caller>, IdentityError> {
-    match request.extensions().get::<Peer>() {
-        Some(peer) => peer.caller.clone(),
-        None => Err(IdentityError::NoCertificate),
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .ok_or(IdentityError::NoCertificate)?;
+    let caller = peer.caller.clone()?;
+    if peer.revocations.is_revoked(&caller.serial) {
+        return Err(IdentityError::Revoked);
     }
+    Ok(caller)
 }
 
 impl From<IdentityError> for tonic::Status {

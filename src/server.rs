@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::ServerConfig;
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::directory::service::AdminService;
@@ -29,13 +29,21 @@ use crate::identity::{Caller, IdentityError, Peer};
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::exchange_service_server::ExchangeServiceServer;
 use crate::store::{Store, StoreError};
-use crate::tls::{self, TlsError};
+use crate::tls::{TlsError, TlsFiles, TlsState};
 
 /// Room for a request's other fields on top of `limits.max_message_bytes`: a gRPC frame larger
 /// than both is refused from its length prefix, before it is buffered.
 const ENVELOPE_HEADROOM: usize = 64 * 1024;
 /// Pending finished handshakes waiting for tonic to take them.
 const ACCEPT_QUEUE: usize = 128;
+/// How often the TLS files are checked for changes.
+const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a stale CRL is logged again.
+const STALE_CRL_REPORT_INTERVAL: Duration = Duration::from_secs(600);
+/// Agencies connecting with a certificate closer than this to expiry are logged.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+/// Time calls get to finish once a connection reached its maximum age.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +81,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let tls_config = tls::server_config(
-        &config.tls_cert,
-        &config.tls_key,
-        &config.client_ca,
-        config.crl.as_deref(),
-    )?;
     let store = Store::open(&config.data_dir)?;
+    let tls = TlsState::load(
+        TlsFiles {
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            client_ca: config.client_ca.clone(),
+            crl: config.crl.clone(),
+        },
+        &config.data_dir,
+    )?;
     let directory = Arc::new(Directory::load(Arc::clone(&store))?);
 
     let (stopping_tx, stopping) = watch::channel(false);
@@ -87,9 +98,10 @@ pub async fn run(
         Arc::clone(&store),
         Arc::clone(&directory),
         config.limits.clone(),
-        stopping,
+        stopping.clone(),
     );
-    let admin = AdminService::new(directory);
+    let admin = AdminService::new(directory, Arc::clone(&tls));
+    tokio::spawn(watch_tls_files(Arc::clone(&tls), stopping));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExchangeServiceServer<ExchangeService>>()
@@ -107,7 +119,7 @@ pub async fn run(
     let local_addr = listener.local_addr().ok();
     let incoming = accept_loop(
         listener,
-        tls_config,
+        Arc::clone(&tls),
         config.trust_domain.clone(),
         config.handshake_timeout(),
     );
@@ -122,6 +134,8 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_connection_age(config.max_connection_age())
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -148,12 +162,11 @@ pub async fn run(
 /// client stalls nobody. Yields connections whose handshake succeeded.
 fn accept_loop(
     listener: TcpListener,
-    tls_config: Arc<ServerConfig>,
+    tls: Arc<TlsState>,
     trust_domain: String,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let acceptor = TlsAcceptor::from(tls_config);
     let trust_domain: Arc<str> = trust_domain.into();
     tokio::spawn(async move {
         loop {
@@ -171,23 +184,20 @@ fn accept_loop(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, trust_domain) =
-                (acceptor.clone(), tx.clone(), Arc::clone(&trust_domain));
+            // The configuration in force now: a CRL or certificate applied later reaches the
+            // next handshake.
+            let acceptor = tls.acceptor();
+            let revocations = tls.revocations();
+            let (tx, trust_domain) = (tx.clone(), Arc::clone(&trust_domain));
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let caller = identify(&stream, &trust_domain);
-                        match &caller {
-                            Ok(caller) => {
-                                debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated")
-                            }
-                            Err(e) => {
-                                warn!(%remote_addr, error = %e, "client certificate names no usable identity")
-                            }
-                        }
+                        log_connection(&caller, remote_addr);
                         let peer = Peer {
                             caller,
                             remote_addr: Some(remote_addr),
+                            revocations,
                         };
                         let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
                     }
@@ -198,6 +208,55 @@ fn accept_loop(
         }
     });
     ReceiverStream::new(rx)
+}
+
+fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: SocketAddr) {
+    match caller {
+        Ok(caller) => {
+            let days_left = (caller.not_after - crate::store::now_micros() / 1_000_000) / 86_400;
+            debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated");
+            if days_left < EXPIRY_WARNING_DAYS {
+                warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");
+            }
+        }
+        Err(e) => warn!(%remote_addr, error = %e, "client certificate names no usable identity"),
+    }
+}
+
+/// Reloads the TLS material when its files change or on SIGHUP, and reports stale CRLs, until
+/// `stopping` turns true.
+async fn watch_tls_files(tls: Arc<TlsState>, mut stopping: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut stamps = tls.file_stamps();
+    let mut ticks = tokio::time::interval(FILE_POLL_INTERVAL);
+    let mut stale_reported_at: Option<tokio::time::Instant> = None;
+    loop {
+        #[cfg(unix)]
+        let hangup_received = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_received = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = hangup_received => true,
+            _ = stopping.changed() => return,
+        };
+        let current = tls.file_stamps();
+        if forced || current != stamps {
+            stamps = current;
+            if let Err(e) = tls.reload() {
+                error!(error = %e, "TLS reload failed; the previous certificates stay in force");
+            }
+        }
+        if stale_reported_at.is_none_or(|at| at.elapsed() >= STALE_CRL_REPORT_INTERVAL) {
+            stale_reported_at = (tls.report_stale_crls() > 0).then(tokio::time::Instant::now);
+        }
+    }
 }
 
 fn identify(

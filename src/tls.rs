@@ -1,9 +1,19 @@
-//! The server's rustls configuration: mutual TLS with client certificates verified against the
-//! configured CA bundle (and CRLs, if any), TLS 1.3 only, no session resumption.
+//! The server's TLS: a rustls configuration (mutual TLS, TLS 1.3 only, no session resumption)
+//! held in an `ArcSwap` so that a reloaded certificate, a new CA bundle or a new CRL applies to
+//! the next handshake, and the CRL set, verified against the trusted CAs and persisted in the
+//! data directory.
+//!
+//! Revocation policy: a CA for which no CRL was ever applied is trusted without one (a missing
+//! CRL does not lock every agency out), and that is logged at start. A CRL past its next-update
+//! time stays in force — revocations never lapse — and is logged as stale until a newer one
+//! arrives. A CRL never replaces one with a higher number from the same CA.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
@@ -12,6 +22,12 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
+use x509_parser::num_bigint::BigUint;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::Revocations;
 
 /// Why the TLS configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +48,107 @@ pub enum TlsError {
     /// The client verifier cannot be built from the CA bundle and CRLs.
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A CRL was refused.
+    #[error(transparent)]
+    Crl(#[from] CrlError),
+}
+
+/// Why a CRL was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum CrlError {
+    /// No `X509 CRL` PEM block, or one that does not parse.
+    #[error("not a PEM X.509 CRL: {0}")]
+    Malformed(String),
+    /// No trusted CA issued it, or its signature does not verify.
+    #[error("the CRL is not signed by a CA this exchange trusts")]
+    UntrustedIssuer,
+    /// It has no CRL number, so it cannot be ordered.
+    #[error("the CRL has no CRL number")]
+    NoNumber,
+    /// A CRL with a higher number from the same CA is in force.
+    #[error("CRL number {offered} is older than number {current} already in force for that CA")]
+    Rollback {
+        /// The number offered.
+        offered: BigUint,
+        /// The number in force.
+        current: BigUint,
+    },
+    /// A different CRL with the same number from the same CA is in force.
+    #[error("a different CRL with number {0} is already in force for that CA")]
+    Conflict(BigUint),
+    /// The persisted CRL set cannot be written.
+    #[error("cannot persist the CRL: {0}")]
+    Persist(std::io::Error),
+    /// The new configuration cannot be built.
+    #[error("cannot rebuild the TLS configuration: {0}")]
+    Rebuild(String),
+}
+
+impl From<CrlError> for tonic::Status {
+    fn from(err: CrlError) -> Self {
+        match err {
+            CrlError::Malformed(_) | CrlError::NoNumber => {
+                crate::errors::bad_request("crl_pem", &err.to_string())
+            }
+            CrlError::UntrustedIssuer => tonic::Status::invalid_argument(err.to_string()),
+            CrlError::Rollback { .. } | CrlError::Conflict(_) => {
+                tonic::Status::failed_precondition(err.to_string())
+            }
+            CrlError::Persist(e) => crate::errors::internal(&e),
+            CrlError::Rebuild(e) => crate::errors::internal(&e),
+        }
+    }
+}
+
+/// What the applied CRL now says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSummary {
+    /// Its number (CRL numbers may reach 20 octets; larger than `u64::MAX` saturates).
+    pub number: u64,
+    /// How many certificates it revokes.
+    pub revoked_count: usize,
+    /// Its next-update time, Unix seconds.
+    pub next_update: Option<i64>,
+}
+
+/// Files the TLS configuration is built from.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Server key, PEM.
+    pub key: PathBuf,
+    /// Client CA bundle, PEM.
+    pub client_ca: PathBuf,
+    /// A CRL file to apply and watch, PEM.
+    pub crl: Option<PathBuf>,
+}
+
+/// One CA's CRL in force.
+#[derive(Debug, Clone)]
+struct AppliedCrl {
+    issuer: Vec<u8>,
+    number: BigUint,
+    next_update: Option<i64>,
+    der: CertificateRevocationListDer<'static>,
+    revoked: Vec<String>,
+}
+
+/// Server certificate, key and client CAs, as last loaded successfully.
+struct Material {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_cas: Vec<CertificateDer<'static>>,
+}
+
+/// The live TLS state of the server.
+pub struct TlsState {
+    files: TlsFiles,
+    persisted: PathBuf,
+    config: ArcSwap<ServerConfig>,
+    material: Mutex<Material>,
+    crls: Mutex<Vec<AppliedCrl>>,
+    revocations: Arc<Revocations>,
 }
 
 fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
@@ -60,48 +177,289 @@ pub fn load_certs(
     Ok(certs)
 }
 
-/// Builds the server configuration.
-///
-/// # Errors
-/// A file is missing or malformed, the key does not match the certificate, or a CRL does not
-/// parse.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-    crl: Option<&Path>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+fn load_material(files: &TlsFiles) -> Result<Material, TlsError> {
+    Ok(Material {
+        chain: load_certs(&files.cert, "server certificate")?,
+        key: PrivateKeyDer::from_pem_file(&files.key)
+            .map_err(|e| file_error("server key", &files.key, e))?,
+        client_cas: load_certs(&files.client_ca, "client CA bundle")?,
+    })
+}
+
+fn build_config(material: &Material, crls: &[AppliedCrl]) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = load_certs(cert, "server certificate")?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("server key", key, e))?;
     let mut roots = RootCertStore::empty();
-    for ca in load_certs(client_ca, "client CA bundle")? {
-        roots
-            .add(ca)
-            .map_err(|e| file_error("client CA bundle", client_ca, e))?;
+    for ca in &material.client_cas {
+        roots.add(ca.clone()).map_err(|e| TlsError::File {
+            what: "client CA bundle",
+            path: String::new(),
+            reason: e.to_string(),
+        })?;
     }
-    let crls = match crl {
-        Some(path) => CertificateRevocationListDer::pem_file_iter(path)
-            .map_err(|e| file_error("CRL", path, e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| file_error("CRL", path, e))?,
-        None => Vec::new(),
-    };
     let verifier = Arc::new(DirectlyIssued(
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .with_crls(crls)
+            .with_crls(crls.iter().map(|crl| crl.der.clone()))
+            .allow_unknown_revocation_status()
             .build()?,
     ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_single_cert(material.chain.clone(), material.key.clone_key())?;
     // A resumed session skips client certificate verification, so a revoked certificate could
     // come back through a ticket: no session cache, no tickets.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CRL blocks of a PEM text.
+fn crl_blocks(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, CrlError> {
+    let ders = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CrlError::Malformed(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(CrlError::Malformed("no X509 CRL PEM block".into()));
+    }
+    Ok(ders)
+}
+
+fn verify_crl(
+    der: CertificateRevocationListDer<'static>,
+    cas: &[CertificateDer<'static>],
+) -> Result<AppliedCrl, CrlError> {
+    let (_, crl) =
+        x509_parser::parse_x509_crl(&der).map_err(|e| CrlError::Malformed(e.to_string()))?;
+    let signed_by_trusted_ca = cas.iter().any(|ca| {
+        X509Certificate::from_der(ca).is_ok_and(|(_, ca)| {
+            ca.subject().as_raw() == crl.issuer().as_raw()
+                && crl.verify_signature(ca.public_key()).is_ok()
+        })
+    });
+    if !signed_by_trusted_ca {
+        return Err(CrlError::UntrustedIssuer);
+    }
+    let number = crl.crl_number().ok_or(CrlError::NoNumber)?.clone();
+    Ok(AppliedCrl {
+        issuer: crl.issuer().as_raw().to_vec(),
+        number,
+        next_update: crl.next_update().map(|t| t.timestamp()),
+        revoked: crl
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect(),
+        der: der.clone(),
+    })
+}
+
+/// Puts `new` into `set`, keeping one CRL per issuer. Returns whether anything changed.
+fn merge(set: &mut Vec<AppliedCrl>, new: AppliedCrl) -> Result<bool, CrlError> {
+    match set.iter_mut().find(|c| c.issuer == new.issuer) {
+        None => {
+            set.push(new);
+            Ok(true)
+        }
+        Some(current) if new.number > current.number => {
+            *current = new;
+            Ok(true)
+        }
+        Some(current) if new.number == current.number && new.der == current.der => Ok(false),
+        Some(current) if new.number == current.number => Err(CrlError::Conflict(new.number)),
+        Some(current) => Err(CrlError::Rollback {
+            offered: new.number,
+            current: current.number.clone(),
+        }),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl TlsState {
+    /// Loads the server certificate, key and client CAs, then the CRLs persisted in
+    /// `data_dir` and the CRL file, if any.
+    ///
+    /// # Errors
+    /// A file is missing or malformed, the key does not match, or a CRL is refused.
+    pub fn load(files: TlsFiles, data_dir: &Path) -> Result<Arc<TlsState>, TlsError> {
+        let material = load_material(&files)?;
+        let persisted = data_dir.join("crls.pem");
+        let mut crls = Vec::new();
+        let sources = [Some(&persisted), files.crl.as_ref()];
+        for path in sources.into_iter().flatten().filter(|p| p.exists()) {
+            let pem = std::fs::read(path).map_err(|e| file_error("CRL", path, e))?;
+            for der in crl_blocks(&pem)? {
+                if let Err(e) =
+                    verify_crl(der, &material.client_cas).and_then(|crl| merge(&mut crls, crl))
+                {
+                    warn!(file = %path.display(), error = %e, "CRL not applied");
+                }
+            }
+        }
+        let config = build_config(&material, &crls)?;
+        if crls.is_empty() {
+            warn!("no CRL in force: certificates are checked for validity but not for revocation");
+        }
+        let state = Arc::new(TlsState {
+            files,
+            persisted,
+            config: ArcSwap::new(config),
+            material: Mutex::new(material),
+            crls: Mutex::new(Vec::new()),
+            revocations: Arc::new(Revocations::default()),
+        });
+        state.install(crls).map_err(TlsError::Crl)?;
+        Ok(state)
+    }
+
+    /// The revocation set that connections check on every call.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        Arc::clone(&self.revocations)
+    }
+
+    /// An acceptor with the configuration in force now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.load_full())
+    }
+
+    /// Persists `crls`, makes them the set in force and updates the revocation set.
+    fn install(&self, crls: Vec<AppliedCrl>) -> Result<(), CrlError> {
+        let pem: String = crls
+            .iter()
+            .map(|crl| {
+                pkcs8::der::pem::encode_string("X509 CRL", pkcs8::LineEnding::LF, &crl.der)
+                    .map_err(|e| CrlError::Persist(std::io::Error::other(e.to_string())))
+            })
+            .collect::<Result<_, _>>()?;
+        if !crls.is_empty() {
+            let tmp = self.persisted.with_extension("pem.tmp");
+            std::fs::write(&tmp, pem)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &self.persisted))
+                .and_then(|()| {
+                    crate::store::sync_dir(self.persisted.parent().unwrap_or(Path::new(".")))
+                })
+                .map_err(CrlError::Persist)?;
+        }
+        let revoked: HashSet<String> = crls
+            .iter()
+            .flat_map(|c| c.revoked.iter().cloned())
+            .collect();
+        self.revocations.replace(revoked);
+        *self.crls.lock().unwrap_or_else(PoisonError::into_inner) = crls;
+        Ok(())
+    }
+
+    /// Verifies and applies the CRLs of a PEM text: persisted, then in force for the next
+    /// handshake, the next call of open connections, and open inbox streams.
+    ///
+    /// # Errors
+    /// `CrlError` saying why nothing was applied.
+    pub fn apply_crl(&self, pem: &[u8]) -> Result<CrlSummary, CrlError> {
+        // Holding the material lock serialises every change of the configuration.
+        let material = self.material.lock().unwrap_or_else(PoisonError::into_inner);
+        let offered = crl_blocks(pem)?
+            .into_iter()
+            .map(|der| verify_crl(der, &material.client_cas))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut crls = self
+            .crls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut summary = None;
+        for crl in offered {
+            let digits = crl.number.to_u64_digits();
+            summary = Some(CrlSummary {
+                number: if digits.len() > 1 {
+                    u64::MAX
+                } else {
+                    digits.first().copied().unwrap_or(0)
+                },
+                revoked_count: crl.revoked.len(),
+                next_update: crl.next_update,
+            });
+            merge(&mut crls, crl)?;
+        }
+        let config =
+            build_config(&material, &crls).map_err(|e| CrlError::Rebuild(e.to_string()))?;
+        self.install(crls)?;
+        self.config.store(config);
+        let summary = summary.ok_or_else(|| CrlError::Malformed("no CRL".into()))?;
+        info!(
+            crl_number = summary.number,
+            revoked = summary.revoked_count,
+            "CRL applied"
+        );
+        Ok(summary)
+    }
+
+    /// Re-reads the server certificate, key and client CA bundle, and the CRL file if it holds
+    /// a newer CRL. On any error the configuration in force stays as it was.
+    ///
+    /// # Errors
+    /// The new material does not load or does not build a configuration.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        {
+            let mut material = self.material.lock().unwrap_or_else(PoisonError::into_inner);
+            let reloaded = load_material(&self.files)?;
+            let crls = self
+                .crls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            self.config.store(build_config(&reloaded, &crls)?);
+            *material = reloaded;
+        }
+        info!("TLS certificate, key and client CA bundle reloaded");
+        if let Some(path) = &self.files.crl {
+            let pem = std::fs::read(path).map_err(|e| file_error("CRL", path, e))?;
+            match self.apply_crl(&pem) {
+                Ok(_) => {}
+                Err(e @ (CrlError::Conflict(_) | CrlError::Rollback { .. })) => {
+                    warn!(file = %path.display(), error = %e, "CRL file not applied");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs every CRL in force whose next-update time has passed. Returns how many.
+    pub fn report_stale_crls(&self) -> usize {
+        let now = now_secs();
+        let crls = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<&AppliedCrl> = crls
+            .iter()
+            .filter(|c| c.next_update.is_some_and(|t| t < now))
+            .collect();
+        for crl in &stale {
+            error!(
+                crl_number = %crl.number,
+                next_update = crl.next_update,
+                "CRL is past its next update and still enforced: publish a new one with `puente admin crl --publish`"
+            );
+        }
+        stale.len()
+    }
+
+    /// Modification stamps of the watched files, to notice changes.
+    pub fn file_stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
+        let mut paths = vec![&self.files.cert, &self.files.key, &self.files.client_ca];
+        paths.extend(self.files.crl.as_ref());
+        paths
+            .into_iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
 }
 
 /// Accepts only client certificates issued directly by a trusted CA: intermediates the client

@@ -9,19 +9,22 @@ use super::{to_wire, AgencyEntry, Directory, DirectoryError};
 use crate::identity::{caller_of, Caller, Role};
 use crate::pb::v1::admin_service_server::AdminService as AdminApi;
 use crate::pb::v1::{
-    AdminServiceListAgenciesRequest, AdminServiceListAgenciesResponse, RegisterAgencyRequest,
+    AdminServiceListAgenciesRequest, AdminServiceListAgenciesResponse,
+    PublishRevocationListRequest, PublishRevocationListResponse, RegisterAgencyRequest,
     RegisterAgencyResponse, UpdateAgencyRequest, UpdateAgencyResponse,
 };
+use crate::tls::TlsState;
 
 /// The AdminService handlers.
 pub struct AdminService {
     directory: Arc<Directory>,
+    tls: Arc<TlsState>,
 }
 
 impl AdminService {
-    /// Serves `directory`.
-    pub fn new(directory: Arc<Directory>) -> AdminService {
-        AdminService { directory }
+    /// Serves `directory`, and publishes CRLs into `tls`.
+    pub fn new(directory: Arc<Directory>, tls: Arc<TlsState>) -> AdminService {
+        AdminService { directory, tls }
     }
 }
 
@@ -71,6 +74,28 @@ impl AdminApi for AdminService {
         require_admin(&request)?;
         Ok(Response::new(AdminServiceListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn publish_revocation_list(
+        &self,
+        request: Request<PublishRevocationListRequest>,
+    ) -> Result<Response<PublishRevocationListResponse>, Status> {
+        let caller = require_admin(&request)?;
+        let pem = request.into_inner().crl_pem;
+        let tls = Arc::clone(&self.tls);
+        // Verifying, persisting (fsync) and rebuilding the TLS configuration block.
+        let summary = tokio::task::spawn_blocking(move || tls.apply_crl(pem.as_bytes()))
+            .await
+            .map_err(|e| crate::errors::internal(&e))??;
+        info!(admin = %caller.id, crl_number = summary.number, revoked = summary.revoked_count, "CRL published");
+        Ok(Response::new(PublishRevocationListResponse {
+            crl_number: summary.number,
+            revoked_count: u32::try_from(summary.revoked_count).unwrap_or(u32::MAX),
+            next_update: summary
+                .next_update
+                .map(|seconds| crate::exchange::timestamp(seconds.saturating_mul(1_000_000))),
         }))
     }
 }

@@ -14,7 +14,9 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use super::{ExchangeError, ExchangeService};
-use crate::identity::AgencyId;
+use std::sync::Arc;
+
+use crate::identity::{AgencyId, IdentityError, Revocations};
 use crate::pb::v1::{DeliveryState, StreamInboxResponse};
 
 /// Entries read from the store per round.
@@ -28,35 +30,52 @@ pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Sta
 
 /// Starts the reader task of one inbox stream.
 /// With `backlog_only`, the stream ends once it has caught up with the durable inbox.
+/// Whose inbox a stream reads, and what ends it early.
+pub(super) struct Reader {
+    /// The agency.
+    pub agency: AgencyId,
+    /// Serial of the certificate the stream was opened with.
+    pub serial: String,
+    /// Revocations in force; the stream ends when its certificate is revoked.
+    pub revocations: Arc<Revocations>,
+}
+
 pub(super) fn spawn(
     service: ExchangeService,
-    agency: AgencyId,
+    reader: Reader,
     after: u64,
     backlog_only: bool,
 ) -> InboxStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        if let Err(err) = follow(&service, &agency, after, backlog_only, &tx).await {
+        if let Err(err) = follow(&service, &reader, after, backlog_only, &tx).await {
             // The client may already be gone; then there is nobody to tell.
             let _ = tx.send(Err(err.into())).await;
         }
-        debug!(agency = %agency, "inbox stream closed");
+        debug!(agency = %reader.agency, "inbox stream closed");
     });
     Box::pin(ReceiverStream::new(rx))
 }
 
 async fn follow(
     service: &ExchangeService,
-    agency: &AgencyId,
+    reader: &Reader,
     mut last: u64,
     backlog_only: bool,
     tx: &mpsc::Sender<Result<StreamInboxResponse, Status>>,
 ) -> Result<(), ExchangeError> {
+    let agency = &reader.agency;
     let mut watermark = service.store.subscribe_inbox(agency.as_str());
     let mut shutdown = service.shutdown.clone();
+    let mut revocations = reader.revocations.subscribe();
     loop {
         if *shutdown.borrow_and_update() {
             return Err(ExchangeError::ShuttingDown);
+        }
+        revocations.borrow_and_update();
+        if reader.revocations.is_revoked(&reader.serial) {
+            warn!(agency = %agency, serial = %reader.serial, "inbox stream ended: certificate revoked");
+            return Err(ExchangeError::Unauthenticated(IdentityError::Revoked));
         }
         service.check_active(agency)?;
         let durable = *watermark.borrow_and_update();
@@ -70,6 +89,7 @@ async fn follow(
             tokio::select! {
                 changed = watermark.changed() => if changed.is_err() { return Err(ExchangeError::ShuttingDown) },
                 _ = shutdown.changed() => {}
+                _ = revocations.changed() => {}
                 _ = tx.closed() => return Ok(()),
             }
             continue;

@@ -17,7 +17,7 @@ use tracing::{info, instrument};
 
 use crate::config::Limits;
 use crate::directory::{to_wire, Directory};
-use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Role};
+use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::{
     message, send_message_request, AcknowledgeMessageRequest, AcknowledgeMessageResponse,
@@ -433,7 +433,12 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<StreamInboxRequest>,
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
-        let (_, agency) = self.require_agency(&request)?;
+        let (caller, agency) = self.require_agency(&request)?;
+        let revocations = request
+            .extensions()
+            .get::<Peer>()
+            .map(|peer| Arc::clone(&peer.revocations))
+            .ok_or(ExchangeError::Unauthenticated(IdentityError::NoCertificate))?;
         let StreamInboxRequest {
             after_sequence,
             backlog_only,
@@ -441,7 +446,11 @@ impl ExchangeApi for ExchangeService {
         info!(agency = %agency, after_sequence, backlog_only, "inbox stream opened");
         Ok(Response::new(inbox::spawn(
             self.clone(),
-            agency,
+            inbox::Reader {
+                agency,
+                serial: caller.serial.clone(),
+                revocations,
+            },
             after_sequence,
             backlog_only,
         )))

@@ -6,14 +6,31 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::{write_private, write_public, CertificateAuthority, PkiError};
+use super::authority::Authority;
+use super::{check_person_name, write_private, write_public, PkiError, Subject};
 use crate::config::ClientProfile;
+use crate::identity::AgencyId;
 use crate::pb::v1::Region;
 
 /// Where `--dev` keeps its PKI, relative to the working directory.
 pub const DEV_PKI_DIR: &str = "certs/dev";
 /// Validity of development certificates, in days.
 const DEV_DAYS: u32 = 365;
+/// Validity of the development CA, in days.
+const DEV_CA_DAYS: u32 = 3650;
+
+fn issue_into(
+    authority: &mut Authority,
+    subject: &Subject,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), PkiError> {
+    let issued = authority.issue(subject, DEV_DAYS, None)?;
+    if let Some(key_pem) = &issued.key_pem {
+        write_private(key, key_pem)?;
+    }
+    write_public(cert, &issued.cert_pem)
+}
 
 /// The demo agencies `--dev` registers: id, name, country, region.
 pub const DEMO_AGENCIES: [(&str, &str, &str, Region); 3] = [
@@ -40,26 +57,17 @@ pub struct DevPki {
     pub profiles: PathBuf,
 }
 
-/// The file stem and SPIFFE ID of each demo client identity.
-fn identities(trust_domain: &str) -> Vec<(String, String)> {
-    let mut identities: Vec<(String, String)> = DEMO_AGENCIES
-        .iter()
-        .map(|(id, ..)| {
-            (
-                id.to_ascii_lowercase(),
-                format!("spiffe://{trust_domain}/agency/{id}"),
-            )
-        })
-        .collect();
-    identities.push((
-        "auditor".into(),
-        format!("spiffe://{trust_domain}/auditor/dev-auditor"),
-    ));
-    identities.push((
-        "admin".into(),
-        format!("spiffe://{trust_domain}/admin/dev-admin"),
-    ));
-    identities
+/// The file stem and subject of each demo client identity.
+fn identities() -> Result<Vec<(String, Subject)>, PkiError> {
+    let mut identities = Vec::new();
+    for (id, ..) in DEMO_AGENCIES {
+        let agency = AgencyId::parse(id).map_err(|e| PkiError::Invalid(e.to_string()))?;
+        identities.push((id.to_ascii_lowercase(), Subject::Agency(agency)));
+    }
+    check_person_name("dev-auditor")?;
+    identities.push(("auditor".into(), Subject::Auditor("dev-auditor".into())));
+    identities.push(("admin".into(), Subject::Admin("dev-admin".into())));
+    Ok(identities)
 }
 
 /// Creates whatever part of the development PKI in `dir` is missing (all of it on first run)
@@ -73,38 +81,38 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let ca = if ca_cert.exists() && ca_key.exists() {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| PkiError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        CertificateAuthority::from_pem(&read(&ca_cert)?, &read(&ca_key)?)?
+    let ca_cert = dir.join("ca.pem");
+    let mut authority = if ca_cert.exists() {
+        Authority::open(dir, None)?
     } else {
         tracing::info!(dir = %dir.display(), "creating a development PKI");
-        let ca = CertificateAuthority::generate("Puente development CA", DEV_DAYS)?;
-        write_private(&ca_key, &ca.key_pem())?;
-        write_public(&ca_cert, ca.cert_pem())?;
-        ca
+        Authority::init(dir, trust_domain, DEV_CA_DAYS, None)?
     };
+    if authority.ledger().trust_domain != trust_domain {
+        tracing::warn!(
+            pki = %authority.ledger().trust_domain,
+            configured = trust_domain,
+            "the development PKI was made for another trust domain; delete certs/dev/ to recreate it"
+        );
+    }
     let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server.key"));
     if !server_cert.exists() || !server_key.exists() {
-        let issued = ca.issue_server(&["localhost", "127.0.0.1"], DEV_DAYS)?;
-        write_private(&server_key, &issued.key_pem)?;
-        write_public(&server_cert, &issued.cert_pem)?;
+        let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        issue_into(
+            &mut authority,
+            &Subject::Server(hosts),
+            &server_cert,
+            &server_key,
+        )?;
     }
     let mut profiles = BTreeMap::new();
-    for (stem, spiffe_id) in identities(trust_domain) {
+    for (stem, subject) in identities()? {
         let (cert, key) = (
             dir.join(format!("{stem}.pem")),
             dir.join(format!("{stem}.key")),
         );
         if !cert.exists() || !key.exists() {
-            let issued = ca.issue_client(&spiffe_id, DEV_DAYS)?;
-            write_private(&key, &issued.key_pem)?;
-            write_public(&cert, &issued.cert_pem)?;
+            issue_into(&mut authority, &subject, &cert, &key)?;
         }
         profiles.insert(
             stem.clone(),
