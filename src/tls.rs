@@ -504,3 +504,39 @@ impl ClientCertVerifier for DirectlyIssued {
         self.0.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crl(issuer: &[u8], number: u32, der: &[u8]) -> AppliedCrl {
+        AppliedCrl {
+            issuer: issuer.to_vec(),
+            number: BigUint::from(number),
+            next_update: None,
+            der: CertificateRevocationListDer::from(der.to_vec()),
+            revoked: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_one_crl_per_issuer_and_never_goes_back() {
+        let mut set = vec![crl(b"ca-1", 5, b"five")];
+        assert!(merge(&mut set, crl(b"ca-2", 1, b"other ca")).unwrap());
+        assert!(merge(&mut set, crl(b"ca-1", 6, b"six")).unwrap());
+        assert!(
+            !merge(&mut set, crl(b"ca-1", 6, b"six")).unwrap(),
+            "same CRL again"
+        );
+        assert!(matches!(
+            merge(&mut set, crl(b"ca-1", 6, b"forged six")),
+            Err(CrlError::Conflict(_))
+        ));
+        assert!(matches!(
+            merge(&mut set, crl(b"ca-1", 4, b"four")),
+            Err(CrlError::Rollback { .. })
+        ));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set[0].number, BigUint::from(6u32));
+    }
+}
