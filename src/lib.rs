@@ -15,6 +15,7 @@
 //! - [`cli`]: the `puente` command line (server and agency client).
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod directory;
