@@ -21,13 +21,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, error, info, warn};
 
+use crate::audit::service::AuditService;
+use crate::audit::{self, AuditError, AuditLog};
 use crate::config::{Config, ConfigError};
 use crate::directory::service::AdminService;
 use crate::directory::{Directory, DirectoryError};
 use crate::exchange::ExchangeService;
 use crate::identity::{Caller, IdentityError, Peer};
 use crate::pb::v1::admin_service_server::AdminServiceServer;
+use crate::pb::v1::audit_service_server::AuditServiceServer;
 use crate::pb::v1::exchange_service_server::ExchangeServiceServer;
+use crate::pb::v1::AuditAction;
 use crate::store::{Store, StoreError};
 use crate::tls::{TlsError, TlsFiles, TlsState};
 
@@ -60,6 +64,9 @@ pub enum ServerError {
     /// The directory cannot be loaded.
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+    /// The audit log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The reflection service cannot be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -92,6 +99,7 @@ pub async fn run(
         &config.data_dir,
     )?;
     let directory = Arc::new(Directory::load(Arc::clone(&store))?);
+    let audit = AuditLog::open(Arc::clone(&store), &config.data_dir, &config.trust_domain)?;
 
     let (stopping_tx, stopping) = watch::channel(false);
     let exchange = ExchangeService::new(
@@ -100,8 +108,14 @@ pub async fn run(
         config.limits.clone(),
         stopping.clone(),
     );
-    let admin = AdminService::new(directory, Arc::clone(&tls));
-    tokio::spawn(watch_tls_files(Arc::clone(&tls), stopping));
+    let admin = AdminService::new(Arc::clone(&directory), Arc::clone(&tls), Arc::clone(&store));
+    let auditing = AuditService::new(Arc::clone(&audit), directory);
+    audit.spawn_signer(stopping.clone());
+    tokio::spawn(watch_tls_files(
+        Arc::clone(&tls),
+        Arc::clone(&store),
+        stopping,
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExchangeServiceServer<ExchangeService>>()
@@ -120,6 +134,7 @@ pub async fn run(
     let incoming = accept_loop(
         listener,
         Arc::clone(&tls),
+        Arc::clone(&store),
         config.trust_domain.clone(),
         config.handshake_timeout(),
     );
@@ -141,6 +156,7 @@ pub async fn run(
         .add_service(reflection().build_v1alpha()?)
         .add_service(ExchangeServiceServer::new(exchange).max_decoding_message_size(max_frame))
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(max_frame))
+        .add_service(AuditServiceServer::new(auditing))
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_timeout = config.drain_timeout();
     let drain_deadline = async move {
@@ -153,6 +169,9 @@ pub async fn run(
         served = serve => served?,
         () = drain_deadline => warn!(?drain_timeout, "drain timed out; closing remaining connections"),
     }
+    if let Err(e) = audit.sign_if_grown().await {
+        error!(error = %e, "cannot sign the final audit checkpoint");
+    }
     store.close().await;
     info!("stopped");
     Ok(())
@@ -163,6 +182,7 @@ pub async fn run(
 fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
+    store: Arc<Store>,
     trust_domain: String,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
@@ -188,7 +208,8 @@ fn accept_loop(
             // next handshake.
             let acceptor = tls.acceptor();
             let revocations = tls.revocations();
-            let (tx, trust_domain) = (tx.clone(), Arc::clone(&trust_domain));
+            let (tx, trust_domain, store) =
+                (tx.clone(), Arc::clone(&trust_domain), Arc::clone(&store));
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -201,7 +222,15 @@ fn accept_loop(
                         };
                         let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
                     }
-                    Ok(Err(e)) => warn!(%remote_addr, error = %e, "TLS handshake refused"),
+                    Ok(Err(e)) => {
+                        warn!(%remote_addr, error = %e, "TLS handshake refused");
+                        let mut event = audit::event(AuditAction::HandshakeRefused, None);
+                        event.remote_address = remote_addr.to_string();
+                        event.reason = e.to_string();
+                        if store.record_later(event).await.is_err() {
+                            warn!("store closed: refused handshake not recorded");
+                        }
+                    }
                     Err(_) => warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out"),
                 }
             });
@@ -225,7 +254,11 @@ fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: Sock
 
 /// Reloads the TLS material when its files change or on SIGHUP, and reports stale CRLs, until
 /// `stopping` turns true.
-async fn watch_tls_files(tls: Arc<TlsState>, mut stopping: watch::Receiver<bool>) {
+async fn watch_tls_files(
+    tls: Arc<TlsState>,
+    store: Arc<Store>,
+    mut stopping: watch::Receiver<bool>,
+) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut stamps = tls.file_stamps();
@@ -249,8 +282,19 @@ async fn watch_tls_files(tls: Arc<TlsState>, mut stopping: watch::Receiver<bool>
         let current = tls.file_stamps();
         if forced || current != stamps {
             stamps = current;
-            if let Err(e) = tls.reload() {
-                error!(error = %e, "TLS reload failed; the previous certificates stay in force");
+            match tls.reload() {
+                Ok(Some(crl)) => {
+                    let mut event = audit::event(AuditAction::CrlApplied, None);
+                    event.crl_number = crl.number;
+                    event.reason = "CRL file changed".into();
+                    if let Err(e) = store.record(vec![event]).await {
+                        error!(error = %e, "cannot record the CRL in the audit log");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %e, "TLS reload failed; the previous certificates stay in force")
+                }
             }
         }
         if stale_reported_at.is_none_or(|at| at.elapsed() >= STALE_CRL_REPORT_INTERVAL) {

@@ -109,6 +109,8 @@ pub struct CrlSummary {
     pub revoked_count: usize,
     /// Its next-update time, Unix seconds.
     pub next_update: Option<i64>,
+    /// False when the same CRL was already in force.
+    pub changed: bool,
 }
 
 /// Files the TLS configuration is built from.
@@ -372,6 +374,7 @@ impl TlsState {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut summary = None;
+        let mut changed = false;
         for crl in offered {
             let digits = crl.number.to_u64_digits();
             summary = Some(CrlSummary {
@@ -382,14 +385,16 @@ impl TlsState {
                 },
                 revoked_count: crl.revoked.len(),
                 next_update: crl.next_update,
+                changed: false,
             });
-            merge(&mut crls, crl)?;
+            changed |= merge(&mut crls, crl)?;
         }
         let config =
             build_config(&material, &crls).map_err(|e| CrlError::Rebuild(e.to_string()))?;
         self.install(crls)?;
         self.config.store(config);
-        let summary = summary.ok_or_else(|| CrlError::Malformed("no CRL".into()))?;
+        let mut summary = summary.ok_or_else(|| CrlError::Malformed("no CRL".into()))?;
+        summary.changed = changed;
         info!(
             crl_number = summary.number,
             revoked = summary.revoked_count,
@@ -399,11 +404,11 @@ impl TlsState {
     }
 
     /// Re-reads the server certificate, key and client CA bundle, and the CRL file if it holds
-    /// a newer CRL. On any error the configuration in force stays as it was.
+    /// a newer CRL (then returned). On any error the configuration in force stays as it was.
     ///
     /// # Errors
     /// The new material does not load or does not build a configuration.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub fn reload(&self) -> Result<Option<CrlSummary>, TlsError> {
         {
             let mut material = self.material.lock().unwrap_or_else(PoisonError::into_inner);
             let reloaded = load_material(&self.files)?;
@@ -416,17 +421,21 @@ impl TlsState {
             *material = reloaded;
         }
         info!("TLS certificate, key and client CA bundle reloaded");
-        if let Some(path) = &self.files.crl {
-            let pem = std::fs::read(path).map_err(|e| file_error("CRL", path, e))?;
-            match self.apply_crl(&pem) {
-                Ok(_) => {}
-                Err(e @ (CrlError::Conflict(_) | CrlError::Rollback { .. })) => {
-                    warn!(file = %path.display(), error = %e, "CRL file not applied");
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let Some(path) = &self.files.crl else {
+            return Ok(None);
+        };
+        if !path.exists() {
+            return Ok(None);
         }
-        Ok(())
+        let pem = std::fs::read(path).map_err(|e| file_error("CRL", path, e))?;
+        match self.apply_crl(&pem) {
+            Ok(summary) => Ok(summary.changed.then_some(summary)),
+            Err(e @ (CrlError::Conflict(_) | CrlError::Rollback { .. })) => {
+                warn!(file = %path.display(), error = %e, "CRL file not applied");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Logs every CRL in force whose next-update time has passed. Returns how many.

@@ -115,13 +115,16 @@ async fn register_demo_agencies(data_dir: &Path) -> anyhow::Result<()> {
     for (id, name, country, region) in DEMO_AGENCIES {
         if directory.get(id).is_none() {
             directory
-                .register(AgencyEntry {
-                    agency_id: AgencyId::parse(id)?,
-                    name: name.into(),
-                    country: country.into(),
-                    region,
-                    status: Some(AgencyStatus::Active),
-                })
+                .register(
+                    AgencyEntry {
+                        agency_id: AgencyId::parse(id)?,
+                        name: name.into(),
+                        country: country.into(),
+                        region,
+                        status: Some(AgencyStatus::Active),
+                    },
+                    None,
+                )
                 .await?;
             tracing::info!(agency = id, "registered demo agency");
         }

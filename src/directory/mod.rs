@@ -6,8 +6,9 @@ pub mod service;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::identity::{AgencyId, IdentityError};
-use crate::pb::v1::{Agency, AgencyStatus, Region};
+use crate::audit;
+use crate::identity::{AgencyId, Caller, IdentityError};
+use crate::pb::v1::{Agency, AgencyStatus, AuditAction, Region};
 use crate::store::records::AgencyRecord;
 use crate::store::{now_micros, PutMode, Store, StoreError};
 
@@ -34,6 +35,9 @@ pub enum DirectoryError {
     /// The caller's role may not administer the directory.
     #[error("directory administration needs an administrator certificate (spiffe://<trust-domain>/admin/<name>); this caller is {0}")]
     NotAdmin(String),
+    /// A published CRL was refused.
+    #[error(transparent)]
+    Crl(#[from] crate::tls::CrlError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,6 +51,7 @@ impl From<DirectoryError> for tonic::Status {
             DirectoryError::NotFound(_) => tonic::Status::not_found(err.to_string()),
             DirectoryError::Unauthenticated(e) => e.into(),
             DirectoryError::NotAdmin(_) => tonic::Status::permission_denied(err.to_string()),
+            DirectoryError::Crl(e) => e.into(),
             DirectoryError::Store(StoreError::Closed) => crate::errors::shutting_down(),
             DirectoryError::Store(e) => crate::errors::internal(&e),
         }
@@ -191,7 +196,11 @@ impl Directory {
     ///
     /// # Errors
     /// `AlreadyExists`, or store errors.
-    pub async fn register(&self, entry: AgencyEntry) -> Result<AgencyRecord, DirectoryError> {
+    pub async fn register(
+        &self,
+        entry: AgencyEntry,
+        actor: Option<&Caller>,
+    ) -> Result<AgencyRecord, DirectoryError> {
         let _guard = self.writes.lock().await;
         let now = now_micros();
         let record = AgencyRecord {
@@ -203,7 +212,9 @@ impl Directory {
             created_at_micros: now,
             updated_at_micros: now,
         };
-        let stored = match self.store.put_agency(record, PutMode::Create).await {
+        let mut event = audit::event(AuditAction::AgencyRegistered, actor);
+        event.subject_agency = record.agency_id.clone();
+        let stored = match self.store.put_agency(record, PutMode::Create, event).await {
             Err(StoreError::AlreadyExists) => {
                 return Err(DirectoryError::AlreadyExists(entry.agency_id))
             }
@@ -217,7 +228,11 @@ impl Directory {
     ///
     /// # Errors
     /// `NotFound`, or store errors.
-    pub async fn update(&self, entry: AgencyEntry) -> Result<AgencyRecord, DirectoryError> {
+    pub async fn update(
+        &self,
+        entry: AgencyEntry,
+        actor: Option<&Caller>,
+    ) -> Result<AgencyRecord, DirectoryError> {
         let _guard = self.writes.lock().await;
         let current = self
             .get(entry.agency_id.as_str())
@@ -231,7 +246,18 @@ impl Directory {
             created_at_micros: current.created_at_micros,
             updated_at_micros: now_micros(),
         };
-        let stored = self.store.put_agency(record, PutMode::Update).await?;
+        let suspended = AgencyStatus::Suspended as i32;
+        let action = match (current.status == suspended, record.status == suspended) {
+            (false, true) => AuditAction::AgencySuspended,
+            (true, false) => AuditAction::AgencyResumed,
+            _ => AuditAction::AgencyUpdated,
+        };
+        let mut event = audit::event(action, actor);
+        event.subject_agency = record.agency_id.clone();
+        let stored = self
+            .store
+            .put_agency(record, PutMode::Update, event)
+            .await?;
         self.cache(&stored);
         Ok(stored)
     }

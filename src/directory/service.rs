@@ -6,25 +6,110 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::{to_wire, AgencyEntry, Directory, DirectoryError};
-use crate::identity::{caller_of, Caller, Role};
+use crate::audit;
+use crate::identity::{caller_of, Caller, Peer, Role};
 use crate::pb::v1::admin_service_server::AdminService as AdminApi;
 use crate::pb::v1::{
-    AdminServiceListAgenciesRequest, AdminServiceListAgenciesResponse,
+    AdminServiceListAgenciesRequest, AdminServiceListAgenciesResponse, AuditAction,
     PublishRevocationListRequest, PublishRevocationListResponse, RegisterAgencyRequest,
     RegisterAgencyResponse, UpdateAgencyRequest, UpdateAgencyResponse,
 };
+use crate::store::Store;
+use crate::tls::CrlError;
 use crate::tls::TlsState;
 
 /// The AdminService handlers.
 pub struct AdminService {
     directory: Arc<Directory>,
     tls: Arc<TlsState>,
+    store: Arc<Store>,
 }
 
 impl AdminService {
-    /// Serves `directory`, and publishes CRLs into `tls`.
-    pub fn new(directory: Arc<Directory>, tls: Arc<TlsState>) -> AdminService {
-        AdminService { directory, tls }
+    /// Serves `directory`, publishes CRLs into `tls`, and records refusals and CRLs in the
+    /// audit log of `store`.
+    pub fn new(directory: Arc<Directory>, tls: Arc<TlsState>, store: Arc<Store>) -> AdminService {
+        AdminService {
+            directory,
+            tls,
+            store,
+        }
+    }
+
+    async fn register(
+        &self,
+        request: Request<RegisterAgencyRequest>,
+    ) -> Result<RegisterAgencyResponse, DirectoryError> {
+        let caller = require_admin(&request)?;
+        let entry = AgencyEntry::try_from(request.into_inner().agency)?;
+        let record = self.directory.register(entry, Some(&caller)).await?;
+        info!(admin = %caller.id, agency = %record.agency_id, "agency registered");
+        Ok(RegisterAgencyResponse {
+            agency: Some(to_wire(&record)),
+        })
+    }
+
+    async fn update(
+        &self,
+        request: Request<UpdateAgencyRequest>,
+    ) -> Result<UpdateAgencyResponse, DirectoryError> {
+        let caller = require_admin(&request)?;
+        let entry = AgencyEntry::try_from(request.into_inner().agency)?;
+        let record = self.directory.update(entry, Some(&caller)).await?;
+        info!(admin = %caller.id, agency = %record.agency_id, status = record.status, "agency updated");
+        Ok(UpdateAgencyResponse {
+            agency: Some(to_wire(&record)),
+        })
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRevocationListRequest>,
+    ) -> Result<PublishRevocationListResponse, DirectoryError> {
+        let caller = require_admin(&request)?;
+        let pem = request.into_inner().crl_pem;
+        let tls = Arc::clone(&self.tls);
+        // Verifying, persisting (fsync) and rebuilding the TLS configuration block.
+        let summary = tokio::task::spawn_blocking(move || tls.apply_crl(pem.as_bytes()))
+            .await
+            .map_err(|e| DirectoryError::Crl(CrlError::Rebuild(e.to_string())))??;
+        if summary.changed {
+            let mut event = audit::event(AuditAction::CrlApplied, Some(&caller));
+            event.crl_number = summary.number;
+            self.store.record(vec![event]).await?;
+        }
+        info!(admin = %caller.id, crl_number = summary.number, revoked = summary.revoked_count, "CRL published");
+        Ok(PublishRevocationListResponse {
+            crl_number: summary.number,
+            revoked_count: u32::try_from(summary.revoked_count).unwrap_or(u32::MAX),
+            next_update: summary
+                .next_update
+                .map(|seconds| crate::exchange::timestamp(seconds.saturating_mul(1_000_000))),
+        })
+    }
+
+    /// Answers a call; a refused one is recorded in the audit log first.
+    async fn answer<T>(
+        &self,
+        method: &str,
+        peer: Option<Peer>,
+        result: Result<T, DirectoryError>,
+    ) -> Result<Response<T>, Status> {
+        let err = match result {
+            Ok(value) => return Ok(Response::new(value)),
+            Err(err) => err,
+        };
+        if !matches!(err, DirectoryError::Store(_)) {
+            let event = audit::refusal_event(
+                peer.as_ref(),
+                &format!("/puente.v1.AdminService/{method}"),
+                &err.to_string(),
+            );
+            if let Err(e) = self.store.record(vec![event]).await {
+                tracing::error!(error = %e, "cannot record a refused request in the audit log");
+            }
+        }
+        Err(err.into())
     }
 }
 
@@ -36,6 +121,10 @@ fn require_admin<T>(request: &Request<T>) -> Result<Arc<Caller>, DirectoryError>
     }
 }
 
+fn peer_of<T>(request: &Request<T>) -> Option<Peer> {
+    request.extensions().get::<Peer>().cloned()
+}
+
 #[tonic::async_trait]
 impl AdminApi for AdminService {
     #[instrument(skip(self, request))]
@@ -43,13 +132,9 @@ impl AdminApi for AdminService {
         &self,
         request: Request<RegisterAgencyRequest>,
     ) -> Result<Response<RegisterAgencyResponse>, Status> {
-        let caller = require_admin(&request)?;
-        let entry = AgencyEntry::try_from(request.into_inner().agency)?;
-        let record = self.directory.register(entry).await?;
-        info!(admin = %caller.id, agency = %record.agency_id, "agency registered");
-        Ok(Response::new(RegisterAgencyResponse {
-            agency: Some(to_wire(&record)),
-        }))
+        let peer = peer_of(&request);
+        let result = self.register(request).await;
+        self.answer("RegisterAgency", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -57,13 +142,9 @@ impl AdminApi for AdminService {
         &self,
         request: Request<UpdateAgencyRequest>,
     ) -> Result<Response<UpdateAgencyResponse>, Status> {
-        let caller = require_admin(&request)?;
-        let entry = AgencyEntry::try_from(request.into_inner().agency)?;
-        let record = self.directory.update(entry).await?;
-        info!(admin = %caller.id, agency = %record.agency_id, status = record.status, "agency updated");
-        Ok(Response::new(UpdateAgencyResponse {
-            agency: Some(to_wire(&record)),
-        }))
+        let peer = peer_of(&request);
+        let result = self.update(request).await;
+        self.answer("UpdateAgency", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -71,10 +152,11 @@ impl AdminApi for AdminService {
         &self,
         request: Request<AdminServiceListAgenciesRequest>,
     ) -> Result<Response<AdminServiceListAgenciesResponse>, Status> {
-        require_admin(&request)?;
-        Ok(Response::new(AdminServiceListAgenciesResponse {
+        let peer = peer_of(&request);
+        let result = require_admin(&request).map(|_| AdminServiceListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
-        }))
+        });
+        self.answer("ListAgencies", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -82,20 +164,8 @@ impl AdminApi for AdminService {
         &self,
         request: Request<PublishRevocationListRequest>,
     ) -> Result<Response<PublishRevocationListResponse>, Status> {
-        let caller = require_admin(&request)?;
-        let pem = request.into_inner().crl_pem;
-        let tls = Arc::clone(&self.tls);
-        // Verifying, persisting (fsync) and rebuilding the TLS configuration block.
-        let summary = tokio::task::spawn_blocking(move || tls.apply_crl(pem.as_bytes()))
-            .await
-            .map_err(|e| crate::errors::internal(&e))??;
-        info!(admin = %caller.id, crl_number = summary.number, revoked = summary.revoked_count, "CRL published");
-        Ok(Response::new(PublishRevocationListResponse {
-            crl_number: summary.number,
-            revoked_count: u32::try_from(summary.revoked_count).unwrap_or(u32::MAX),
-            next_update: summary
-                .next_update
-                .map(|seconds| crate::exchange::timestamp(seconds.saturating_mul(1_000_000))),
-        }))
+        let peer = peer_of(&request);
+        let result = self.publish(request).await;
+        self.answer("PublishRevocationList", peer, result).await
     }
 }

@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 use super::{ExchangeError, ExchangeService};
 use std::sync::Arc;
 
-use crate::identity::{AgencyId, IdentityError, Revocations};
+use crate::audit;
+use crate::identity::{AgencyId, Caller, IdentityError, Revocations};
+use crate::pb::v1::AuditAction;
 use crate::pb::v1::{DeliveryState, StreamInboxResponse};
 
 /// Entries read from the store per round.
@@ -34,8 +36,8 @@ pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Sta
 pub(super) struct Reader {
     /// The agency.
     pub agency: AgencyId,
-    /// Serial of the certificate the stream was opened with.
-    pub serial: String,
+    /// The caller that opened the stream.
+    pub caller: Arc<Caller>,
     /// Revocations in force; the stream ends when its certificate is revoked.
     pub revocations: Arc<Revocations>,
 }
@@ -73,8 +75,8 @@ async fn follow(
             return Err(ExchangeError::ShuttingDown);
         }
         revocations.borrow_and_update();
-        if reader.revocations.is_revoked(&reader.serial) {
-            warn!(agency = %agency, serial = %reader.serial, "inbox stream ended: certificate revoked");
+        if reader.revocations.is_revoked(&reader.caller.serial) {
+            warn!(agency = %agency, serial = %reader.caller.serial, "inbox stream ended: certificate revoked");
             return Err(ExchangeError::Unauthenticated(IdentityError::Revoked));
         }
         service.check_active(agency)?;
@@ -100,6 +102,8 @@ async fn follow(
                 warn!(agency = %agency, sequence, message_id, "inbox entry without its message");
                 ExchangeError::Store(crate::store::StoreError::NotFound)
             })?;
+            let event =
+                audit::message_event(AuditAction::MessageDelivered, Some(&reader.caller), &record);
             let message = service.to_message(record)?;
             let response = StreamInboxResponse {
                 sequence,
@@ -108,11 +112,15 @@ async fn follow(
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
-            service.store.advance_delivery_later(
-                &message_id,
-                agency.as_str(),
-                DeliveryState::Delivered as i32,
-            );
+            service
+                .store
+                .advance_delivery_later(
+                    &message_id,
+                    agency.as_str(),
+                    DeliveryState::Delivered as i32,
+                    event,
+                )
+                .await?;
             last = sequence;
         }
     }

@@ -15,13 +15,14 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use crate::audit;
 use crate::config::Limits;
 use crate::directory::{to_wire, Directory};
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::{
     message, send_message_request, AcknowledgeMessageRequest, AcknowledgeMessageResponse,
-    DeliveryState, Evaluation, GetDeliveryStatusRequest, GetDeliveryStatusResponse,
+    AuditAction, DeliveryState, Evaluation, GetDeliveryStatusRequest, GetDeliveryStatusResponse,
     GetMessageRequest, GetMessageResponse, ListAgenciesRequest, ListAgenciesResponse, Message,
     RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
 };
@@ -305,13 +306,17 @@ impl ExchangeService {
             body_external: false,
         };
         let recipients_count = record.recipients.len();
+        let event = audit::message_event(AuditAction::MessageAccepted, Some(&caller), &record);
         let accepted = self
             .store
-            .send(NewMessage {
-                record,
-                client_message_id: draft.client_message_id.clone(),
-                request_sha256: draft.request_sha256.clone(),
-            })
+            .send(
+                NewMessage {
+                    record,
+                    client_message_id: draft.client_message_id.clone(),
+                    request_sha256: draft.request_sha256.clone(),
+                },
+                event,
+            )
             .await
             .map_err(conflict)?;
         if accepted.created {
@@ -326,7 +331,7 @@ impl ExchangeService {
         &self,
         request: Request<AcknowledgeMessageRequest>,
     ) -> Result<AcknowledgeMessageResponse, ExchangeError> {
-        let (_, agency) = self.require_agency(&request)?;
+        let (caller, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
         let id = MessageId::parse("message_id", &request.message_id)?;
         let state = match DeliveryState::try_from(request.state) {
@@ -346,7 +351,12 @@ impl ExchangeService {
         }
         let delivery = self
             .store
-            .advance_delivery(id.as_str(), agency.as_str(), state as i32)
+            .advance_delivery(id.as_str(), agency.as_str(), state as i32, {
+                let mut event =
+                    audit::message_event(AuditAction::MessageAcknowledged, Some(&caller), &record);
+                event.delivery_state = state as i32;
+                event
+            })
             .await?;
         info!(agency = %agency, message_id = %id, state = state.as_str_name(), "message acknowledged");
         Ok(AcknowledgeMessageResponse {
@@ -355,13 +365,16 @@ impl ExchangeService {
         })
     }
 
-    fn get(
+    async fn get(
         &self,
         request: Request<GetMessageRequest>,
     ) -> Result<GetMessageResponse, ExchangeError> {
-        let (_, agency) = self.require_agency(&request)?;
+        let (caller, agency) = self.require_agency(&request)?;
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         let record = self.readable(&agency, &id)?;
+        // The read is on record before the content leaves the exchange.
+        let event = audit::message_event(AuditAction::MessageRead, Some(&caller), &record);
+        self.store.record(vec![event]).await?;
         Ok(GetMessageResponse {
             message: Some(self.to_message(record)?),
         })
@@ -396,10 +409,65 @@ impl ExchangeService {
     }
 }
 
+impl ExchangeService {
+    fn open_inbox(
+        &self,
+        request: Request<StreamInboxRequest>,
+    ) -> Result<inbox::InboxStream, ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let revocations = request
+            .extensions()
+            .get::<Peer>()
+            .map(|peer| Arc::clone(&peer.revocations))
+            .ok_or(ExchangeError::Unauthenticated(IdentityError::NoCertificate))?;
+        let StreamInboxRequest {
+            after_sequence,
+            backlog_only,
+        } = request.into_inner();
+        info!(agency = %agency, after_sequence, backlog_only, "inbox stream opened");
+        Ok(inbox::spawn(
+            self.clone(),
+            inbox::Reader {
+                agency,
+                caller: Arc::clone(&caller),
+                revocations,
+            },
+            after_sequence,
+            backlog_only,
+        ))
+    }
+
+    /// Answers a call; a refused one (authentication, authorisation, validation) is recorded
+    /// in the audit log first: who, which method, why.
+    async fn answer<T>(
+        &self,
+        method: &str,
+        peer: Option<Peer>,
+        result: Result<T, ExchangeError>,
+    ) -> Result<Response<T>, Status> {
+        let err = match result {
+            Ok(value) => return Ok(Response::new(value)),
+            Err(err) => err,
+        };
+        let refused = !matches!(err, ExchangeError::Store(_) | ExchangeError::ShuttingDown);
+        if refused {
+            let event = audit::refusal_event(
+                peer.as_ref(),
+                &format!("/puente.v1.ExchangeService/{method}"),
+                &err.to_string(),
+            );
+            if let Err(e) = self.store.record(vec![event]).await {
+                tracing::error!(error = %e, "cannot record a refused request in the audit log");
+            }
+        }
+        Err(err.into())
+    }
+}
+
 fn response(accepted: Accepted) -> SendMessageResponse {
     SendMessageResponse {
         message_id: accepted.message_id,
-        audit_index: None,
+        audit_index: Some(accepted.audit_index),
         accepted_at: Some(timestamp(accepted.accepted_at_micros)),
     }
 }
@@ -423,7 +491,9 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        Ok(Response::new(self.send(request).await?))
+        let peer = peer_of(&request);
+        let result = self.send(request).await;
+        self.answer("SendMessage", peer, result).await
     }
 
     type StreamInboxStream = inbox::InboxStream;
@@ -433,27 +503,9 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<StreamInboxRequest>,
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
-        let (caller, agency) = self.require_agency(&request)?;
-        let revocations = request
-            .extensions()
-            .get::<Peer>()
-            .map(|peer| Arc::clone(&peer.revocations))
-            .ok_or(ExchangeError::Unauthenticated(IdentityError::NoCertificate))?;
-        let StreamInboxRequest {
-            after_sequence,
-            backlog_only,
-        } = request.into_inner();
-        info!(agency = %agency, after_sequence, backlog_only, "inbox stream opened");
-        Ok(Response::new(inbox::spawn(
-            self.clone(),
-            inbox::Reader {
-                agency,
-                serial: caller.serial.clone(),
-                revocations,
-            },
-            after_sequence,
-            backlog_only,
-        )))
+        let peer = peer_of(&request);
+        let result = self.open_inbox(request);
+        self.answer("StreamInbox", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -461,7 +513,9 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<AcknowledgeMessageRequest>,
     ) -> Result<Response<AcknowledgeMessageResponse>, Status> {
-        Ok(Response::new(self.acknowledge(request).await?))
+        let peer = peer_of(&request);
+        let result = self.acknowledge(request).await;
+        self.answer("AcknowledgeMessage", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -469,7 +523,9 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<GetMessageRequest>,
     ) -> Result<Response<GetMessageResponse>, Status> {
-        Ok(Response::new(self.get(request)?))
+        let peer = peer_of(&request);
+        let result = self.get(request).await;
+        self.answer("GetMessage", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -477,7 +533,9 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<GetDeliveryStatusRequest>,
     ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
-        Ok(Response::new(self.delivery_status(request)?))
+        let peer = peer_of(&request);
+        let result = self.delivery_status(request);
+        self.answer("GetDeliveryStatus", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -485,9 +543,14 @@ impl ExchangeApi for ExchangeService {
         &self,
         request: Request<ListAgenciesRequest>,
     ) -> Result<Response<ListAgenciesResponse>, Status> {
-        self.require_agency(&request)?;
-        Ok(Response::new(ListAgenciesResponse {
+        let peer = peer_of(&request);
+        let result = self.require_agency(&request).map(|_| ListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
-        }))
+        });
+        self.answer("ListAgencies", peer, result).await
     }
+}
+
+fn peer_of<T>(request: &Request<T>) -> Option<Peer> {
+    request.extensions().get::<Peer>().cloned()
 }

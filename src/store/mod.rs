@@ -21,7 +21,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
-use writer::{Op, Writer};
+use writer::{LogState, Op, Writer};
+
+use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
+use crate::pb::v1::AuditEvent;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How many queued operations the writer takes into one group commit at most.
 pub const MAX_GROUP_COMMIT: usize = 512;
@@ -75,6 +79,8 @@ pub struct Accepted {
     pub message_id: String,
     /// When it was accepted, microseconds since the Unix epoch.
     pub accepted_at_micros: i64,
+    /// Index of its MESSAGE_ACCEPTED audit entry.
+    pub audit_index: u64,
     /// False when this answers a retry of an already committed request.
     pub created: bool,
 }
@@ -94,7 +100,30 @@ pub struct Store {
     objects: Objects,
     ops: mpsc::Sender<Op>,
     inboxes: Arc<Inboxes>,
+    durable_log_size: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The stored complete-subtree hashes of the audit log, for `audit::merkle`.
+pub struct StoredHashes<'a>(&'a sled::Db);
+
+impl HashReader for StoredHashes<'_> {
+    fn hash(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
+        let unavailable = |reason: String| MerkleError::Unavailable {
+            level,
+            index,
+            reason,
+        };
+        let value = self
+            .0
+            .get(keys::audit_hash(level, index))
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| unavailable("not stored".into()))?;
+        value
+            .as_ref()
+            .try_into()
+            .map_err(|_| unavailable("stored value is not 32 bytes".into()))
+    }
 }
 
 /// Durable inbox watermarks: the highest sequence of each agency's inbox that is on stable
@@ -166,8 +195,17 @@ impl Store {
             sequences.insert(agency.agency_id, last);
         }
 
+        let log = load_log_state(&db)?;
+        let durable_log_size = Arc::new(AtomicU64::new(log.size));
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
-        let writer = Writer::new(db.clone(), db_file, Arc::clone(&inboxes), sequences);
+        let writer = Writer::new(
+            db.clone(),
+            db_file,
+            Arc::clone(&inboxes),
+            sequences,
+            log,
+            Arc::clone(&durable_log_size),
+        );
         let handle = std::thread::Builder::new()
             .name("puente-store-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -176,6 +214,7 @@ impl Store {
             objects,
             ops,
             inboxes,
+            durable_log_size,
             writer: Mutex::new(Some(handle)),
         }))
     }
@@ -201,7 +240,11 @@ impl Store {
     ///
     /// # Errors
     /// `IdempotencyConflict` for the same key with another request; I/O and sled errors.
-    pub async fn send(&self, mut message: NewMessage) -> Result<Accepted, StoreError> {
+    pub async fn send(
+        &self,
+        mut message: NewMessage,
+        event: AuditEvent,
+    ) -> Result<Accepted, StoreError> {
         let external = message.record.body.len() > INLINE_BODY_MAX;
         if external {
             let body = std::mem::take(&mut message.record.body);
@@ -216,6 +259,7 @@ impl Store {
         let result = self
             .submit(|reply| Op::Send {
                 message: Box::new(message),
+                event: Box::new(event),
                 reply,
             })
             .await;
@@ -242,8 +286,8 @@ impl Store {
         idempotent_answer(&self.db, sender, client_message_id, request_sha256)
     }
 
-    /// Moves a recipient's delivery state forward to `state` (never backward) and returns the
-    /// resulting record, once durable.
+    /// Moves a recipient's delivery state forward to `state` (never backward), records `event`
+    /// in the audit log in the same batch, and returns the resulting record, once durable.
     ///
     /// # Errors
     /// `NotFound` if the agency is not a recipient of the message; I/O and sled errors.
@@ -252,33 +296,151 @@ impl Store {
         message_id: &str,
         agency: &str,
         state: i32,
+        event: AuditEvent,
     ) -> Result<DeliveryRecord, StoreError> {
         let (message_id, agency) = (message_id.to_string(), agency.to_string());
         self.submit(|reply| Op::AdvanceDelivery {
             message_id,
             agency,
             state,
+            event: Box::new(event),
             reply: Some(reply),
         })
         .await
     }
 
-    /// Queues a move to `state` without waiting for it (used when a message is streamed: the
-    /// DELIVERED state is informative, and losing it in a crash only understates delivery).
-    pub fn advance_delivery_later(&self, message_id: &str, agency: &str, state: i32) {
+    /// Queues a move to `state` with its audit entry without waiting for durability (used when
+    /// a message is streamed: DELIVERED is informative, and a crash before the next flush only
+    /// understates delivery). Waits only while the writer's queue is full.
+    ///
+    /// # Errors
+    /// `Closed` when the store is shutting down.
+    pub async fn advance_delivery_later(
+        &self,
+        message_id: &str,
+        agency: &str,
+        state: i32,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
         let op = Op::AdvanceDelivery {
             message_id: message_id.to_string(),
             agency: agency.to_string(),
             state,
+            event: Box::new(event),
             reply: None,
         };
-        if self.ops.try_send(op).is_err() {
-            tracing::debug!(
-                message_id,
-                agency,
-                "writer busy: delivery state update skipped"
-            );
+        self.ops.send(op).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Appends audit entries durably and returns their indices.
+    ///
+    /// # Errors
+    /// I/O and sled errors; `Closed` when shutting down.
+    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<Vec<u64>, StoreError> {
+        self.submit(|reply| Op::Audit {
+            events,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// Queues an audit entry without waiting for durability; waits only while the writer's
+    /// queue is full.
+    ///
+    /// # Errors
+    /// `Closed` when the store is shutting down.
+    pub async fn record_later(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let op = Op::Audit {
+            events: vec![event],
+            reply: None,
+        };
+        self.ops.send(op).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Stores a signed checkpoint durably.
+    ///
+    /// # Errors
+    /// I/O and sled errors; `Closed` when shutting down.
+    pub async fn put_checkpoint(&self, size: u64, note: String) -> Result<(), StoreError> {
+        self.submit(|reply| Op::Checkpoint { size, note, reply })
+            .await
+    }
+
+    /// The latest stored checkpoint: its tree size and signed note.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        match self.db.scan_prefix(keys::CHECKPOINT_PREFIX).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item?;
+                let size = keys::trailing_u64(&key).unwrap_or_default();
+                Ok(Some((size, String::from_utf8_lossy(&value).into_owned())))
+            }
         }
+    }
+
+    /// Number of audit entries on stable storage.
+    pub fn audit_size(&self) -> u64 {
+        self.durable_log_size.load(Ordering::Acquire)
+    }
+
+    /// The stored subtree hashes of the audit log.
+    pub fn audit_hashes(&self) -> StoredHashes<'_> {
+        StoredHashes(&self.db)
+    }
+
+    /// Up to `limit` audit leaves with `start <= index < end`, in order.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn audit_leaves(
+        &self,
+        start: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.db
+            .range(keys::audit_leaf(start)..keys::audit_leaf(end))
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((keys::trailing_u64(&key).unwrap_or_default(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` indices, `start <= index < end`, of audit entries `agency` is party to.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn audit_party_indices(
+        &self,
+        agency: &str,
+        start: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.db
+            .range(keys::audit_party(agency, start)..keys::audit_party(agency, end))
+            .take(limit)
+            .map(|item| Ok(keys::trailing_u64(&item?.0).unwrap_or_default()))
+            .collect()
+    }
+
+    /// One audit leaf.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn audit_leaf(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(keys::audit_leaf(index))?.map(|v| v.to_vec()))
     }
 
     /// Creates or replaces a directory entry durably and returns it as stored.
@@ -289,10 +451,12 @@ impl Store {
         &self,
         record: AgencyRecord,
         mode: PutMode,
+        event: AuditEvent,
     ) -> Result<AgencyRecord, StoreError> {
         self.submit(|reply| Op::PutAgency {
             record,
             mode,
+            event: Box::new(event),
             reply,
         })
         .await
@@ -358,7 +522,7 @@ impl Store {
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
-                let sequence = keys::inbox_sequence(&key).unwrap_or_default();
+                let sequence = keys::trailing_u64(&key).unwrap_or_default();
                 Ok((sequence, String::from_utf8_lossy(&value).into_owned()))
             })
             .collect()
@@ -405,6 +569,29 @@ pub fn now_micros() -> i64 {
     i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// The writer's audit log state after a restart: size from the last leaf, frontier from the
+/// stored hashes, time from the last entry.
+fn load_log_state(db: &sled::Db) -> Result<LogState, StoreError> {
+    let Some(last) = db.scan_prefix(b"l/").next_back() else {
+        return Ok(LogState::default());
+    };
+    let (key, leaf) = last?;
+    let size = keys::trailing_u64(&key).unwrap_or_default() + 1;
+    let last_time = <AuditEvent as prost::Message>::decode(leaf.as_ref())
+        .map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&key).escape_debug().to_string(),
+            source,
+        })?
+        .time_unix_micros;
+    let frontier = merkle::frontier(&StoredHashes(db), size)
+        .map_err(|e| StoreError::Io(std::io::Error::other(format!("audit log hashes: {e}"))))?;
+    Ok(LogState {
+        size,
+        frontier,
+        last_time,
+    })
+}
+
 fn scan_agencies(db: &sled::Db) -> Result<Vec<AgencyRecord>, StoreError> {
     db.scan_prefix(keys::AGENCY_PREFIX)
         .map(|item| {
@@ -416,7 +603,7 @@ fn scan_agencies(db: &sled::Db) -> Result<Vec<AgencyRecord>, StoreError> {
 
 fn last_inbox_sequence(db: &sled::Db, agency: &str) -> Result<u64, StoreError> {
     match db.scan_prefix(keys::inbox_prefix(agency)).next_back() {
-        Some(item) => Ok(keys::inbox_sequence(&item?.0).unwrap_or_default()),
+        Some(item) => Ok(keys::trailing_u64(&item?.0).unwrap_or_default()),
         None => Ok(0),
     }
 }
@@ -459,6 +646,7 @@ fn idempotent_answer(
     Ok(Some(Accepted {
         message_id: existing.message_id,
         accepted_at_micros: existing.accepted_at_micros,
+        audit_index: existing.audit_index,
         created: false,
     }))
 }

@@ -67,6 +67,9 @@ pub struct IdempotencyRecord {
     /// Acceptance time of that message, microseconds since the Unix epoch.
     #[prost(int64, tag = "3")]
     pub accepted_at_micros: i64,
+    /// Index of the message's MESSAGE_ACCEPTED audit entry.
+    #[prost(uint64, tag = "4")]
+    pub audit_index: u64,
 }
 
 /// Delivery state of one message for one recipient.
@@ -124,8 +127,8 @@ pub mod keys {
         [inbox_prefix(agency).as_slice(), &sequence.to_be_bytes()].concat()
     }
 
-    /// Sequence number at the end of an inbox key.
-    pub fn inbox_sequence(key: &[u8]) -> Option<u64> {
+    /// The big-endian `u64` at the end of a key: an inbox sequence, an audit index, a size.
+    pub fn trailing_u64(key: &[u8]) -> Option<u64> {
         let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
         Some(u64::from_be_bytes(tail))
     }
@@ -152,6 +155,34 @@ pub mod keys {
     pub fn agency(agency: &str) -> Vec<u8> {
         [AGENCY_PREFIX, agency.as_bytes()].concat()
     }
+
+    /// `l/<index, 8 bytes big-endian>` → the audit leaf (an encoded `AuditEvent`).
+    pub fn audit_leaf(index: u64) -> Vec<u8> {
+        [b"l/".as_slice(), &index.to_be_bytes()].concat()
+    }
+
+    /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree.
+    pub fn audit_hash(level: u8, index: u64) -> Vec<u8> {
+        [b"h/".as_slice(), &[level], &index.to_be_bytes()].concat()
+    }
+
+    /// `p/<agency>/` prefix of the audit entries an agency is party to.
+    pub fn audit_party_prefix(agency: &str) -> Vec<u8> {
+        [b"p/", agency.as_bytes(), b"/"].concat()
+    }
+
+    /// `p/<agency>/<index, 8 bytes big-endian>` → empty: the agency is party to that entry.
+    pub fn audit_party(agency: &str, index: u64) -> Vec<u8> {
+        [audit_party_prefix(agency).as_slice(), &index.to_be_bytes()].concat()
+    }
+
+    /// `c/` prefix of the signed checkpoints.
+    pub const CHECKPOINT_PREFIX: &[u8] = b"c/";
+
+    /// `c/<tree size, 8 bytes big-endian>` → the signed checkpoint note.
+    pub fn checkpoint(size: u64) -> Vec<u8> {
+        [CHECKPOINT_PREFIX, &size.to_be_bytes()].concat()
+    }
 }
 
 #[cfg(test)]
@@ -163,7 +194,7 @@ mod tests {
         let a = keys::inbox("ES-CNP", 255);
         let b = keys::inbox("ES-CNP", 256);
         assert!(a < b);
-        assert_eq!(keys::inbox_sequence(&b), Some(256));
+        assert_eq!(keys::trailing_u64(&b), Some(256));
         assert!(a.starts_with(&keys::inbox_prefix("ES-CNP")));
         assert!(!a.starts_with(&keys::inbox_prefix("ES")));
     }

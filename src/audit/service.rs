@@ -1,0 +1,459 @@
+//! `puente.v1.AuditService`: checkpoints, entries and proofs for auditors (everything) and
+//! agencies (the entries they are party to). Every call is itself recorded in the log.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::merkle::{self, MerkleError};
+use super::{event, parties, refusal_event, AuditError, AuditLog};
+use crate::directory::Directory;
+use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::pb::v1::audit_service_server::AuditService as AuditApi;
+use crate::pb::v1::{
+    AuditAction, AuditEvent, GetCheckpointRequest, GetCheckpointResponse,
+    GetConsistencyProofRequest, GetConsistencyProofResponse, GetInclusionProofRequest,
+    GetInclusionProofResponse, GetLogInfoRequest, GetLogInfoResponse, ListAuditEntriesRequest,
+    ListAuditEntriesResponse,
+};
+use crate::store::StoreError;
+
+/// Entries read from the store per round of a listing.
+const LIST_CHUNK: usize = 256;
+
+/// Why an audit call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditServiceError {
+    /// No usable identity.
+    #[error(transparent)]
+    Unauthenticated(#[from] IdentityError),
+    /// The caller may not read the audit log, or not this part of it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A size or index beyond the log.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// No such entry among those the caller may see.
+    #[error("no audit entry {0} that this caller may see")]
+    NotFound(u64),
+    /// No checkpoint can be given.
+    #[error("{0}")]
+    NoCheckpoint(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Proof computation failed.
+    #[error(transparent)]
+    Merkle(#[from] MerkleError),
+    /// Signing failed.
+    #[error(transparent)]
+    Log(#[from] AuditError),
+}
+
+impl From<AuditServiceError> for Status {
+    fn from(err: AuditServiceError) -> Self {
+        match err {
+            AuditServiceError::Unauthenticated(e) => e.into(),
+            AuditServiceError::Forbidden(_) => Status::permission_denied(err.to_string()),
+            AuditServiceError::Invalid { field, reason } => {
+                crate::errors::bad_request(field, &reason)
+            }
+            AuditServiceError::OutOfRange(_) => Status::out_of_range(err.to_string()),
+            AuditServiceError::NotFound(_) => Status::not_found(err.to_string()),
+            AuditServiceError::NoCheckpoint(_) => Status::failed_precondition(err.to_string()),
+            AuditServiceError::Store(StoreError::Closed) => crate::errors::shutting_down(),
+            AuditServiceError::Store(e) => crate::errors::internal(&e),
+            AuditServiceError::Merkle(e) => crate::errors::internal(&e),
+            AuditServiceError::Log(e) => crate::errors::internal(&e),
+        }
+    }
+}
+
+/// Who is asking, and what they may see.
+enum Reader {
+    /// Every entry.
+    Auditor(Arc<Caller>),
+    /// Entries this agency is party to.
+    Agency(Arc<Caller>, AgencyId),
+}
+
+impl Reader {
+    fn caller(&self) -> &Caller {
+        match self {
+            Reader::Auditor(caller) | Reader::Agency(caller, _) => caller,
+        }
+    }
+}
+
+/// The AuditService handlers.
+pub struct AuditService {
+    log: Arc<AuditLog>,
+    directory: Arc<Directory>,
+}
+
+/// The response stream of `ListAuditEntries`.
+pub type EntryStream = Pin<Box<dyn Stream<Item = Result<ListAuditEntriesResponse, Status>> + Send>>;
+
+impl AuditService {
+    /// Serves `log`; agency callers are checked against `directory`.
+    pub fn new(log: Arc<AuditLog>, directory: Arc<Directory>) -> AuditService {
+        AuditService { log, directory }
+    }
+
+    /// Authorises the caller and records its query (`method`, `details`) before answering.
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        details: String,
+    ) -> Result<Reader, AuditServiceError> {
+        let store = self.log.store();
+        let reader = match self.authorize(request) {
+            Ok(reader) => reader,
+            Err(err) => {
+                let peer = request.extensions().get::<Peer>();
+                let event = refusal_event(peer, method, &err.to_string());
+                if let Err(e) = store.record(vec![event]).await {
+                    tracing::error!(error = %e, "cannot record a refused request in the audit log");
+                }
+                return Err(err);
+            }
+        };
+        let mut query = event(AuditAction::AuditQueried, Some(reader.caller()));
+        query.method = method.to_string();
+        query.reason = details;
+        store.record(vec![query]).await?;
+        Ok(reader)
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Reader, AuditServiceError> {
+        let caller = caller_of(request)?;
+        match &caller.role {
+            Role::Auditor(_) => Ok(Reader::Auditor(Arc::clone(&caller))),
+            Role::Agency(agency) if self.directory.is_active(agency.as_str()) => {
+                Ok(Reader::Agency(Arc::clone(&caller), agency.clone()))
+            }
+            Role::Agency(agency) => Err(AuditServiceError::Forbidden(format!(
+                "agency {agency} is not an active registered agency"
+            ))),
+            Role::Admin(_) => Err(AuditServiceError::Forbidden(
+                "the audit log is for auditors and agencies; administrators need an auditor certificate to read it".into(),
+            )),
+        }
+    }
+
+    fn may_see(reader: &Reader, event: &AuditEvent) -> bool {
+        match reader {
+            Reader::Auditor(_) => true,
+            Reader::Agency(_, agency) => parties(event).contains(agency.as_str()),
+        }
+    }
+
+    fn decode(index: u64, leaf: &[u8]) -> Result<AuditEvent, AuditServiceError> {
+        AuditEvent::decode(leaf).map_err(|source| {
+            AuditServiceError::Store(StoreError::Corrupt {
+                key: format!("audit leaf {index}"),
+                source,
+            })
+        })
+    }
+}
+
+/// Filters of a listing, validated.
+struct Filters {
+    agency: Option<String>,
+    action: Option<i32>,
+    since: Option<i64>,
+    until: Option<i64>,
+    message_id: Option<String>,
+}
+
+impl Filters {
+    fn matches(&self, event: &AuditEvent) -> bool {
+        self.action.is_none_or(|a| event.action == a)
+            && self.since.is_none_or(|t| event.time_unix_micros >= t)
+            && self.until.is_none_or(|t| event.time_unix_micros < t)
+            && self
+                .message_id
+                .as_ref()
+                .is_none_or(|id| &event.message_id == id)
+            && self
+                .agency
+                .as_ref()
+                .is_none_or(|a| parties(event).contains(a.as_str()))
+    }
+}
+
+fn micros(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(timestamp.nanos) / 1_000)
+}
+
+async fn list(
+    log: Arc<AuditLog>,
+    reader: Reader,
+    request: ListAuditEntriesRequest,
+    filters: Filters,
+    tx: mpsc::Sender<Result<ListAuditEntriesResponse, Status>>,
+) -> Result<(), AuditServiceError> {
+    let store = log.store();
+    let end = store.audit_size();
+    let limit = if request.limit == 0 {
+        u64::MAX
+    } else {
+        request.limit
+    };
+    let mut sent = 0u64;
+    let mut next = request.start_index;
+    while next < end && sent < limit {
+        let chunk: Vec<(u64, Vec<u8>)> = match &filters.agency {
+            Some(agency) => {
+                let indices = store.audit_party_indices(agency, next, end, LIST_CHUNK)?;
+                let mut leaves = Vec::with_capacity(indices.len());
+                for index in indices {
+                    let leaf = store
+                        .audit_leaf(index)?
+                        .ok_or(AuditServiceError::NotFound(index))?;
+                    leaves.push((index, leaf));
+                }
+                leaves
+            }
+            None => store.audit_leaves(next, end, LIST_CHUNK)?,
+        };
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        for (index, leaf) in chunk {
+            let event = AuditService::decode(index, &leaf)?;
+            if !filters.matches(&event) || !AuditService::may_see(&reader, &event) {
+                continue;
+            }
+            let response = ListAuditEntriesResponse {
+                index,
+                leaf,
+                event: Some(event),
+            };
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+            sent += 1;
+            if sent >= limit {
+                break;
+            }
+        }
+        next = last + 1;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AuditApi for AuditService {
+    #[instrument(skip(self, request))]
+    async fn get_log_info(
+        &self,
+        request: Request<GetLogInfoRequest>,
+    ) -> Result<Response<GetLogInfoResponse>, Status> {
+        self.admit(
+            &request,
+            "/puente.v1.AuditService/GetLogInfo",
+            String::new(),
+        )
+        .await?;
+        Ok(Response::new(GetLogInfoResponse {
+            origin: self.log.origin().to_string(),
+            verifier_key: self.log.verifier_key(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<GetCheckpointResponse>, Status> {
+        self.admit(
+            &request,
+            "/puente.v1.AuditService/GetCheckpoint",
+            String::new(),
+        )
+        .await?;
+        // Sign now if the log grew, so the checkpoint covers everything durable, this query too.
+        self.log
+            .sign_if_grown()
+            .await
+            .map_err(AuditServiceError::from)?;
+        let (size, note) = self
+            .log
+            .store()
+            .latest_checkpoint()
+            .map_err(AuditServiceError::from)?
+            .ok_or_else(|| {
+                AuditServiceError::NoCheckpoint("no checkpoint has been signed".into())
+            })?;
+        let verifier = super::note::NoteVerifier::parse(&self.log.verifier_key())
+            .map_err(AuditError::from)
+            .map_err(AuditServiceError::from)?;
+        let checkpoint = verifier
+            .verify(&note)
+            .and_then(super::note::Checkpoint::parse)
+            .map_err(AuditError::from)
+            .map_err(AuditServiceError::from)?;
+        Ok(Response::new(GetCheckpointResponse {
+            checkpoint: note,
+            tree_size: size,
+            root_hash: checkpoint.root.to_vec(),
+        }))
+    }
+
+    type ListAuditEntriesStream = EntryStream;
+
+    #[instrument(skip(self, request))]
+    async fn list_audit_entries(
+        &self,
+        request: Request<ListAuditEntriesRequest>,
+    ) -> Result<Response<EntryStream>, Status> {
+        let details = format!("{:?}", request.get_ref());
+        let reader = self
+            .admit(
+                &request,
+                "/puente.v1.AuditService/ListAuditEntries",
+                details,
+            )
+            .await?;
+        let request = request.into_inner();
+        let mut agency = (!request.agency_id.is_empty()).then(|| request.agency_id.clone());
+        if let Reader::Agency(_, own) = &reader {
+            match &agency {
+                Some(asked) if asked != own.as_str() => {
+                    return Err(AuditServiceError::Forbidden(format!(
+                        "agency {own} may only list entries it is party to; leave agency_id empty or set it to {own}"
+                    ))
+                    .into())
+                }
+                _ => agency = Some(own.to_string()),
+            }
+        }
+        let action = match AuditAction::try_from(request.action) {
+            Ok(AuditAction::Unspecified) => None,
+            Ok(action) => Some(action as i32),
+            Err(_) => {
+                return Err(AuditServiceError::Invalid {
+                    field: "action",
+                    reason: "unknown action".into(),
+                }
+                .into())
+            }
+        };
+        let filters = Filters {
+            agency,
+            action,
+            since: request.since.as_ref().map(micros),
+            until: request.until.as_ref().map(micros),
+            message_id: (!request.message_id.is_empty()).then(|| request.message_id.clone()),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let log = Arc::clone(&self.log);
+        tokio::spawn(async move {
+            if let Err(e) = list(log, reader, request, filters, tx.clone()).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<GetInclusionProofResponse>, Status> {
+        let GetInclusionProofRequest {
+            leaf_index,
+            tree_size,
+        } = *request.get_ref();
+        let reader = self
+            .admit(
+                &request,
+                "/puente.v1.AuditService/GetInclusionProof",
+                format!("leaf_index={leaf_index} tree_size={tree_size}"),
+            )
+            .await?;
+        let size = self.log.store().audit_size();
+        if tree_size > size {
+            return Err(AuditServiceError::OutOfRange(format!(
+                "tree_size {tree_size} is beyond the log's {size} entries"
+            ))
+            .into());
+        }
+        if leaf_index >= tree_size {
+            return Err(AuditServiceError::Invalid {
+                field: "leaf_index",
+                reason: format!("must be below tree_size {tree_size}"),
+            }
+            .into());
+        }
+        let leaf = self
+            .log
+            .store()
+            .audit_leaf(leaf_index)
+            .map_err(AuditServiceError::from)?
+            .ok_or(AuditServiceError::NotFound(leaf_index))?;
+        if !Self::may_see(&reader, &Self::decode(leaf_index, &leaf)?) {
+            return Err(AuditServiceError::NotFound(leaf_index).into());
+        }
+        let hashes =
+            merkle::inclusion_proof(&self.log.store().audit_hashes(), leaf_index, tree_size)
+                .map_err(AuditServiceError::from)?;
+        Ok(Response::new(GetInclusionProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<GetConsistencyProofResponse>, Status> {
+        let GetConsistencyProofRequest { from_size, to_size } = *request.get_ref();
+        self.admit(
+            &request,
+            "/puente.v1.AuditService/GetConsistencyProof",
+            format!("from_size={from_size} to_size={to_size}"),
+        )
+        .await?;
+        let size = self.log.store().audit_size();
+        if to_size > size {
+            return Err(AuditServiceError::OutOfRange(format!(
+                "to_size {to_size} is beyond the log's {size} entries"
+            ))
+            .into());
+        }
+        if from_size > to_size {
+            return Err(AuditServiceError::Invalid {
+                field: "from_size",
+                reason: format!("must not exceed to_size {to_size}"),
+            }
+            .into());
+        }
+        let hashes =
+            merkle::consistency_proof(&self.log.store().audit_hashes(), from_size, to_size)
+                .map_err(AuditServiceError::from)?;
+        Ok(Response::new(GetConsistencyProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+}
