@@ -10,7 +10,7 @@ pub mod service;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -108,8 +108,9 @@ pub struct AuditLog {
     store: Arc<Store>,
     key: LogKey,
     origin: String,
-    /// Size and root of the last signed checkpoint.
-    last_signed: Mutex<(u64, Hash)>,
+    /// Size and root of the last signed checkpoint. Held across a whole signing, so two
+    /// signers can never interleave and sign sizes out of order.
+    last_signed: tokio::sync::Mutex<(u64, Hash)>,
     /// False after an integrity failure: nothing more is signed.
     signing: AtomicBool,
 }
@@ -129,18 +130,16 @@ impl AuditLog {
     ) -> Result<Arc<AuditLog>, AuditError> {
         let origin = format!("{trust_domain}/puente-audit");
         let key = LogKey::load_or_generate(&data_dir.join(LOG_KEY_FILE), &origin)?;
-        let log = AuditLog {
+        let mut log = AuditLog {
             store,
             key,
             origin,
-            last_signed: Mutex::new((0, merkle::empty_root())),
+            last_signed: tokio::sync::Mutex::new((0, merkle::empty_root())),
             signing: AtomicBool::new(true),
         };
         match log.verify_latest_checkpoint() {
             Ok(Some(latest)) => {
-                *log.last_signed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = (latest.size, latest.root);
+                *log.last_signed.get_mut() = (latest.size, latest.root);
             }
             Ok(None) => {}
             Err(e) => {
@@ -194,13 +193,9 @@ impl AuditLog {
         if !self.signing.load(Ordering::Acquire) {
             return Ok(());
         }
+        let mut last_signed = self.last_signed.lock().await;
         let size = self.store.audit_size();
-        let last = self
-            .last_signed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-        if size <= last {
+        if size <= last_signed.0 {
             return Ok(());
         }
         let root = merkle::root(&self.store.audit_hashes(), size)
@@ -213,10 +208,7 @@ impl AuditLog {
         self.store
             .put_checkpoint(size, self.key.sign(&checkpoint.body()))
             .await?;
-        *self
-            .last_signed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (size, root);
+        *last_signed = (size, root);
         Ok(())
     }
 
