@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use common::{agency_spiffe, connect, message, TestPki, WAIT};
+use common::{agency_spiffe, connect, message, ServerProcess, TestPki, WAIT};
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{GetMessageRequest, Region, SendMessageRequest, StreamInboxRequest};
 use tokio::sync::Mutex;
@@ -22,69 +20,6 @@ const RECIPIENTS: [&str; 2] = ["CO-DIJIN", "MX-FGR"];
 const CLIENTS: usize = 32;
 /// Acknowledged sends to wait for before killing the server.
 const ACKED_BEFORE_KILL: usize = 400;
-
-/// A `puente serve` child process.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts the binary on `127.0.0.1:0` and reads the bound address from its stdout.
-    fn start(dir: &Path) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_puente"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--tls-cert")
-            .arg(dir.join("server.pem"))
-            .arg("--tls-key")
-            .arg(dir.join("server.key"))
-            .arg("--client-ca")
-            .arg(dir.join("ca.pem"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start puente serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("socket address");
-        ServerProcess { child, addr }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM failed");
-        self.child.wait().expect("wait for exit")
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_tls_files(pki: &TestPki, dir: &Path) {
     for (name, pem) in [

@@ -541,7 +541,6 @@ mod tests {
         let leaves: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i]).collect();
         let tree = tree(&leaves);
         let root16 = root(&tree, 16).unwrap();
-        let root8 = root(&tree, 8).unwrap();
         // Size 1: the root is the leaf hash, the proof is empty.
         assert_eq!(root(&tree, 1).unwrap(), hash_leaf(&leaves[0]));
         assert!(inclusion_proof(&tree, 0, 1).unwrap().is_empty());

@@ -1,6 +1,8 @@
 //! The `puente` command line: `serve` runs the exchange; `send`, `inbox`, `ack`, `status`, `get`
-//! and `agencies` are thin agency clients over the generated tonic client.
+//! and `agencies` are thin agency clients over the generated tonic client; `admin` runs the
+//! certificate authority and manages the agency directory.
 
+mod admin;
 mod agency;
 mod connect;
 mod serve;
@@ -36,6 +38,8 @@ pub enum Command {
     Get(agency::GetArgs),
     /// List the agencies of the directory.
     Agencies(agency::AgenciesArgs),
+    /// Administer the exchange: its certificate authority, revocation lists and agency directory.
+    Admin(admin::AdminArgs),
 }
 
 /// Runs a parsed command line.
@@ -51,5 +55,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => agency::status(args).await,
         Command::Get(args) => agency::get(args).await,
         Command::Agencies(args) => agency::agencies(args).await,
+        Command::Admin(args) => admin::run(args).await,
     }
 }

@@ -5,8 +5,11 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -483,6 +486,93 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.request_shutdown();
+    }
+}
+
+// === ServerProcess ===
+
+/// A `puente serve` child process on `127.0.0.1:<ephemeral>`. Killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `dir/server.pem`, `dir/server.key`, client CA `dir/ca.pem` and
+    /// data directory `dir/data`.
+    pub fn start(dir: &Path) -> ServerProcess {
+        let (data, cert, key, ca) = (
+            dir.join("data"),
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+        );
+        ServerProcess::start_with([
+            OsStr::new("--data-dir"),
+            data.as_os_str(),
+            OsStr::new("--tls-cert"),
+            cert.as_os_str(),
+            OsStr::new("--tls-key"),
+            key.as_os_str(),
+            OsStr::new("--client-ca"),
+            ca.as_os_str(),
+        ])
+    }
+
+    /// Starts `puente serve --listen 127.0.0.1:0` with these further arguments and reads the
+    /// bound address from the first line of its stdout.
+    pub fn start_with<I, S>(args: I) -> ServerProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_puente"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env_remove("PUENTE_CONFIG")
+            .env_remove("PUENTE_CRL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start puente serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("socket address");
+        ServerProcess { child, addr }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for exit")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
