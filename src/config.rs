@@ -88,7 +88,7 @@ pub struct ClientProfile {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -96,7 +96,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The config file is not valid TOML for this schema.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// The file.
         path: PathBuf,

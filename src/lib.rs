@@ -11,8 +11,9 @@
 //! - [`exchange`]: `ExchangeService`: validation, recipient expansion, inbox streams.
 //! - [`directory`]: the agency registry and `AdminService`.
 //! - [`store`]: sled records, the sequencing writer and group commit.
-//! - [`pki`]: certificate issuing for the development PKI.
-//! - [`cli`]: the `puente` command line (server and agency client).
+//! - [`audit`]: the verifiable audit log: Merkle tree, signed checkpoints, `AuditService`.
+//! - [`pki`]: the CA: issuing, CSRs, CRLs, the ledger, the development PKI.
+//! - [`cli`]: the `puente` command line (server, agency, administrator and auditor clients).
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 
 pub mod audit;

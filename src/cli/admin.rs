@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::ConnectArgs;
+use super::{print_agencies, rpc_error_with_hint, ConnectArgs};
 use crate::identity::AgencyId;
 use crate::pb::v1::admin_service_client::AdminServiceClient;
 use crate::pb::v1::{
@@ -731,11 +731,8 @@ async fn crl(args: &CrlArgs) -> anyhow::Result<()> {
         .crl(args.next_update_days)
         .context("cannot sign the CRL")?;
     let (revoked_count, next_update) = crl_summary(&pem)?;
-    // Replace atomically: a server watching the file (`--crl`) never reads half of it.
-    let tmp = prefixed(&args.out, ".tmp");
-    write_public(&tmp, &pem)?;
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("cannot replace {}", args.out.display()))?;
+    // Replaced atomically: a server watching the file (`--crl`) never reads half of it.
+    write_public(&args.out, &pem)?;
     println!(
         "CRL number {number} written to {}: {revoked_count} revoked certificate(s), next update by {}",
         args.out.display(),
@@ -764,7 +761,10 @@ async fn crl(args: &CrlArgs) -> anyhow::Result<()> {
                 Code::InvalidArgument => Some("the server does not trust the CA that signed it: is its --client-ca this CA's ca.pem?"),
                 _ => None,
             };
-            unpublished(refused(status, hint))
+            unpublished(match hint {
+                Some(_) => rpc_error_with_hint(status, hint),
+                None => admin_rpc_error(status),
+            })
         })?
         .into_inner();
     let next_update = response
@@ -791,30 +791,10 @@ async fn admin_client(connect: &ConnectArgs) -> anyhow::Result<AdminServiceClien
 
 /// Turns a gRPC error of AdminService into a message for the terminal.
 fn admin_rpc_error(status: tonic::Status) -> anyhow::Error {
-    refused(status, None)
-}
-
-/// Turns a gRPC error into a message for the terminal, with `hint` or a hint for the code.
-fn refused(status: tonic::Status, hint: Option<&str>) -> anyhow::Error {
-    let hint = hint.unwrap_or(match status.code() {
-        Code::PermissionDenied | Code::Unauthenticated => {
-            "this needs an administrator's certificate: --profile admin after `puente serve --dev`, or --cert/--key issued by `puente admin cert issue --admin NAME`"
-        }
-        Code::Unavailable => {
-            "is the server running at that address, does it trust the CA of your certificate, and is the certificate unrevoked?"
-        }
-        _ => "",
-    });
-    let hint = if hint.is_empty() {
-        String::new()
-    } else {
-        format!("\n{hint}")
-    };
-    anyhow::anyhow!(
-        "the exchange refused the request ({:?}): {}{hint}",
-        status.code(),
-        status.message()
-    )
+    let hint = matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated).then_some(
+        "this needs an administrator's certificate: --profile admin after `puente serve --dev`, or --cert/--key issued by `puente admin cert issue --admin NAME`",
+    );
+    rpc_error_with_hint(status, hint)
 }
 
 /// The directory's record of agency `id`.
@@ -933,26 +913,6 @@ async fn agency_list(args: AgencyListArgs) -> anyhow::Result<()> {
         .agencies;
     print_agencies(&agencies);
     Ok(())
-}
-
-/// The table of `puente agencies`.
-fn print_agencies(agencies: &[Agency]) {
-    println!(
-        "{:<16} {:<8} {:<14} {:<10} NAME",
-        "AGENCY", "COUNTRY", "REGION", "STATUS"
-    );
-    for agency in agencies {
-        let region = Region::try_from(agency.region).map_or("?", |r| r.as_str_name());
-        let status = AgencyStatus::try_from(agency.status).map_or("?", |s| s.as_str_name());
-        println!(
-            "{:<16} {:<8} {:<14} {:<10} {}",
-            agency.agency_id,
-            agency.country,
-            region.trim_start_matches("REGION_"),
-            status.trim_start_matches("AGENCY_STATUS_"),
-            agency.name
-        );
-    }
 }
 
 // === Helpers ===

@@ -6,13 +6,12 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use tonic::transport::Channel;
 
-use super::ConnectArgs;
+use super::{print_agencies, rpc_error, ConnectArgs};
 use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
-    message, send_message_request, AcknowledgeMessageRequest, AgencyStatus, Attachment,
-    DeliveryState, Evaluation, GetDeliveryStatusRequest, GetMessageRequest, HandlingCode,
-    InformationAccuracy, ListAgenciesRequest, Message, Region, SendMessageRequest,
-    SourceReliability, StreamInboxRequest, Topic,
+    message, send_message_request, AcknowledgeMessageRequest, Attachment, DeliveryState,
+    Evaluation, GetDeliveryStatusRequest, GetMessageRequest, HandlingCode, InformationAccuracy,
+    ListAgenciesRequest, Message, SendMessageRequest, SourceReliability, StreamInboxRequest, Topic,
 };
 
 /// Topic of a message, as typed on the command line.
@@ -146,15 +145,6 @@ pub struct AgenciesArgs {
 
 async fn client(connect: &ConnectArgs) -> anyhow::Result<ExchangeServiceClient<Channel>> {
     Ok(ExchangeServiceClient::new(connect.connect().await?).max_decoding_message_size(usize::MAX))
-}
-
-/// Turns a gRPC error into a message for the terminal.
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(
-        "the exchange refused the request ({:?}): {}",
-        status.code(),
-        status.message()
-    )
 }
 
 fn parse_evaluation(s: &str) -> anyhow::Result<Evaluation> {
@@ -391,22 +381,7 @@ pub async fn agencies(args: AgenciesArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!(
-        "{:<16} {:<8} {:<14} {:<10} NAME",
-        "AGENCY", "COUNTRY", "REGION", "STATUS"
-    );
-    for agency in response.agencies {
-        let region = Region::try_from(agency.region).map_or("?", |r| r.as_str_name());
-        let status = AgencyStatus::try_from(agency.status).map_or("?", |s| s.as_str_name());
-        println!(
-            "{:<16} {:<8} {:<14} {:<10} {}",
-            agency.agency_id,
-            agency.country,
-            region.trim_start_matches("REGION_"),
-            status.trim_start_matches("AGENCY_STATUS_"),
-            agency.name
-        );
-    }
+    print_agencies(&response.agencies);
     Ok(())
 }
 

@@ -58,3 +58,59 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(args) => admin::run(args).await,
     }
 }
+
+// === Output helpers shared by the client commands ===
+
+/// Turns a gRPC error into a message for the terminal.
+pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    rpc_error_with_hint(status, None)
+}
+
+/// Turns a gRPC error into a message for the terminal, with `hint` on its own line. A refused
+/// connection (revoked or unknown certificate) surfaces as a transport error: its cause is
+/// printed, with a hint of what to check.
+pub(crate) fn rpc_error_with_hint(status: tonic::Status, hint: Option<&str>) -> anyhow::Error {
+    let mut detail = status.message().to_string();
+    let mut cause = std::error::Error::source(&status);
+    while let Some(err) = cause {
+        detail = format!("{detail}: {err}");
+        cause = err.source();
+    }
+    let hint = hint.or(match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => Some(
+            "is the server running at that address, does it trust the CA of your certificate, and is the certificate unrevoked and unexpired?",
+        ),
+        _ => None,
+    });
+    match hint {
+        Some(hint) => anyhow::anyhow!(
+            "the exchange refused the request ({:?}): {detail}\n{hint}",
+            status.code()
+        ),
+        None => anyhow::anyhow!(
+            "the exchange refused the request ({:?}): {detail}",
+            status.code()
+        ),
+    }
+}
+
+/// Prints agencies as the table of `puente agencies`.
+pub(crate) fn print_agencies(agencies: &[crate::pb::v1::Agency]) {
+    use crate::pb::v1::{AgencyStatus, Region};
+    println!(
+        "{:<16} {:<8} {:<14} {:<10} NAME",
+        "AGENCY", "COUNTRY", "REGION", "STATUS"
+    );
+    for agency in agencies {
+        let region = Region::try_from(agency.region).map_or("?", |r| r.as_str_name());
+        let status = AgencyStatus::try_from(agency.status).map_or("?", |s| s.as_str_name());
+        println!(
+            "{:<16} {:<8} {:<14} {:<10} {}",
+            agency.agency_id,
+            agency.country,
+            region.trim_start_matches("REGION_"),
+            status.trim_start_matches("AGENCY_STATUS_"),
+            agency.name
+        );
+    }
+}

@@ -44,7 +44,7 @@ pub enum PkiError {
     #[error("{0}")]
     Invalid(String),
     /// A file could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,
@@ -355,15 +355,23 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     file.sync_all().map_err(io)
 }
 
-/// Writes a public file (a certificate), replacing any old one.
+/// Writes a public file (a certificate, a CRL) atomically: a temporary file, fsynced, renamed
+/// over the old one, so a reader (a server watching a CRL file) never sees half of it.
 ///
 /// # Errors
 /// The file cannot be written.
 pub fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
-    std::fs::write(path, contents).map_err(|source| PkiError::Io {
+    let io = |source| PkiError::Io {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 #[cfg(test)]
