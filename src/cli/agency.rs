@@ -249,6 +249,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         "accepted_at: {}",
         format_time(response.accepted_at.as_ref())
     );
+    if let Some(index) = response.audit_index {
+        // The receipt: `puente audit prove --index N` proves the entry is in the log.
+        println!("audit_index: {index}");
+    }
     println!("client_message_id: {client_message_id}");
     Ok(())
 }

@@ -562,6 +562,15 @@ impl ServerProcess {
         self.child.wait().expect("wait for exit")
     }
 
+    /// Sends a signal by name (`HUP`, ...) and leaves the process running.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().expect("kill -9");
