@@ -1072,3 +1072,20 @@ async fn list_agencies_returns_the_directory() {
         ]
     );
 }
+
+#[tokio::test]
+async fn suspending_an_agency_ends_its_open_inbox_stream() {
+    let pki = TestPki::new();
+    let server = TestServer::spawn(&pki).await;
+    server.register(&pki, "ES-CNP", Region::Eu).await;
+    server.register(&pki, "CO-DIJIN", Region::Celac).await;
+    let mut recipient = pki.agency_client("CO-DIJIN", server.addr).await;
+    let mut stream = open_inbox(&mut recipient, 0).await;
+
+    server.suspend(&pki, "CO-DIJIN").await;
+
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream of a suspended agency must end, not stay open");
+    assert_code(ended, Code::PermissionDenied);
+}

@@ -139,6 +139,8 @@ pub struct Directory {
     agencies: RwLock<BTreeMap<String, AgencyRecord>>,
     /// Serialises updates so the cache applies them in the order the store did.
     writes: tokio::sync::Mutex<()>,
+    /// Bumped on every change, so open inbox streams notice a suspension at once.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Directory {
@@ -156,6 +158,7 @@ impl Directory {
             store,
             agencies: RwLock::new(agencies),
             writes: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -190,6 +193,11 @@ impl Directory {
         self.read()
             .get(agency)
             .is_some_and(|a| a.status == AgencyStatus::Active as i32)
+    }
+
+    /// Changes whenever an agency is registered or updated.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Registers a new agency (ACTIVE unless a status is given).
@@ -267,6 +275,7 @@ impl Directory {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(record.agency_id.clone(), record.clone());
+        self.changes.send_modify(|generation| *generation += 1);
     }
 }
 

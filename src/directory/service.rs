@@ -99,7 +99,12 @@ impl AdminService {
             Ok(value) => return Ok(Response::new(value)),
             Err(err) => err,
         };
-        if !matches!(err, DirectoryError::Store(_)) {
+        let internal = matches!(
+            err,
+            DirectoryError::Store(_)
+                | DirectoryError::Crl(CrlError::Persist(_) | CrlError::Rebuild(_))
+        );
+        if !internal {
             let event = audit::refusal_event(
                 peer.as_ref(),
                 &format!("/puente.v1.AdminService/{method}"),

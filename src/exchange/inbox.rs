@@ -70,11 +70,13 @@ async fn follow(
     let mut watermark = service.store.subscribe_inbox(agency.as_str());
     let mut shutdown = service.shutdown.clone();
     let mut revocations = reader.revocations.subscribe();
+    let mut directory = service.directory.subscribe();
     loop {
         if *shutdown.borrow_and_update() {
             return Err(ExchangeError::ShuttingDown);
         }
         revocations.borrow_and_update();
+        directory.borrow_and_update();
         if reader.revocations.is_revoked(&reader.caller.serial) {
             warn!(agency = %agency, serial = %reader.caller.serial, "inbox stream ended: certificate revoked");
             return Err(ExchangeError::Unauthenticated(IdentityError::Revoked));
@@ -92,6 +94,7 @@ async fn follow(
                 changed = watermark.changed() => if changed.is_err() { return Err(ExchangeError::ShuttingDown) },
                 _ = shutdown.changed() => {}
                 _ = revocations.changed() => {}
+                _ = directory.changed() => {}
                 _ = tx.closed() => return Ok(()),
             }
             continue;
