@@ -1,6 +1,7 @@
 //! Crash consistency: the `puente` binary is killed with SIGKILL while 32 clients send, then
 //! restarted on the same data directory. Every acknowledged message must be there, streamed
-//! exactly once and in order, and retries of the sends that were in flight must not duplicate.
+//! exactly once and in order, retries of the sends that were in flight must not duplicate, and
+//! the audit log after the restart must extend the checkpoint signed before the crash.
 
 mod common;
 
@@ -9,9 +10,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{agency_spiffe, connect, message, ServerProcess, TestPki, WAIT};
+use common::{agency_spiffe, auditor_spiffe, connect, message, ServerProcess, TestPki, WAIT};
+use puente::audit::merkle::{verify_consistency, Hash};
+use puente::audit::note::{Checkpoint, NoteVerifier};
+use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
-use puente::pb::v1::{GetMessageRequest, Region, SendMessageRequest, StreamInboxRequest};
+use puente::pb::v1::{
+    GetCheckpointRequest, GetConsistencyProofRequest, GetLogInfoRequest, GetMessageRequest, Region,
+    SendMessageRequest, StreamInboxRequest,
+};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
@@ -37,6 +44,30 @@ async fn agency(pki: &TestPki, id: &str, addr: SocketAddr) -> ExchangeServiceCli
         .await
         .expect("connect");
     ExchangeServiceClient::new(channel)
+}
+
+async fn auditor(pki: &TestPki, addr: SocketAddr) -> AuditServiceClient<Channel> {
+    AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await)
+}
+
+/// The log's verifier key and its latest checkpoint, whose signature is checked with that key.
+async fn signed_checkpoint(client: &mut AuditServiceClient<Channel>) -> (String, Checkpoint) {
+    let key = client
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner()
+        .verifier_key;
+    let note = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .checkpoint;
+    let verifier = NoteVerifier::parse(&key).expect("verifier key");
+    let checkpoint = Checkpoint::parse(verifier.verify(&note).expect("signed by the log key"))
+        .expect("checkpoint body");
+    (key, checkpoint)
 }
 
 /// What the clients learned before the crash.
@@ -148,6 +179,12 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
     .await
     .expect("clients made no progress")
     .expect("watch");
+    // A checkpoint signed while the load runs: the log after the crash must extend it.
+    let (key_before, before) = signed_checkpoint(&mut auditor(&pki, server.addr).await).await;
+    assert!(
+        before.size >= ACKED_BEFORE_KILL as u64,
+        "every acknowledged send is in the log, so in the checkpoint signed after it"
+    );
     server.kill();
     for task in tasks {
         task.await.expect("client task");
@@ -164,6 +201,33 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
     );
 
     let server = ServerProcess::start(dir.path());
+
+    let mut audit = auditor(&pki, server.addr).await;
+    let (key_after, after) = signed_checkpoint(&mut audit).await;
+    assert_eq!(
+        key_after, key_before,
+        "the log's key changed across the restart"
+    );
+    assert!(
+        after.size >= before.size,
+        "the log shrank from {} to {} entries",
+        before.size,
+        after.size
+    );
+    let proof: Vec<Hash> = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            from_size: before.size,
+            to_size: after.size,
+        })
+        .await
+        .expect("consistency proof")
+        .into_inner()
+        .hashes
+        .into_iter()
+        .map(|h| h.try_into().expect("32-byte hash"))
+        .collect();
+    verify_consistency(before.size, after.size, &proof, &before.root, &after.root)
+        .expect("the log after kill -9 extends the checkpoint signed before it");
 
     // Retries of the in-flight sends: committed ones return their original id, the others are
     // accepted now; either way each must end up in the inboxes exactly once.

@@ -1,9 +1,11 @@
 //! The `puente` command line: `serve` runs the exchange; `send`, `inbox`, `ack`, `status`, `get`
 //! and `agencies` are thin agency clients over the generated tonic client; `admin` runs the
-//! certificate authority and manages the agency directory.
+//! certificate authority and manages the agency directory; `audit` reviews, verifies, proves
+//! and exports the audit log.
 
 mod admin;
 mod agency;
+mod audit;
 mod connect;
 mod serve;
 
@@ -40,6 +42,9 @@ pub enum Command {
     Agencies(agency::AgenciesArgs),
     /// Administer the exchange: its certificate authority, revocation lists and agency directory.
     Admin(admin::AdminArgs),
+    /// Review, verify, prove and export the audit log (auditors; agencies for the entries they
+    /// are party to).
+    Audit(audit::AuditArgs),
 }
 
 /// Runs a parsed command line.
@@ -56,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => agency::get(args).await,
         Command::Agencies(args) => agency::agencies(args).await,
         Command::Admin(args) => admin::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }
 

@@ -115,7 +115,7 @@ impl TestPki {
         server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server_params.not_before = now() - time::Duration::hours(1);
-        server_params.not_after = now() + time::Duration::days(1);
+        server_params.not_after = now() + time::Duration::days(30);
         server_params.serial_number = Some(next_serial());
         let server_cert = server_params
             .signed_by(&server_key, &issuer)
@@ -141,7 +141,7 @@ impl TestPki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = now() - time::Duration::hours(1);
-        params.not_after = now() + time::Duration::days(1);
+        params.not_after = now() + time::Duration::days(30);
         params
     }
 
