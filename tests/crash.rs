@@ -341,10 +341,10 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
             );
             assert_eq!(
                 stored.content,
-                sent[id].content.clone().map(|c| match c {
-                    puente::pb::v1::send_message_request::Content::Text(t) =>
-                        puente::pb::v1::message::Content::Text(t),
-                })
+                sent[id]
+                    .content
+                    .clone()
+                    .map(puente::exchange::content::to_message_content)
             );
         }
     }

@@ -11,7 +11,8 @@ use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
     message, send_message_request, AcknowledgeMessageRequest, Attachment, DeliveryState,
     Evaluation, GetDeliveryStatusRequest, GetMessageRequest, HandlingCode, InformationAccuracy,
-    ListAgenciesRequest, Message, SendMessageRequest, SourceReliability, StreamInboxRequest, Topic,
+    ListAgenciesRequest, Message, Priority, SendMessageRequest, SourceReliability,
+    StreamInboxRequest, Topic,
 };
 
 /// Topic of a message, as typed on the command line.
@@ -85,6 +86,35 @@ pub struct SendArgs {
     /// Idempotency key; reuse the printed one to retry safely [default: a new UUID].
     #[arg(long)]
     client_message_id: Option<String>,
+    /// Conditions of use; required with --handling h3.
+    #[arg(long)]
+    conditions: Option<String>,
+    /// How fast an answer is needed.
+    #[arg(long, value_enum)]
+    priority: Option<PriorityArg>,
+    /// When an answer is due (RFC 3339, e.g. 2026-12-31T12:00:00Z).
+    #[arg(long, value_parser = parse_deadline)]
+    respond_by: Option<prost_types::Timestamp>,
+}
+
+/// Priority, as typed on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PriorityArg {
+    /// Routine.
+    Routine,
+    /// Urgent: within days.
+    Urgent,
+    /// Immediate: threat to life or of imminent loss of evidence.
+    Immediate,
+}
+
+fn parse_deadline(s: &str) -> Result<prost_types::Timestamp, String> {
+    let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-12-31T12:00:00Z: {e}"))?;
+    Ok(prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: 0,
+    })
 }
 
 /// Flags of `puente inbox`.
@@ -225,6 +255,14 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         case_reference: args.case_reference.clone().unwrap_or_default(),
         content: Some(send_message_request::Content::Text(text)),
         attachments,
+        handling_conditions: args.conditions.clone().unwrap_or_default(),
+        priority: match args.priority {
+            None => Priority::Unspecified,
+            Some(PriorityArg::Routine) => Priority::Routine,
+            Some(PriorityArg::Urgent) => Priority::Urgent,
+            Some(PriorityArg::Immediate) => Priority::Immediate,
+        } as i32,
+        respond_by: args.respond_by,
     };
     let response = client(&args.connect)
         .await?

@@ -112,6 +112,18 @@ enum ActionArg {
     CrlApplied,
     /// Someone queried the audit log.
     AuditQueried,
+    /// A recipient forwarded a message.
+    MessageForwarded,
+    /// A holder asked the originator for consent to forward.
+    ConsentRequested,
+    /// The originator granted consent.
+    ConsentGranted,
+    /// The originator denied consent.
+    ConsentDenied,
+    /// The originator retracted a message.
+    MessageRetracted,
+    /// The originator corrected a message.
+    MessageCorrected,
 }
 
 impl From<ActionArg> for AuditAction {
@@ -128,6 +140,12 @@ impl From<ActionArg> for AuditAction {
             ActionArg::AgencySuspended => AuditAction::AgencySuspended,
             ActionArg::AgencyResumed => AuditAction::AgencyResumed,
             ActionArg::CrlApplied => AuditAction::CrlApplied,
+            ActionArg::MessageForwarded => AuditAction::MessageForwarded,
+            ActionArg::ConsentRequested => AuditAction::ConsentRequested,
+            ActionArg::ConsentGranted => AuditAction::ConsentGranted,
+            ActionArg::ConsentDenied => AuditAction::ConsentDenied,
+            ActionArg::MessageRetracted => AuditAction::MessageRetracted,
+            ActionArg::MessageCorrected => AuditAction::MessageCorrected,
             ActionArg::AuditQueried => AuditAction::AuditQueried,
         }
     }
@@ -1218,6 +1236,8 @@ struct JsonEvent<'a> {
     subject_agency: &'a str,
     remote_address: &'a str,
     crl_number: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    related_message_id: &'a str,
 }
 
 fn entry_json(index: u64, leaf: &[u8], event: &AuditEvent) -> anyhow::Result<String> {
@@ -1245,6 +1265,7 @@ fn entry_json(index: u64, leaf: &[u8], event: &AuditEvent) -> anyhow::Result<Str
             subject_agency: &event.subject_agency,
             remote_address: &event.remote_address,
             crl_number: event.crl_number,
+            related_message_id: &event.related_message_id,
         },
     };
     serde_json::to_string(&entry).context("cannot encode an entry as JSON")

@@ -4,7 +4,10 @@
 //! validate requests into domain types ([`validate`]), expand recipients against the directory,
 //! and hand one [`NewMessage`] to the store, which answers only once it is durable.
 
+pub mod content;
+mod handling;
 mod inbox;
+mod threads;
 pub mod validate;
 
 use std::collections::BTreeSet;
@@ -21,12 +24,18 @@ use crate::directory::{to_wire, Directory};
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::{
-    message, send_message_request, AcknowledgeMessageRequest, AcknowledgeMessageResponse,
-    AuditAction, DeliveryState, Evaluation, GetDeliveryStatusRequest, GetDeliveryStatusResponse,
-    GetMessageRequest, GetMessageResponse, ListAgenciesRequest, ListAgenciesResponse, Message,
+    AcknowledgeMessageRequest, AcknowledgeMessageResponse, AuditAction, DeliveryState, Evaluation,
+    ForwardHop, GetDeliveryStatusRequest, GetDeliveryStatusResponse, GetMessageRequest,
+    GetMessageResponse, ListAgenciesRequest, ListAgenciesResponse, Message, NoticeStatus,
     RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
 };
-use crate::store::records::MessageRecord;
+use crate::pb::v1::{
+    CorrectMessageRequest, CorrectMessageResponse, DenyConsentRequest, DenyConsentResponse,
+    ForwardMessageRequest, ForwardMessageResponse, GrantConsentRequest, GrantConsentResponse,
+    ListThreadRequest, ListThreadResponse, RequestConsentRequest, RequestConsentResponse,
+    RetractMessageRequest, RetractMessageResponse,
+};
+use crate::store::records::{keys, MessageRecord};
 use crate::store::{Accepted, NewMessage, Store, StoreError};
 use validate::{MessageId, Recipient};
 
@@ -62,6 +71,9 @@ pub enum ExchangeError {
     /// The caller can read the message but this operation is for another party.
     #[error("{0}")]
     NotAllowed(&'static str),
+    /// The originator's handling code forbids this (e.g. forwarding H2/H3 without consent).
+    #[error("{0}")]
+    HandlingRefused(String),
     /// The idempotency key was used for a different request.
     #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
     IdempotencyConflict(String),
@@ -90,7 +102,8 @@ impl From<ExchangeError> for Status {
             ExchangeError::NotAnAgency(_)
             | ExchangeError::UnregisteredAgency(_)
             | ExchangeError::SuspendedAgency(_)
-            | ExchangeError::NotAllowed(_) => Status::permission_denied(err.to_string()),
+            | ExchangeError::NotAllowed(_)
+            | ExchangeError::HandlingRefused(_) => Status::permission_denied(err.to_string()),
             ExchangeError::InvalidField { field, reason } => {
                 crate::errors::bad_request(&field, &reason)
             }
@@ -229,6 +242,11 @@ impl ExchangeService {
                 source,
             })
         })?;
+        let originator = if record.originator.is_empty() {
+            record.sender.clone()
+        } else {
+            record.originator
+        };
         Ok(Message {
             message_id: record.message_id,
             sender: record.sender,
@@ -243,11 +261,30 @@ impl ExchangeService {
             created_at: Some(timestamp(record.created_at_micros)),
             in_reply_to: record.in_reply_to,
             case_reference: record.case_reference,
-            content: body.content.map(|content| match content {
-                send_message_request::Content::Text(text) => message::Content::Text(text),
-            }),
+            content: body.content.map(content::to_message_content),
             attachments: body.attachments,
             content_sha256: record.content_sha256,
+            handling_conditions: record.handling_conditions,
+            priority: record.priority,
+            respond_by: (record.respond_by_micros != 0)
+                .then(|| timestamp(record.respond_by_micros)),
+            kind: record.kind,
+            originator,
+            original_message_id: record.original_message_id,
+            provenance: record
+                .provenance
+                .into_iter()
+                .map(|hop| ForwardHop {
+                    from_agency: hop.from_agency,
+                    to_agency: hop.to_agency,
+                    message_id: hop.message_id,
+                    forwarded_at: Some(timestamp(hop.forwarded_at_micros)),
+                })
+                .collect(),
+            related_message_id: record.related_message_id,
+            consent_agency: record.consent_agency,
+            consent_granted: record.consent_granted,
+            reason: record.reason,
         })
     }
 
@@ -284,6 +321,23 @@ impl ExchangeService {
         }
         let recipients = self.expand(&sender, &draft.recipients)?;
         let message_id = MessageId::generate();
+        let in_reply_to = draft
+            .in_reply_to
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let mut index_entries = Vec::new();
+        if !in_reply_to.is_empty() {
+            index_entries.push((
+                keys::reply(&in_reply_to, sender.as_str(), message_id.as_str()),
+                Vec::new(),
+            ));
+        }
+        if !draft.case_reference.is_empty() {
+            index_entries.push((
+                keys::case_entry(&draft.case_reference, message_id.as_str()),
+                Vec::new(),
+            ));
+        }
         let record = MessageRecord {
             message_id: message_id.to_string(),
             sender: sender.to_string(),
@@ -294,37 +348,64 @@ impl ExchangeService {
             source_reliability: draft.source_reliability as i32,
             information_accuracy: draft.information_accuracy as i32,
             created_at_micros: crate::store::now_micros(),
-            in_reply_to: draft
-                .in_reply_to
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
+            in_reply_to,
             case_reference: draft.case_reference,
             content_sha256: draft.content_sha256,
             sender_serial: caller.serial.clone(),
             body_len: draft.body.len() as u64,
             body: draft.body,
-            body_external: false,
+            handling_conditions: draft.handling_conditions,
+            priority: draft.priority as i32,
+            respond_by_micros: draft.respond_by_micros,
+            originator: sender.to_string(),
+            ..MessageRecord::default()
         };
-        let recipients_count = record.recipients.len();
-        let event = audit::message_event(AuditAction::MessageAccepted, Some(&caller), &record);
+        let accepted = self
+            .commit(
+                &caller,
+                record,
+                NewCommit {
+                    client_message_id: &draft.client_message_id,
+                    request_sha256: draft.request_sha256.clone(),
+                    index_entries,
+                    action: AuditAction::MessageAccepted,
+                    related_message_id: "",
+                },
+            )
+            .await
+            .map_err(conflict)?;
+        Ok(response(accepted))
+    }
+
+    /// Commits a new inbox entry for every recipient of `record`, with its audit entry and
+    /// index entries in the same batch.
+    async fn commit(
+        &self,
+        caller: &Caller,
+        record: MessageRecord,
+        commit: NewCommit<'_>,
+    ) -> Result<Accepted, StoreError> {
+        let mut event = audit::message_event(commit.action, Some(caller), &record);
+        event.related_message_id = commit.related_message_id.to_string();
+        let (sender, recipients) = (record.sender.clone(), record.recipients.len());
         let accepted = self
             .store
             .send(
                 NewMessage {
                     record,
-                    client_message_id: draft.client_message_id.clone(),
-                    request_sha256: draft.request_sha256.clone(),
+                    client_message_id: commit.client_message_id.to_string(),
+                    request_sha256: commit.request_sha256,
+                    index_entries: commit.index_entries,
                 },
                 event,
             )
-            .await
-            .map_err(conflict)?;
+            .await?;
         if accepted.created {
-            info!(agency = %sender, message_id = %accepted.message_id, recipients = recipients_count, "message accepted");
+            info!(agency = %sender, message_id = %accepted.message_id, recipients, action = commit.action.as_str_name(), "message accepted");
         } else {
             info!(agency = %sender, message_id = %accepted.message_id, "idempotent retry answered");
         }
-        Ok(response(accepted))
+        Ok(accepted)
     }
 
     async fn acknowledge(
@@ -392,19 +473,51 @@ impl ExchangeService {
                 "only the sender can see a message's delivery status",
             ));
         }
-        let recipients = self
-            .store
-            .deliveries(id.as_str())?
-            .into_iter()
-            .map(|(agency_id, delivery)| RecipientStatus {
-                agency_id,
-                state: delivery.state,
-                updated_at: Some(timestamp(delivery.updated_at_micros)),
-            })
-            .collect();
+        let repliers = self.repliers(id.as_str())?;
+        let now = crate::store::now_micros();
+        let due = record.respond_by_micros;
+        let statuses = |message_id: &str| -> Result<Vec<RecipientStatus>, ExchangeError> {
+            Ok(self
+                .store
+                .deliveries(message_id)?
+                .into_iter()
+                .map(|(agency_id, delivery)| {
+                    let replied = repliers.contains(&agency_id);
+                    RecipientStatus {
+                        overdue: due != 0 && now > due && !replied,
+                        replied,
+                        agency_id,
+                        state: delivery.state,
+                        updated_at: Some(timestamp(delivery.updated_at_micros)),
+                    }
+                })
+                .collect())
+        };
+        let recipients = statuses(id.as_str())?;
+        let mut notices = Vec::new();
+        for (notice_id, _) in self.store.index(&keys::notices_prefix(id.as_str()))? {
+            let notice_id = String::from_utf8_lossy(&notice_id).into_owned();
+            let Some(notice) = self.store.message(&notice_id)? else {
+                continue;
+            };
+            notices.push(NoticeStatus {
+                recipients: statuses(&notice_id)?
+                    .into_iter()
+                    .map(|s| RecipientStatus {
+                        replied: false,
+                        overdue: false,
+                        ..s
+                    })
+                    .collect(),
+                notice_message_id: notice_id,
+                kind: notice.kind,
+            });
+        }
         Ok(GetDeliveryStatusResponse {
             message_id: id.to_string(),
             recipients,
+            respond_by: (due != 0).then(|| timestamp(due)),
+            notices,
         })
     }
 }
@@ -462,6 +575,15 @@ impl ExchangeService {
         }
         Err(err.into())
     }
+}
+
+/// What `commit` needs besides the record.
+struct NewCommit<'a> {
+    client_message_id: &'a str,
+    request_sha256: Vec<u8>,
+    index_entries: Vec<crate::store::IndexEntry>,
+    action: AuditAction,
+    related_message_id: &'a str,
 }
 
 fn response(accepted: Accepted) -> SendMessageResponse {
@@ -548,6 +670,75 @@ impl ExchangeApi for ExchangeService {
             agencies: self.directory.list().iter().map(to_wire).collect(),
         });
         self.answer("ListAgencies", peer, result).await
+    }
+    #[instrument(skip(self, request))]
+    async fn forward_message(
+        &self,
+        request: Request<ForwardMessageRequest>,
+    ) -> Result<Response<ForwardMessageResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.forward(request).await;
+        self.answer("ForwardMessage", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn request_consent(
+        &self,
+        request: Request<RequestConsentRequest>,
+    ) -> Result<Response<RequestConsentResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.ask_consent(request).await;
+        self.answer("RequestConsent", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn grant_consent(
+        &self,
+        request: Request<GrantConsentRequest>,
+    ) -> Result<Response<GrantConsentResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.grant(request).await;
+        self.answer("GrantConsent", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn deny_consent(
+        &self,
+        request: Request<DenyConsentRequest>,
+    ) -> Result<Response<DenyConsentResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.deny(request).await;
+        self.answer("DenyConsent", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn retract_message(
+        &self,
+        request: Request<RetractMessageRequest>,
+    ) -> Result<Response<RetractMessageResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.retract(request).await;
+        self.answer("RetractMessage", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn correct_message(
+        &self,
+        request: Request<CorrectMessageRequest>,
+    ) -> Result<Response<CorrectMessageResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.correct(request).await;
+        self.answer("CorrectMessage", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_thread(
+        &self,
+        request: Request<ListThreadRequest>,
+    ) -> Result<Response<ListThreadResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.thread(request).await;
+        self.answer("ListThread", peer, result).await
     }
 }
 

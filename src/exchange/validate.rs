@@ -8,8 +8,8 @@ use super::ExchangeError;
 use crate::config::Limits;
 use crate::identity::AgencyId;
 use crate::pb::v1::{
-    send_message_request, HandlingCode, InformationAccuracy, Region, SendMessageRequest,
-    SourceReliability, Topic,
+    HandlingCode, InformationAccuracy, Priority, Region, SendMessageRequest, SourceReliability,
+    Topic,
 };
 
 /// Longest subject, in characters.
@@ -94,6 +94,40 @@ pub struct Draft {
     pub content_sha256: Vec<u8>,
     /// SHA-256 identifying the whole request apart from its idempotency key.
     pub request_sha256: Vec<u8>,
+    /// The originator's conditions of use (required with H3).
+    pub handling_conditions: String,
+    /// Priority (routine when unset).
+    pub priority: Priority,
+    /// When an answer is due, microseconds since the Unix epoch; 0 if none is asked.
+    pub respond_by_micros: i64,
+}
+
+/// Longest handling conditions, in characters.
+pub const MAX_CONDITIONS_CHARS: usize = 1000;
+/// Furthest deadline one may set, in days from now.
+pub const MAX_RESPOND_BY_DAYS: i64 = 366;
+
+/// Checks the handling conditions for `handling`.
+///
+/// # Errors
+/// `InvalidField("handling_conditions")`.
+pub fn check_conditions(handling: HandlingCode, conditions: &str) -> Result<String, ExchangeError> {
+    let conditions = conditions.trim().to_string();
+    if handling == HandlingCode::H3 && conditions.is_empty() {
+        return Err(ExchangeError::invalid(
+            "handling_conditions",
+            "HANDLING_CODE_H3 requires the conditions of use (what recipients may and may not do)",
+        ));
+    }
+    if conditions.chars().count() > MAX_CONDITIONS_CHARS
+        || conditions.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ExchangeError::invalid(
+            "handling_conditions",
+            "must be at most 1000 printable characters",
+        ));
+    }
+    Ok(conditions)
 }
 
 fn printable(s: &str) -> bool {
@@ -213,15 +247,30 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         ));
     }
 
-    let mut size = 0usize;
-    match &request.content {
-        None => return Err(invalid("content", "is required: set text")),
-        Some(send_message_request::Content::Text(text)) => {
-            if text.is_empty() {
-                return Err(invalid("text", "must not be empty"));
+    let handling_conditions = check_conditions(handling, &request.handling_conditions)?;
+    let priority = match Priority::try_from(request.priority) {
+        Ok(priority) => priority,
+        Err(_) => return Err(invalid("priority", "unknown priority")),
+    };
+    let respond_by_micros = match &request.respond_by {
+        None => 0,
+        Some(at) => {
+            let micros = at.seconds.saturating_mul(1_000_000) + i64::from(at.nanos) / 1_000;
+            let now = crate::store::now_micros();
+            if micros <= now || micros > now + MAX_RESPOND_BY_DAYS * 86_400_000_000 {
+                return Err(invalid(
+                    "respond_by",
+                    "must be in the future, within a year",
+                ));
             }
-            size += text.len();
+            micros
         }
+    };
+    super::content::validate(&mut request.content)?;
+
+    let mut size = 0usize;
+    if let Some(content) = &request.content {
+        size += super::content::size(content);
     }
     if request.attachments.len() > limits.max_attachments {
         return Err(invalid(
@@ -288,6 +337,9 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         body,
         content_sha256,
         request_sha256: request_digest.finalize().to_vec(),
+        handling_conditions,
+        priority,
+        respond_by_micros,
     })
 }
 
@@ -326,7 +378,7 @@ fn is_media_type(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::v1::{Attachment, Evaluation};
+    use crate::pb::v1::{send_message_request, Attachment, Evaluation};
 
     fn valid() -> SendMessageRequest {
         SendMessageRequest {

@@ -70,7 +70,13 @@ pub struct NewMessage {
     pub client_message_id: String,
     /// SHA-256 of the request without its idempotency key.
     pub request_sha256: Vec<u8>,
+    /// Further keys written in the same batch: thread, reply, forward and notice indexes,
+    /// consent decisions.
+    pub index_entries: Vec<IndexEntry>,
 }
+
+/// A key and its value in one of the store's indexes.
+pub type IndexEntry = (Vec<u8>, Vec<u8>);
 
 /// A committed send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -531,6 +537,28 @@ impl Store {
     /// Follows the durable watermark of an agency's inbox.
     pub fn subscribe_inbox(&self, agency: &str) -> watch::Receiver<u64> {
         self.inboxes.subscribe(agency)
+    }
+
+    /// Keys under `prefix` (the part after it) and their values, in key order.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn index(&self, prefix: &[u8]) -> Result<Vec<IndexEntry>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[prefix.len()..].to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The value of one index key.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn index_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Every directory entry, ordered by agency id.

@@ -53,6 +53,56 @@ pub struct MessageRecord {
     /// Length of the body in bytes.
     #[prost(uint64, tag = "16")]
     pub body_len: u64,
+    /// The originator's conditions of use.
+    #[prost(string, tag = "17")]
+    pub handling_conditions: String,
+    /// `puente.v1.Priority` value.
+    #[prost(int32, tag = "18")]
+    pub priority: i32,
+    /// When an answer is due, microseconds since the Unix epoch; 0 if none is asked.
+    #[prost(int64, tag = "19")]
+    pub respond_by_micros: i64,
+    /// `puente.v1.MessageKind` value.
+    #[prost(int32, tag = "20")]
+    pub kind: i32,
+    /// Agency that first sent the intelligence (the sender, except for forwarded copies).
+    #[prost(string, tag = "21")]
+    pub originator: String,
+    /// For forwarded copies: the originator's message.
+    #[prost(string, tag = "22")]
+    pub original_message_id: String,
+    /// For forwarded copies: every step from the originator to this copy.
+    #[prost(message, repeated, tag = "23")]
+    pub provenance: Vec<ForwardHopRecord>,
+    /// For consent requests and decisions and for notices: the message concerned.
+    #[prost(string, tag = "24")]
+    pub related_message_id: String,
+    /// For consent requests and decisions: the prospective recipient.
+    #[prost(string, tag = "25")]
+    pub consent_agency: String,
+    /// For consent decisions: granted or not.
+    #[prost(bool, tag = "26")]
+    pub consent_granted: bool,
+    /// Reason given with a forward, consent request or decision, or notice.
+    #[prost(string, tag = "27")]
+    pub reason: String,
+}
+
+/// One step of a forwarded copy's path.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardHopRecord {
+    /// Agency that passed the message on.
+    #[prost(string, tag = "1")]
+    pub from_agency: String,
+    /// Agency it was passed to.
+    #[prost(string, tag = "2")]
+    pub to_agency: String,
+    /// The copy created by that step.
+    #[prost(string, tag = "3")]
+    pub message_id: String,
+    /// When, microseconds since the Unix epoch.
+    #[prost(int64, tag = "4")]
+    pub forwarded_at_micros: i64,
 }
 
 /// What an idempotency key (sender + `client_message_id`) is bound to.
@@ -174,6 +224,62 @@ pub mod keys {
     /// `p/<agency>/<index, 8 bytes big-endian>` → empty: the agency is party to that entry.
     pub fn audit_party(agency: &str, index: u64) -> Vec<u8> {
         [audit_party_prefix(agency).as_slice(), &index.to_be_bytes()].concat()
+    }
+
+    /// `r/<message_id>/` prefix of the replies to a message: `<agency>/<reply_id>` → empty.
+    pub fn replies_prefix(message_id: &str) -> Vec<u8> {
+        [b"r/", message_id.as_bytes(), b"/"].concat()
+    }
+
+    /// `r/<message_id>/<agency>/<reply_id>`: `agency` answered `message_id` with `reply_id`.
+    pub fn reply(message_id: &str, agency: &str, reply_id: &str) -> Vec<u8> {
+        [
+            replies_prefix(message_id).as_slice(),
+            agency.as_bytes(),
+            b"/",
+            reply_id.as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// `x/<case reference>/` prefix of the messages carrying a case reference.
+    pub fn case_prefix(case_reference: &str) -> Vec<u8> {
+        [b"x/", case_reference.as_bytes(), b"\0"].concat()
+    }
+
+    /// `x/<case reference>\0<message_id>` → empty.
+    pub fn case_entry(case_reference: &str, message_id: &str) -> Vec<u8> {
+        [
+            case_prefix(case_reference).as_slice(),
+            message_id.as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// `f/<original_message_id>/` prefix of the forwarded copies of a message.
+    pub fn copies_prefix(original: &str) -> Vec<u8> {
+        [b"f/", original.as_bytes(), b"/"].concat()
+    }
+
+    /// `f/<original>/<copy_id>` → empty: a forwarded copy of `original`.
+    pub fn copy(original: &str, copy_id: &str) -> Vec<u8> {
+        [copies_prefix(original).as_slice(), copy_id.as_bytes()].concat()
+    }
+
+    /// `n/<original_message_id>/` prefix of the retraction and correction notices of a message.
+    pub fn notices_prefix(original: &str) -> Vec<u8> {
+        [b"n/", original.as_bytes(), b"/"].concat()
+    }
+
+    /// `n/<original>/<notice_id>` → empty.
+    pub fn notice(original: &str, notice_id: &str) -> Vec<u8> {
+        [notices_prefix(original).as_slice(), notice_id.as_bytes()].concat()
+    }
+
+    /// `g/<original_message_id>/<agency>` → `1` (granted) or `0` (denied): the originator's
+    /// decision on forwarding its message to `agency`.
+    pub fn consent(original: &str, agency: &str) -> Vec<u8> {
+        [b"g/", original.as_bytes(), b"/", agency.as_bytes()].concat()
     }
 
     /// `c/` prefix of the signed checkpoints.

@@ -247,6 +247,9 @@ impl Writer {
         event.time_unix_micros = record.created_at_micros;
         let audit_index = Self::append_audit(&mut batch, &mut log, vec![event])[0];
         batch.insert(keys::message(&record.message_id), encode(record));
+        for (key, value) in &message.index_entries {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
         batch.insert(
             keys::idempotency(&record.sender, &message.client_message_id),
             encode(&IdempotencyRecord {

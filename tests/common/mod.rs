@@ -632,7 +632,7 @@ pub fn content_sha256(request: &SendMessageRequest) -> Vec<u8> {
 pub fn text_of(message: &puente::pb::v1::Message) -> Option<&str> {
     match &message.content {
         Some(puente::pb::v1::message::Content::Text(text)) => Some(text),
-        None => None,
+        _ => None,
     }
 }
 

@@ -1,0 +1,562 @@
+//! Handling rules beyond delivery: forwarding (allowed for H0/H1, for H2/H3 only with the
+//! originator's consent), the consent exchange itself, and retractions and corrections that
+//! reach every holder of a message, forwarded copies included. Each produces inbox entries
+//! through the same durable path as SendMessage, with its own audit entry.
+
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tonic::Request;
+
+use super::validate::{self, MessageId};
+use super::{ExchangeError, ExchangeService, NewCommit};
+use crate::identity::AgencyId;
+use crate::pb::v1::{
+    AuditAction, CorrectMessageRequest, CorrectMessageResponse, DenyConsentRequest,
+    DenyConsentResponse, ForwardMessageRequest, ForwardMessageResponse, GrantConsentRequest,
+    GrantConsentResponse, HandlingCode, MessageKind, RequestConsentRequest, RequestConsentResponse,
+    RetractMessageRequest, RetractMessageResponse, SendMessageRequest,
+};
+use crate::store::records::{keys, ForwardHopRecord, MessageRecord};
+use crate::store::{now_micros, StoreError};
+
+/// Longest reason given with a forward, consent or notice, in characters.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+fn check_reason(reason: &str, required: bool) -> Result<String, ExchangeError> {
+    let reason = reason.trim().to_string();
+    if required && reason.is_empty() {
+        return Err(ExchangeError::invalid("reason", "is required"));
+    }
+    if reason.chars().count() > MAX_REASON_CHARS
+        || reason.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ExchangeError::invalid(
+            "reason",
+            "must be at most 1000 printable characters",
+        ));
+    }
+    Ok(reason)
+}
+
+/// The original behind a message or a forwarded copy: its id and its originator.
+fn origin(record: &MessageRecord) -> (String, String) {
+    if record.kind == MessageKind::Forwarded as i32 {
+        (
+            record.original_message_id.clone(),
+            record.originator.clone(),
+        )
+    } else {
+        (record.message_id.clone(), record.sender.clone())
+    }
+}
+
+/// A fresh idempotency key for entries the exchange creates on the caller's behalf.
+fn generated_key() -> String {
+    format!("puente:{}", uuid::Uuid::new_v4())
+}
+
+/// A message that carries no content of its own (consent requests and decisions, retractions).
+fn empty_body() -> (Vec<u8>, Vec<u8>) {
+    let body = SendMessageRequest::default().encode_to_vec();
+    let digest = Sha256::digest(&body).to_vec();
+    (body, digest)
+}
+
+impl ExchangeService {
+    /// A message the caller received and may act on as a holder: intelligence or a forwarded
+    /// copy of which it is a recipient.
+    fn held(&self, agency: &AgencyId, id: &MessageId) -> Result<MessageRecord, ExchangeError> {
+        let record = self.readable(agency, id)?;
+        let intelligence = record.kind == MessageKind::Unspecified as i32
+            || record.kind == MessageKind::Forwarded as i32;
+        if !intelligence {
+            return Err(ExchangeError::invalid(
+                "message_id",
+                "names a notice or consent message, not intelligence",
+            ));
+        }
+        if !record.recipients.iter().any(|r| r == agency.as_str()) {
+            return Err(ExchangeError::NotAllowed(
+                "only a recipient can pass a message on or ask to",
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Whether the originator consented to `agency` receiving `original`.
+    fn consented(&self, original: &str, agency: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .index_value(&keys::consent(original, agency))?
+            .as_deref()
+            == Some(b"1".as_slice()))
+    }
+
+    /// Every agency holding `original`: its recipients and those of its forwarded copies.
+    fn holders(&self, original: &MessageRecord) -> Result<Vec<String>, ExchangeError> {
+        let mut holders: std::collections::BTreeSet<String> =
+            original.recipients.iter().cloned().collect();
+        for (copy_id, _) in self
+            .store
+            .index(&keys::copies_prefix(&original.message_id))?
+        {
+            let copy_id = String::from_utf8_lossy(&copy_id).into_owned();
+            if let Some(copy) = self.store.message(&copy_id)? {
+                holders.extend(copy.recipients);
+            }
+        }
+        holders.remove(&original.sender);
+        Ok(holders.into_iter().collect())
+    }
+
+    pub(super) async fn forward(
+        &self,
+        request: Request<ForwardMessageRequest>,
+    ) -> Result<ForwardMessageResponse, ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let request_sha256 = Sha256::digest(
+            ForwardMessageRequest {
+                client_message_id: String::new(),
+                ..request.clone()
+            }
+            .encode_to_vec(),
+        )
+        .to_vec();
+        if request.client_message_id.is_empty() {
+            return Err(ExchangeError::invalid(
+                "client_message_id",
+                "is required, as in SendMessage",
+            ));
+        }
+        if let Some(original) = self
+            .store
+            .earlier_send(agency.as_str(), &request.client_message_id, &request_sha256)
+            .map_err(|e| self.conflict(e, &request.client_message_id))?
+        {
+            return Ok(forward_response(original));
+        }
+        let id = MessageId::parse("message_id", &request.message_id)?;
+        let held = self.held(&agency, &id)?;
+        let reason = check_reason(&request.reason, false)?;
+        if request.recipients.is_empty() {
+            return Err(ExchangeError::invalid(
+                "recipients",
+                "at least one agency id is required",
+            ));
+        }
+        let mut targets = Vec::new();
+        for (i, entry) in request.recipients.iter().enumerate() {
+            let target = AgencyId::parse(entry).map_err(|_| ExchangeError::InvalidField {
+                field: format!("recipients[{i}]"),
+                reason: "must be an agency id; forwarding takes no regions and no *".into(),
+            })?;
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        let expanded = self.expand(
+            &agency,
+            &targets
+                .iter()
+                .cloned()
+                .map(validate::Recipient::Agency)
+                .collect::<Vec<_>>(),
+        )?;
+        let (original_id, originator) = origin(&held);
+        let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
+        if matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
+            for target in &expanded {
+                if !self.consented(&original_id, target)? {
+                    return Err(ExchangeError::HandlingRefused(format!(
+                        "message {original_id} is {} and {originator} has not consented to {target} receiving it: ask with RequestConsent",
+                        handling.as_str_name()
+                    )));
+                }
+            }
+        }
+        let copy_id = MessageId::generate();
+        let now = now_micros();
+        let mut provenance = held.provenance.clone();
+        for target in &expanded {
+            provenance.push(ForwardHopRecord {
+                from_agency: agency.to_string(),
+                to_agency: target.clone(),
+                message_id: copy_id.to_string(),
+                forwarded_at_micros: now,
+            });
+        }
+        let body = self.store.body(&held)?;
+        let record = MessageRecord {
+            message_id: copy_id.to_string(),
+            sender: agency.to_string(),
+            recipients: expanded,
+            topic: held.topic,
+            subject: held.subject.clone(),
+            handling: held.handling,
+            source_reliability: held.source_reliability,
+            information_accuracy: held.information_accuracy,
+            created_at_micros: now,
+            case_reference: held.case_reference.clone(),
+            content_sha256: held.content_sha256.clone(),
+            sender_serial: caller.serial.clone(),
+            body_len: body.len() as u64,
+            body,
+            handling_conditions: held.handling_conditions.clone(),
+            priority: held.priority,
+            kind: MessageKind::Forwarded as i32,
+            originator,
+            original_message_id: original_id.clone(),
+            provenance,
+            reason,
+            ..MessageRecord::default()
+        };
+        let accepted = self
+            .commit(
+                &caller,
+                record,
+                NewCommit {
+                    client_message_id: &request.client_message_id,
+                    request_sha256,
+                    index_entries: vec![(keys::copy(&original_id, copy_id.as_str()), Vec::new())],
+                    action: AuditAction::MessageForwarded,
+                    related_message_id: &original_id,
+                },
+            )
+            .await
+            .map_err(|e| self.conflict(e, &request.client_message_id))?;
+        Ok(forward_response(accepted))
+    }
+
+    fn conflict(&self, err: StoreError, client_message_id: &str) -> ExchangeError {
+        match err {
+            StoreError::IdempotencyConflict => {
+                ExchangeError::IdempotencyConflict(client_message_id.to_string())
+            }
+            other => other.into(),
+        }
+    }
+
+    pub(super) async fn ask_consent(
+        &self,
+        request: Request<RequestConsentRequest>,
+    ) -> Result<RequestConsentResponse, ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let id = MessageId::parse("message_id", &request.message_id)?;
+        let held = self.held(&agency, &id)?;
+        let target = AgencyId::parse(&request.agency_id)
+            .map_err(|e| ExchangeError::invalid("agency_id", &e.to_string()))?;
+        if self.directory.get(target.as_str()).is_none() {
+            return Err(ExchangeError::invalid(
+                "agency_id",
+                &format!("no agency {target} is registered"),
+            ));
+        }
+        let reason = check_reason(&request.reason, true)?;
+        let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
+        if !matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
+            return Err(ExchangeError::invalid(
+                "message_id",
+                "is H0 or H1: it may be forwarded without consent",
+            ));
+        }
+        let (original_id, originator) = origin(&held);
+        if !self.directory.is_active(&originator) {
+            return Err(ExchangeError::RecipientSuspended(originator));
+        }
+        let (body, content_sha256) = empty_body();
+        let request_id = MessageId::generate();
+        let record = MessageRecord {
+            message_id: request_id.to_string(),
+            sender: agency.to_string(),
+            recipients: vec![originator.clone()],
+            topic: held.topic,
+            subject: format!(
+                "Consent requested: forward \"{}\" to {target}",
+                held.subject
+            ),
+            handling: held.handling,
+            source_reliability: held.source_reliability,
+            information_accuracy: held.information_accuracy,
+            created_at_micros: now_micros(),
+            content_sha256,
+            sender_serial: caller.serial.clone(),
+            body_len: body.len() as u64,
+            body,
+            kind: MessageKind::ConsentRequest as i32,
+            originator,
+            related_message_id: original_id.clone(),
+            consent_agency: target.to_string(),
+            reason,
+            ..MessageRecord::default()
+        };
+        let key = generated_key();
+        let accepted = self
+            .commit(
+                &caller,
+                record,
+                NewCommit {
+                    client_message_id: &key,
+                    request_sha256: Vec::new(),
+                    index_entries: Vec::new(),
+                    action: AuditAction::ConsentRequested,
+                    related_message_id: &original_id,
+                },
+            )
+            .await?;
+        Ok(RequestConsentResponse {
+            consent_request_id: accepted.message_id,
+        })
+    }
+
+    /// Grants or denies a consent request the caller received as originator.
+    async fn decide(
+        &self,
+        caller_request: (&std::sync::Arc<crate::identity::Caller>, &AgencyId),
+        consent_request_id: &str,
+        reason: &str,
+        granted: bool,
+    ) -> Result<String, ExchangeError> {
+        let (caller, agency) = caller_request;
+        let id = MessageId::parse("consent_request_id", consent_request_id)?;
+        let asked = self.readable(agency, &id)?;
+        if asked.kind != MessageKind::ConsentRequest as i32
+            || !asked.recipients.iter().any(|r| r == agency.as_str())
+        {
+            return Err(ExchangeError::invalid(
+                "consent_request_id",
+                "names no consent request addressed to this agency",
+            ));
+        }
+        let reason = check_reason(reason, !granted)?;
+        let (body, content_sha256) = empty_body();
+        let decision_id = MessageId::generate();
+        let record = MessageRecord {
+            message_id: decision_id.to_string(),
+            sender: agency.to_string(),
+            recipients: vec![asked.sender.clone()],
+            topic: asked.topic,
+            subject: format!(
+                "Consent {}: forward {} to {}",
+                if granted { "granted" } else { "denied" },
+                asked.related_message_id,
+                asked.consent_agency
+            ),
+            handling: asked.handling,
+            source_reliability: asked.source_reliability,
+            information_accuracy: asked.information_accuracy,
+            created_at_micros: now_micros(),
+            content_sha256,
+            sender_serial: caller.serial.clone(),
+            body_len: body.len() as u64,
+            body,
+            kind: MessageKind::ConsentDecision as i32,
+            originator: agency.to_string(),
+            related_message_id: asked.related_message_id.clone(),
+            consent_agency: asked.consent_agency.clone(),
+            consent_granted: granted,
+            reason,
+            ..MessageRecord::default()
+        };
+        let decision = if granted {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        };
+        let key = generated_key();
+        let accepted = self
+            .commit(
+                caller,
+                record,
+                NewCommit {
+                    client_message_id: &key,
+                    request_sha256: Vec::new(),
+                    index_entries: vec![(
+                        keys::consent(&asked.related_message_id, &asked.consent_agency),
+                        decision,
+                    )],
+                    action: if granted {
+                        AuditAction::ConsentGranted
+                    } else {
+                        AuditAction::ConsentDenied
+                    },
+                    related_message_id: &asked.related_message_id,
+                },
+            )
+            .await?;
+        Ok(accepted.message_id)
+    }
+
+    pub(super) async fn grant(
+        &self,
+        request: Request<GrantConsentRequest>,
+    ) -> Result<GrantConsentResponse, ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let decision_message_id = self
+            .decide(
+                (&caller, &agency),
+                &request.consent_request_id,
+                &request.reason,
+                true,
+            )
+            .await?;
+        Ok(GrantConsentResponse {
+            decision_message_id,
+        })
+    }
+
+    pub(super) async fn deny(
+        &self,
+        request: Request<DenyConsentRequest>,
+    ) -> Result<DenyConsentResponse, ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let decision_message_id = self
+            .decide(
+                (&caller, &agency),
+                &request.consent_request_id,
+                &request.reason,
+                false,
+            )
+            .await?;
+        Ok(DenyConsentResponse {
+            decision_message_id,
+        })
+    }
+
+    /// Sends a retraction or correction notice of `original` to all its holders.
+    async fn notify(
+        &self,
+        caller: &std::sync::Arc<crate::identity::Caller>,
+        agency: &AgencyId,
+        message_id: &str,
+        reason: &str,
+        correction: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<String, ExchangeError> {
+        let id = MessageId::parse("message_id", message_id)?;
+        let original = self.readable(agency, &id)?;
+        if original.sender != agency.as_str() || original.kind != MessageKind::Unspecified as i32 {
+            return Err(ExchangeError::NotAllowed(
+                "only the originator can retract or correct a message",
+            ));
+        }
+        let reason = check_reason(reason, true)?;
+        let holders = self.holders(&original)?;
+        let (kind, action, label) = match correction {
+            Some(_) => (
+                MessageKind::Correction,
+                AuditAction::MessageCorrected,
+                "Correction",
+            ),
+            None => (
+                MessageKind::Retraction,
+                AuditAction::MessageRetracted,
+                "Retraction",
+            ),
+        };
+        let (body, content_sha256) = correction.unwrap_or_else(empty_body);
+        let notice_id = MessageId::generate();
+        let record = MessageRecord {
+            message_id: notice_id.to_string(),
+            sender: agency.to_string(),
+            recipients: holders,
+            topic: original.topic,
+            subject: format!("{label}: {}", original.subject),
+            handling: original.handling,
+            source_reliability: original.source_reliability,
+            information_accuracy: original.information_accuracy,
+            created_at_micros: now_micros(),
+            case_reference: original.case_reference.clone(),
+            content_sha256,
+            sender_serial: caller.serial.clone(),
+            body_len: body.len() as u64,
+            body,
+            handling_conditions: original.handling_conditions.clone(),
+            kind: kind as i32,
+            originator: agency.to_string(),
+            related_message_id: original.message_id.clone(),
+            reason,
+            ..MessageRecord::default()
+        };
+        let key = generated_key();
+        let accepted = self
+            .commit(
+                caller,
+                record,
+                NewCommit {
+                    client_message_id: &key,
+                    request_sha256: Vec::new(),
+                    index_entries: vec![(
+                        keys::notice(&original.message_id, notice_id.as_str()),
+                        Vec::new(),
+                    )],
+                    action,
+                    related_message_id: &original.message_id,
+                },
+            )
+            .await?;
+        Ok(accepted.message_id)
+    }
+
+    pub(super) async fn retract(
+        &self,
+        request: Request<RetractMessageRequest>,
+    ) -> Result<RetractMessageResponse, ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let notice_message_id = self
+            .notify(&caller, &agency, &request.message_id, &request.reason, None)
+            .await?;
+        Ok(RetractMessageResponse { notice_message_id })
+    }
+
+    pub(super) async fn correct(
+        &self,
+        request: Request<CorrectMessageRequest>,
+    ) -> Result<CorrectMessageResponse, ExchangeError> {
+        use crate::pb::v1::correct_message_request::Content as Corrected;
+        use crate::pb::v1::send_message_request::Content;
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let mut content = request.content.map(|content| match content {
+            Corrected::Text(text) => Content::Text(text),
+            Corrected::Firearms(report) => Content::Firearms(report),
+            Corrected::FirearmTrace(trace) => Content::FirearmTrace(trace),
+            Corrected::Financial(report) => Content::Financial(report),
+            Corrected::EarlyWarning(alert) => Content::EarlyWarning(alert),
+        });
+        super::content::validate(&mut content)?;
+        let body = SendMessageRequest {
+            content,
+            ..SendMessageRequest::default()
+        }
+        .encode_to_vec();
+        if body.len() > self.limits.max_message_bytes {
+            return Err(ExchangeError::invalid(
+                "content",
+                "is larger than the message size limit",
+            ));
+        }
+        let digest = Sha256::digest(&body).to_vec();
+        let notice_message_id = self
+            .notify(
+                &caller,
+                &agency,
+                &request.message_id,
+                &request.reason,
+                Some((body, digest)),
+            )
+            .await?;
+        Ok(CorrectMessageResponse { notice_message_id })
+    }
+}
+
+fn forward_response(accepted: crate::store::Accepted) -> ForwardMessageResponse {
+    ForwardMessageResponse {
+        message_id: accepted.message_id,
+        audit_index: Some(accepted.audit_index),
+        accepted_at: Some(super::timestamp(accepted.accepted_at_micros)),
+    }
+}

@@ -1,0 +1,129 @@
+//! Threads and deadlines: messages linked by `in_reply_to` or sharing a case reference, who has
+//! answered a request, and which answers are overdue.
+
+use std::collections::{BTreeSet, HashSet};
+
+use tonic::Request;
+
+use super::validate::MessageId;
+use super::{ExchangeError, ExchangeService};
+use crate::identity::AgencyId;
+use crate::pb::v1::{ListThreadRequest, ListThreadResponse};
+use crate::store::records::{keys, MessageRecord};
+use crate::store::StoreError;
+
+/// Most messages one ListThread answers with.
+pub const MAX_THREAD_MESSAGES: usize = 1000;
+
+impl ExchangeService {
+    /// Agencies that answered `message_id` (sent a message `in_reply_to` it).
+    pub(super) fn repliers(&self, message_id: &str) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self
+            .store
+            .index(&keys::replies_prefix(message_id))?
+            .into_iter()
+            .filter_map(|(rest, _)| {
+                let rest = String::from_utf8_lossy(&rest).into_owned();
+                rest.split_once('/').map(|(agency, _)| agency.to_string())
+            })
+            .collect())
+    }
+
+    fn replies(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .store
+            .index(&keys::replies_prefix(message_id))?
+            .into_iter()
+            .filter_map(|(rest, _)| {
+                let rest = String::from_utf8_lossy(&rest).into_owned();
+                rest.split_once('/').map(|(_, reply)| reply.to_string())
+            })
+            .collect())
+    }
+
+    fn readable_record(
+        &self,
+        agency: &AgencyId,
+        id: &str,
+    ) -> Result<Option<MessageRecord>, ExchangeError> {
+        match MessageId::parse("message_id", id) {
+            Ok(id) => match self.readable(agency, &id) {
+                Ok(record) => Ok(Some(record)),
+                Err(ExchangeError::MessageNotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The thread of a message (its root, found through `in_reply_to` as far as the caller may
+    /// read, and every reply below it), or the messages of a case reference; only messages
+    /// the caller may read, oldest first.
+    pub(super) async fn thread(
+        &self,
+        request: Request<ListThreadRequest>,
+    ) -> Result<ListThreadResponse, ExchangeError> {
+        let (_, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        let mut records = Vec::new();
+        match (
+            request.message_id.is_empty(),
+            request.case_reference.trim().is_empty(),
+        ) {
+            (false, true) => {
+                let id = MessageId::parse("message_id", &request.message_id)?;
+                let mut root = self.readable(&agency, &id)?;
+                let mut seen = HashSet::new();
+                while !root.in_reply_to.is_empty() && seen.insert(root.message_id.clone()) {
+                    match self.readable_record(&agency, &root.in_reply_to)? {
+                        Some(parent) => root = parent,
+                        None => break,
+                    }
+                }
+                let mut queue = vec![root];
+                let mut visited = HashSet::new();
+                while let Some(record) = queue.pop() {
+                    if !visited.insert(record.message_id.clone())
+                        || records.len() >= MAX_THREAD_MESSAGES
+                    {
+                        continue;
+                    }
+                    for reply in self.replies(&record.message_id)? {
+                        if let Some(child) = self.readable_record(&agency, &reply)? {
+                            queue.push(child);
+                        }
+                    }
+                    records.push(record);
+                }
+            }
+            (true, false) => {
+                for (id, _) in self
+                    .store
+                    .index(&keys::case_prefix(request.case_reference.trim()))?
+                {
+                    let id = String::from_utf8_lossy(&id).into_owned();
+                    if let Some(record) = self.readable_record(&agency, &id)? {
+                        records.push(record);
+                    }
+                    if records.len() >= MAX_THREAD_MESSAGES {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                return Err(ExchangeError::invalid(
+                    "message_id",
+                    "give exactly one of message_id and case_reference",
+                ))
+            }
+        }
+        records.sort_by(|a, b| {
+            (a.created_at_micros, &a.message_id).cmp(&(b.created_at_micros, &b.message_id))
+        });
+        let messages = records
+            .into_iter()
+            .map(|record| self.to_message(record))
+            .collect::<Result<_, _>>()?;
+        Ok(ListThreadResponse { messages })
+    }
+}
