@@ -14,6 +14,7 @@
 //! - [`audit`]: the verifiable audit log: Merkle tree, signed checkpoints, `AuditService`.
 //! - [`pki`]: the CA: issuing, CSRs, CRLs, the ledger, the development PKI.
 //! - [`cli`]: the `puente` command line (server, agency, administrator and auditor clients).
+//! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 
 pub mod audit;
@@ -26,5 +27,6 @@ pub mod identity;
 pub mod pb;
 pub mod pki;
 pub mod server;
+pub mod stix;
 pub mod store;
 pub mod tls;
