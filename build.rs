@@ -1,5 +1,6 @@
 //! Compiles the public contract in `proto/` without `protoc`: `protox` parses the files into a
-//! descriptor set, which is written out for gRPC reflection and handed to `tonic-prost-build`.
+//! descriptor set, which is written out for gRPC reflection and the JSON mapping, and handed to
+//! `tonic-prost-build`.
 
 use std::{env, fs, path::PathBuf};
 
@@ -17,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("puente_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // `prost::Name` on every message, so the JSON mapping in `pb::json` finds a message's
+    // descriptor from its type.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure().compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

@@ -1,18 +1,20 @@
 //! Agency client commands: send, inbox, ack, status, get, agencies.
 
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use tonic::transport::Channel;
 
 use super::{print_agencies, rpc_error, ConnectArgs};
+use crate::pb::json;
 use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
-    message, send_message_request, AcknowledgeMessageRequest, Attachment, DeliveryState,
-    Evaluation, GetDeliveryStatusRequest, GetMessageRequest, HandlingCode, InformationAccuracy,
-    ListAgenciesRequest, Message, Priority, SendMessageRequest, SourceReliability,
-    StreamInboxRequest, Topic,
+    message, send_message_request, AcknowledgeMessageRequest, AlertType, Attachment, DeliveryState,
+    Evaluation, FirearmRecord, FirearmStatus, FirearmType, GetDeliveryStatusRequest,
+    GetMessageRequest, HandlingCode, InformationAccuracy, ListAgenciesRequest, Message, Priority,
+    ReportCode, SendMessageRequest, Severity, SourceReliability, StreamInboxRequest, Topic,
 };
 
 /// Topic of a message, as typed on the command line.
@@ -44,37 +46,47 @@ pub enum HandlingArg {
 }
 
 /// Flags of `puente send`.
+///
+/// A message is either given entirely by flags (`--to`, `--subject`, `--topic`, `--handling`,
+/// `--evaluation` and `--text` or `--text-file`), or read from a JSON file with `--file`, in which
+/// case every flag is optional and overrides the file.
 #[derive(Debug, Args)]
+#[command(after_long_help = SEND_FILE_HELP)]
 pub struct SendArgs {
     #[command(flatten)]
     connect: ConnectArgs,
+    /// Read the message from this file (`-` for standard input): a SendMessageRequest in the
+    /// proto3 JSON mapping, such as examples/firearms-report.json. Flags given as well override
+    /// its fields.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
     /// Recipient: an agency id (CO-DIJIN), region:EU, region:CELAC, region:INTERNATIONAL or *.
-    /// Repeat for several.
-    #[arg(long = "to", required = true)]
+    /// Repeat for several. With --file, replaces the file's recipients.
+    #[arg(long = "to", required_unless_present = "file")]
     to: Vec<String>,
     /// Subject line (at most 256 characters).
-    #[arg(long)]
-    subject: String,
+    #[arg(long, required_unless_present = "file")]
+    subject: Option<String>,
     /// Subject matter.
-    #[arg(long, value_enum)]
-    topic: TopicArg,
+    #[arg(long, value_enum, required_unless_present = "file")]
+    topic: Option<TopicArg>,
     /// Handling code.
-    #[arg(long, value_enum)]
-    handling: HandlingArg,
+    #[arg(long, value_enum, required_unless_present = "file")]
+    handling: Option<HandlingArg>,
     /// 4x4 evaluation: source reliability A/B/C/X and information accuracy 1-4, e.g. B2.
-    #[arg(long)]
-    evaluation: String,
-    /// The message text.
+    #[arg(long, required_unless_present = "file")]
+    evaluation: Option<String>,
+    /// The message text. With --file, replaces the file's content.
     #[arg(
         long,
         conflicts_with = "text_file",
-        required_unless_present = "text_file"
+        required_unless_present_any = ["text_file", "file"]
     )]
     text: Option<String>,
-    /// Read the message text from this file.
+    /// Read the message text from this file. With --file, replaces the file's content.
     #[arg(long)]
     text_file: Option<PathBuf>,
-    /// Attach a file. Repeat for several.
+    /// Attach a file. Repeat for several. With --file, added to the file's attachments.
     #[arg(long = "attach")]
     attach: Vec<PathBuf>,
     /// Your case reference.
@@ -83,7 +95,8 @@ pub struct SendArgs {
     /// Id of the message this one answers.
     #[arg(long)]
     in_reply_to: Option<String>,
-    /// Idempotency key; reuse the printed one to retry safely [default: a new UUID].
+    /// Idempotency key; reuse the printed one to retry safely [default: the file's, else a new
+    /// UUID].
     #[arg(long)]
     client_message_id: Option<String>,
     /// Conditions of use; required with --handling h3.
@@ -96,6 +109,22 @@ pub struct SendArgs {
     #[arg(long, value_parser = parse_deadline)]
     respond_by: Option<prost_types::Timestamp>,
 }
+
+/// The end of `puente send --help`: how `--file` and the flags combine.
+const SEND_FILE_HELP: &str = "\
+Sending a JSON file:
+  --file takes the proto3 JSON mapping of a SendMessageRequest (field names in lowerCamelCase
+  or as in the .proto, enums by name, dates as strings), with any kind of content: text,
+  firearms, firearmTrace, financial or earlyWarning. The examples/ directory has one of each:
+
+    puente send --profile es-cnp --file examples/firearms-report.json
+
+  Flags override the file: --to replaces its recipients, --subject, --topic, --handling,
+  --evaluation, --case-reference, --in-reply-to, --conditions, --priority and --respond-by
+  replace those fields, --text or --text-file replaces its content, and --attach adds to its
+  attachments. The idempotency key is --client-message-id, else the file's clientMessageId,
+  else a new UUID (so sending the same file twice sends two messages unless it carries a key).
+  Fields the server sets (serialNumberNormalized) are ignored.";
 
 /// Priority, as typed on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -131,6 +160,10 @@ pub struct InboxArgs {
     /// Acknowledge each printed message as received.
     #[arg(long)]
     ack: bool,
+    /// Print each entry as one line of JSON (the proto3 JSON mapping of a
+    /// StreamInboxResponse: sequence and message, with structured content in full).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `puente ack`.
@@ -164,6 +197,9 @@ pub struct GetArgs {
     /// Save the attachments into this directory.
     #[arg(long)]
     save_attachments: Option<PathBuf>,
+    /// Print the message as JSON (the proto3 JSON mapping of a GetMessageResponse), indented.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `puente agencies`.
@@ -207,63 +243,12 @@ fn parse_evaluation(s: &str) -> anyhow::Result<Evaluation> {
 /// # Errors
 /// Unreadable files, bad flags, or the exchange's refusal.
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let text = match (&args.text, &args.text_file) {
-        (Some(text), _) => text.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --text-file {}", path.display()))?,
-        (None, None) => bail!("give the message with --text or --text-file"),
+    let mut request = match &args.file {
+        Some(path) => read_request(path)?,
+        None => SendMessageRequest::default(),
     };
-    let mut attachments = Vec::new();
-    for path in &args.attach {
-        let data = std::fs::read(path)
-            .with_context(|| format!("cannot read --attach {}", path.display()))?;
-        let filename = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("--attach {} names no file", path.display()))?;
-        attachments.push(Attachment {
-            filename,
-            media_type: String::new(),
-            data,
-        });
-    }
-    let client_message_id = args
-        .client_message_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let topic = match args.topic {
-        TopicArg::FirearmsTrafficking => Topic::FirearmsTrafficking,
-        TopicArg::MoneyLaundering => Topic::MoneyLaundering,
-        TopicArg::DrugEarlyWarning => Topic::DrugEarlyWarning,
-        TopicArg::DrugTrafficking => Topic::DrugTrafficking,
-        TopicArg::Other => Topic::Other,
-    };
-    let handling = match args.handling {
-        HandlingArg::H0 => HandlingCode::H0,
-        HandlingArg::H1 => HandlingCode::H1,
-        HandlingArg::H2 => HandlingCode::H2,
-        HandlingArg::H3 => HandlingCode::H3,
-    };
-    let request = SendMessageRequest {
-        client_message_id: client_message_id.clone(),
-        recipients: args.to.clone(),
-        topic: topic as i32,
-        subject: args.subject.clone(),
-        handling: handling as i32,
-        evaluation: Some(parse_evaluation(&args.evaluation)?),
-        in_reply_to: args.in_reply_to.clone().unwrap_or_default(),
-        case_reference: args.case_reference.clone().unwrap_or_default(),
-        content: Some(send_message_request::Content::Text(text)),
-        attachments,
-        handling_conditions: args.conditions.clone().unwrap_or_default(),
-        priority: match args.priority {
-            None => Priority::Unspecified,
-            Some(PriorityArg::Routine) => Priority::Routine,
-            Some(PriorityArg::Urgent) => Priority::Urgent,
-            Some(PriorityArg::Immediate) => Priority::Immediate,
-        } as i32,
-        respond_by: args.respond_by,
-    };
+    apply_flags(&args, &mut request)?;
+    let client_message_id = request.client_message_id.clone();
     let response = client(&args.connect)
         .await?
         .send_message(request)
@@ -295,6 +280,106 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a `SendMessageRequest` in proto3 JSON from `path`, or from standard input for `-`.
+fn read_request(path: &Path) -> anyhow::Result<SendMessageRequest> {
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read --file - from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --file {}", path.display()))?
+    };
+    json::from_json(&text).with_context(|| {
+        format!(
+            "--file {} is not a SendMessageRequest in proto3 JSON (see examples/*.json)",
+            path.display()
+        )
+    })
+}
+
+/// Sets the fields given by flags, over whatever `request` holds (nothing, or a `--file`).
+fn apply_flags(args: &SendArgs, request: &mut SendMessageRequest) -> anyhow::Result<()> {
+    match (&args.text, &args.text_file) {
+        (Some(text), _) => {
+            request.content = Some(send_message_request::Content::Text(text.clone()))
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --text-file {}", path.display()))?;
+            request.content = Some(send_message_request::Content::Text(text));
+        }
+        (None, None) => {}
+    }
+    for path in &args.attach {
+        let data = std::fs::read(path)
+            .with_context(|| format!("cannot read --attach {}", path.display()))?;
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("--attach {} names no file", path.display()))?;
+        request.attachments.push(Attachment {
+            filename,
+            media_type: String::new(),
+            data,
+        });
+    }
+    if !args.to.is_empty() {
+        request.recipients.clone_from(&args.to);
+    }
+    if let Some(subject) = &args.subject {
+        request.subject.clone_from(subject);
+    }
+    if let Some(topic) = args.topic {
+        request.topic = match topic {
+            TopicArg::FirearmsTrafficking => Topic::FirearmsTrafficking,
+            TopicArg::MoneyLaundering => Topic::MoneyLaundering,
+            TopicArg::DrugEarlyWarning => Topic::DrugEarlyWarning,
+            TopicArg::DrugTrafficking => Topic::DrugTrafficking,
+            TopicArg::Other => Topic::Other,
+        } as i32;
+    }
+    if let Some(handling) = args.handling {
+        request.handling = match handling {
+            HandlingArg::H0 => HandlingCode::H0,
+            HandlingArg::H1 => HandlingCode::H1,
+            HandlingArg::H2 => HandlingCode::H2,
+            HandlingArg::H3 => HandlingCode::H3,
+        } as i32;
+    }
+    if let Some(evaluation) = &args.evaluation {
+        request.evaluation = Some(parse_evaluation(evaluation)?);
+    }
+    if let Some(id) = &args.in_reply_to {
+        request.in_reply_to.clone_from(id);
+    }
+    if let Some(reference) = &args.case_reference {
+        request.case_reference.clone_from(reference);
+    }
+    if let Some(conditions) = &args.conditions {
+        request.handling_conditions.clone_from(conditions);
+    }
+    if let Some(priority) = args.priority {
+        request.priority = match priority {
+            PriorityArg::Routine => Priority::Routine,
+            PriorityArg::Urgent => Priority::Urgent,
+            PriorityArg::Immediate => Priority::Immediate,
+        } as i32;
+    }
+    if let Some(respond_by) = args.respond_by {
+        request.respond_by = Some(respond_by);
+    }
+    if let Some(id) = &args.client_message_id {
+        request.client_message_id.clone_from(id);
+    }
+    if request.client_message_id.is_empty() {
+        request.client_message_id = uuid::Uuid::new_v4().to_string();
+    }
+    Ok(())
+}
+
 /// `puente inbox`.
 ///
 /// # Errors
@@ -311,10 +396,16 @@ pub async fn inbox(args: InboxArgs) -> anyhow::Result<()> {
         .into_inner();
     let mut count = 0usize;
     while let Some(item) = stream.message().await.map_err(rpc_error)? {
+        // Stop, without acknowledging more, once the reader (`| head -1`) has had enough.
+        if args.json && !print_json(&json::to_json(&item)?)? {
+            break;
+        }
         let Some(message) = item.message else {
             continue;
         };
-        print_message(item.sequence, &message);
+        if !args.json {
+            print_message(item.sequence, &message);
+        }
         if args.ack {
             client
                 .acknowledge_message(AcknowledgeMessageRequest {
@@ -328,6 +419,16 @@ pub async fn inbox(args: InboxArgs) -> anyhow::Result<()> {
     }
     eprintln!("{count} message(s)");
     Ok(())
+}
+
+/// Prints JSON output on its own line. Returns false if standard output is a pipe whose reader
+/// has gone (`| head`), which ends the output quietly instead of with a panic.
+fn print_json(text: &str) -> anyhow::Result<bool> {
+    match writeln!(std::io::stdout(), "{text}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to standard output"),
+    }
 }
 
 /// `puente ack`.
@@ -388,17 +489,23 @@ pub async fn status(args: MessageArgs) -> anyhow::Result<()> {
 /// # Errors
 /// Connection failures, the exchange's refusal, or attachments that cannot be saved.
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let message = client(&args.connect)
+    let response = client(&args.connect)
         .await?
         .get_message(GetMessageRequest {
             message_id: args.message_id.clone(),
         })
         .await
         .map_err(rpc_error)?
-        .into_inner()
+        .into_inner();
+    if args.json {
+        print_json(&json::to_json_pretty(&response)?)?;
+    }
+    let message = response
         .message
         .context("the exchange answered without a message")?;
-    print_message(0, &message);
+    if !args.json {
+        print_message(0, &message);
+    }
     if let Some(dir) = &args.save_attachments {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for attachment in &message.attachments {
@@ -406,7 +513,12 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             let path = dir.join(&attachment.filename);
             std::fs::write(&path, &attachment.data)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("saved {}", path.display());
+            // Keep standard output pure JSON with --json.
+            if args.json {
+                eprintln!("saved {}", path.display());
+            } else {
+                println!("saved {}", path.display());
+            }
         }
     }
     Ok(())
@@ -477,10 +589,8 @@ fn print_message(sequence: u64, message: &Message) {
         println!("  in reply to: {}", message.in_reply_to);
     }
     println!("  subject: {}", message.subject);
-    if let Some(message::Content::Text(text)) = &message.content {
-        for line in text.lines() {
-            println!("  | {line}");
-        }
+    if let Some(content) = &message.content {
+        print_content(content);
     }
     for attachment in &message.attachments {
         println!(
@@ -490,4 +600,131 @@ fn print_message(sequence: u64, message: &Message) {
         );
     }
     println!("  content sha256: {}", hex::encode(&message.content_sha256));
+}
+
+/// The variant name of an enum value without its prefix (`FIREARM_TYPE_PISTOL` → `PISTOL`), or
+/// `?` for a number this client does not know.
+fn short_name<E: TryFrom<i32>>(
+    value: i32,
+    name: fn(&E) -> &'static str,
+    prefix: &str,
+) -> &'static str {
+    E::try_from(value).map_or("?", |known| {
+        let full = name(&known);
+        full.strip_prefix(prefix).unwrap_or(full)
+    })
+}
+
+/// Prints the lines of a text as a quoted block.
+fn print_block(text: &str) {
+    for line in text.lines() {
+        println!("  | {line}");
+    }
+}
+
+/// A one-line summary of a firearm record.
+fn firearm_line(record: &FirearmRecord) -> String {
+    let mut line = format!(
+        "{} {} {}",
+        short_name(
+            record.firearm_type,
+            FirearmType::as_str_name,
+            "FIREARM_TYPE_"
+        ),
+        record.make,
+        record.model
+    );
+    if !record.calibre.is_empty() {
+        line.push_str(&format!(", {}", record.calibre));
+    }
+    if record.serial_number.is_empty() {
+        line.push_str(", no serial number");
+    } else {
+        line.push_str(&format!(
+            ", serial {} ({})",
+            record.serial_number, record.serial_number_normalized
+        ));
+    }
+    line.push_str(&format!(
+        ", {}",
+        short_name(record.status, FirearmStatus::as_str_name, "FIREARM_STATUS_")
+    ));
+    if let Some(incident) = &record.incident {
+        line.push_str(&format!(
+            ", {} {} {}",
+            incident.date, incident.country, incident.place
+        ));
+    }
+    line
+}
+
+/// Prints message content: text in full, structured reports as a summary.
+fn print_content(content: &message::Content) {
+    match content {
+        message::Content::Text(text) => print_block(text),
+        message::Content::Firearms(report) => {
+            println!("  firearms report: {} record(s)", report.records.len());
+            for (i, record) in report.records.iter().enumerate() {
+                println!("  [{i}] {}", firearm_line(record));
+            }
+        }
+        message::Content::FirearmTrace(trace) => {
+            print!("  firearm trace request to {}", trace.requested_country);
+            if !trace.respond_by_date.is_empty() {
+                print!(", answer by {}", trace.respond_by_date);
+            }
+            println!();
+            if let Some(firearm) = &trace.firearm {
+                println!("  firearm: {}", firearm_line(firearm));
+            }
+            print_block(&trace.question);
+        }
+        message::Content::Financial(report) => {
+            println!(
+                "  financial report {}: {} person(s), {} entit(ies), {} account(s), {} transaction(s)",
+                short_name(report.report_code, ReportCode::as_str_name, "REPORT_CODE_"),
+                report.persons.len(),
+                report.entities.len(),
+                report.accounts.len(),
+                report.transactions.len()
+            );
+            for transaction in &report.transactions {
+                let (value, currency) = transaction
+                    .amount_local
+                    .as_ref()
+                    .map_or(("?", ""), |a| (a.value.as_str(), a.currency_code.as_str()));
+                println!(
+                    "  {} {value} {currency}  {} -> {}",
+                    transaction.date_transaction, transaction.from_party, transaction.to_party
+                );
+            }
+            if !report.indicators.is_empty() {
+                println!("  indicators: {}", report.indicators.join(", "));
+            }
+            print_block(&report.reason);
+        }
+        message::Content::EarlyWarning(alert) => {
+            let substance = alert.substance.as_ref();
+            let name = substance.map_or("?", |s| s.name.as_str());
+            print!(
+                "  early warning {} ({}): {name}",
+                short_name(alert.alert_type, AlertType::as_str_name, "ALERT_TYPE_"),
+                short_name(alert.severity, Severity::as_str_name, "SEVERITY_")
+            );
+            match substance.map(|s| s.cas_number.as_str()) {
+                Some(cas) if !cas.is_empty() => println!(", CAS {cas}"),
+                _ => println!(),
+            }
+            if !alert.countries.is_empty() {
+                println!("  countries: {}", alert.countries.join(", "));
+            }
+            print_block(&alert.evidence);
+            for action in &alert.recommended_actions {
+                println!("  - {action}");
+            }
+        }
+    }
+    if !matches!(content, message::Content::Text(_)) {
+        println!("  (--json prints the full report)");
+    }
 }

@@ -1,5 +1,6 @@
 //! The `puente` command line: `serve` runs the exchange; `send`, `inbox`, `ack`, `status`, `get`
-//! and `agencies` are thin agency clients over the generated tonic client; `admin` runs the
+//! and `agencies` are thin agency clients over the generated tonic client, as are `forward`,
+//! `consent`, `retract`, `correct` and `thread` for the handling rules; `admin` runs the
 //! certificate authority and manages the agency directory; `audit` reviews, verifies, proves
 //! and exports the audit log.
 
@@ -7,6 +8,7 @@ mod admin;
 mod agency;
 mod audit;
 mod connect;
+mod handling;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,17 @@ pub enum Command {
     Get(agency::GetArgs),
     /// List the agencies of the directory.
     Agencies(agency::AgenciesArgs),
+    /// Pass a message you received on to other agencies (H2/H3 only with the originator's
+    /// consent).
+    Forward(handling::ForwardArgs),
+    /// Ask for, grant or deny consent to forward an H2 or H3 message.
+    Consent(handling::ConsentArgs),
+    /// Retract a message you sent: every holder gets a notice to acknowledge.
+    Retract(handling::RetractArgs),
+    /// Correct a message you sent: every holder gets the corrected text to acknowledge.
+    Correct(handling::CorrectArgs),
+    /// List a thread (a message, its root and every reply) or the messages of a case reference.
+    Thread(handling::ThreadArgs),
     /// Administer the exchange: its certificate authority, revocation lists and agency directory.
     Admin(admin::AdminArgs),
     /// Review, verify, prove and export the audit log (auditors; agencies for the entries they
@@ -60,6 +73,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => agency::status(args).await,
         Command::Get(args) => agency::get(args).await,
         Command::Agencies(args) => agency::agencies(args).await,
+        Command::Forward(args) => handling::forward(args).await,
+        Command::Consent(args) => handling::consent(args).await,
+        Command::Retract(args) => handling::retract(args).await,
+        Command::Correct(args) => handling::correct(args).await,
+        Command::Thread(args) => handling::thread(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Audit(args) => audit::run(args).await,
     }

@@ -50,6 +50,19 @@ fn origin(record: &MessageRecord) -> (String, String) {
     }
 }
 
+/// `entries` plus, when the new message carries a case reference, its entry in that case's
+/// index, so that ListThread by case reference finds copies and notices like the original.
+fn with_case(
+    mut entries: Vec<crate::store::IndexEntry>,
+    case_reference: &str,
+    message_id: &str,
+) -> Vec<crate::store::IndexEntry> {
+    if !case_reference.is_empty() {
+        entries.push((keys::case_entry(case_reference, message_id), Vec::new()));
+    }
+    entries
+}
+
 /// A fresh idempotency key for entries the exchange creates on the caller's behalf.
 fn generated_key() -> String {
     format!("puente:{}", uuid::Uuid::new_v4())
@@ -92,6 +105,19 @@ impl ExchangeService {
             == Some(b"1".as_slice()))
     }
 
+    /// Whether the originator retracted `original` (a RETRACTION notice was sent for it).
+    fn retracted(&self, original: &str) -> Result<bool, ExchangeError> {
+        for (notice_id, _) in self.store.index(&keys::notices_prefix(original))? {
+            let notice_id = String::from_utf8_lossy(&notice_id).into_owned();
+            if let Some(notice) = self.store.message(&notice_id)? {
+                if notice.kind == MessageKind::Retraction as i32 {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Every agency holding `original`: its recipients and those of its forwarded copies.
     fn holders(&self, original: &MessageRecord) -> Result<Vec<String>, ExchangeError> {
         let mut holders: std::collections::BTreeSet<String> =
@@ -123,12 +149,7 @@ impl ExchangeService {
             .encode_to_vec(),
         )
         .to_vec();
-        if request.client_message_id.is_empty() {
-            return Err(ExchangeError::invalid(
-                "client_message_id",
-                "is required, as in SendMessage",
-            ));
-        }
+        validate::check_client_message_id(&request.client_message_id)?;
         if let Some(original) = self
             .store
             .earlier_send(agency.as_str(), &request.client_message_id, &request_sha256)
@@ -164,6 +185,10 @@ impl ExchangeService {
                 .collect::<Vec<_>>(),
         )?;
         let (original_id, originator) = origin(&held);
+        // A copy made after the retraction would reach an agency that never gets the notice.
+        if self.retracted(&original_id)? {
+            return Err(ExchangeError::Retracted(original_id));
+        }
         let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
         if matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
             for target in &expanded {
@@ -218,7 +243,11 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &request.client_message_id,
                     request_sha256,
-                    index_entries: vec![(keys::copy(&original_id, copy_id.as_str()), Vec::new())],
+                    index_entries: with_case(
+                        vec![(keys::copy(&original_id, copy_id.as_str()), Vec::new())],
+                        &held.case_reference,
+                        copy_id.as_str(),
+                    ),
                     action: AuditAction::MessageForwarded,
                     related_message_id: &original_id,
                 },
@@ -488,10 +517,14 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
-                    index_entries: vec![(
-                        keys::notice(&original.message_id, notice_id.as_str()),
-                        Vec::new(),
-                    )],
+                    index_entries: with_case(
+                        vec![(
+                            keys::notice(&original.message_id, notice_id.as_str()),
+                            Vec::new(),
+                        )],
+                        &original.case_reference,
+                        notice_id.as_str(),
+                    ),
                     action,
                     related_message_id: &original.message_id,
                 },

@@ -74,6 +74,9 @@ pub enum ExchangeError {
     /// The originator's handling code forbids this (e.g. forwarding H2/H3 without consent).
     #[error("{0}")]
     HandlingRefused(String),
+    /// The originator retracted the message: it is not to be passed on any more.
+    #[error("message {0} was retracted by its originator and cannot be forwarded")]
+    Retracted(String),
     /// The idempotency key was used for a different request.
     #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
     IdempotencyConflict(String),
@@ -107,7 +110,9 @@ impl From<ExchangeError> for Status {
             ExchangeError::InvalidField { field, reason } => {
                 crate::errors::bad_request(&field, &reason)
             }
-            ExchangeError::RecipientSuspended(_) => Status::failed_precondition(err.to_string()),
+            ExchangeError::RecipientSuspended(_) | ExchangeError::Retracted(_) => {
+                Status::failed_precondition(err.to_string())
+            }
             ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
             ExchangeError::IdempotencyConflict(_) => Status::already_exists(err.to_string()),
             ExchangeError::Store(StoreError::Closed) | ExchangeError::ShuttingDown => {

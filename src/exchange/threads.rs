@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use tonic::Request;
 
 use super::validate::MessageId;
-use super::{ExchangeError, ExchangeService};
+use super::{is_party, ExchangeError, ExchangeService};
 use crate::identity::AgencyId;
 use crate::pb::v1::{ListThreadRequest, ListThreadResponse};
 use crate::store::records::{keys, MessageRecord};
@@ -14,6 +14,8 @@ use crate::store::StoreError;
 
 /// Most messages one ListThread answers with.
 pub const MAX_THREAD_MESSAGES: usize = 1000;
+/// Most messages one ListThread looks at, readable or not.
+pub const MAX_THREAD_WALK: usize = 10 * MAX_THREAD_MESSAGES;
 
 impl ExchangeService {
     /// Agencies that answered `message_id` (sent a message `in_reply_to` it).
@@ -72,10 +74,16 @@ impl ExchangeService {
         ) {
             (false, true) => {
                 let id = MessageId::parse("message_id", &request.message_id)?;
+                // The caller must be able to read the message it names. The walk itself goes
+                // through messages it cannot read (so that every entry point gives the same
+                // thread); only readable ones are listed.
                 let mut root = self.readable(&agency, &id)?;
                 let mut seen = HashSet::new();
-                while !root.in_reply_to.is_empty() && seen.insert(root.message_id.clone()) {
-                    match self.readable_record(&agency, &root.in_reply_to)? {
+                while !root.in_reply_to.is_empty()
+                    && seen.insert(root.message_id.clone())
+                    && seen.len() < MAX_THREAD_WALK
+                {
+                    match self.store.message(&root.in_reply_to)? {
                         Some(parent) => root = parent,
                         None => break,
                     }
@@ -83,17 +91,20 @@ impl ExchangeService {
                 let mut queue = vec![root];
                 let mut visited = HashSet::new();
                 while let Some(record) = queue.pop() {
-                    if !visited.insert(record.message_id.clone())
-                        || records.len() >= MAX_THREAD_MESSAGES
+                    if records.len() >= MAX_THREAD_MESSAGES
+                        || visited.len() >= MAX_THREAD_WALK
+                        || !visited.insert(record.message_id.clone())
                     {
                         continue;
                     }
                     for reply in self.replies(&record.message_id)? {
-                        if let Some(child) = self.readable_record(&agency, &reply)? {
+                        if let Some(child) = self.store.message(&reply)? {
                             queue.push(child);
                         }
                     }
-                    records.push(record);
+                    if is_party(&record, &agency) {
+                        records.push(record);
+                    }
                 }
             }
             (true, false) => {

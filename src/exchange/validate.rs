@@ -130,6 +130,31 @@ pub fn check_conditions(handling: HandlingCode, conditions: &str) -> Result<Stri
     Ok(conditions)
 }
 
+/// Checks a sender's idempotency key (SendMessage and ForwardMessage share the rule and the
+/// key space).
+///
+/// # Errors
+/// `InvalidField("client_message_id")`.
+pub fn check_client_message_id(key: &str) -> Result<(), ExchangeError> {
+    if key.is_empty() {
+        return Err(ExchangeError::invalid(
+            "client_message_id",
+            "is required: a unique key chosen by the sender, used to make retries safe",
+        ));
+    }
+    if key.len() > MAX_REFERENCE_CHARS
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(ExchangeError::invalid(
+            "client_message_id",
+            "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+        ));
+    }
+    Ok(())
+}
+
 fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
@@ -142,22 +167,7 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     let invalid = ExchangeError::invalid;
 
     let client_message_id = std::mem::take(&mut request.client_message_id);
-    if client_message_id.is_empty() {
-        return Err(invalid(
-            "client_message_id",
-            "is required: a unique key chosen by the sender, used to make retries safe",
-        ));
-    }
-    if client_message_id.len() > MAX_REFERENCE_CHARS
-        || !client_message_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-    {
-        return Err(invalid(
-            "client_message_id",
-            "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
-        ));
-    }
+    check_client_message_id(&client_message_id)?;
 
     if request.recipients.is_empty() {
         return Err(invalid(

@@ -1,0 +1,352 @@
+//! Handling commands: forward, consent (request, grant, deny), retract, correct and thread.
+//! Each is one call to the exchange; the exchange enforces the handling rules and this module
+//! only prints what it answered.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args, Subcommand};
+use tonic::transport::Channel;
+
+use super::{rpc_error, ConnectArgs};
+use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
+use crate::pb::v1::{
+    correct_message_request, CorrectMessageRequest, DenyConsentRequest, ForwardMessageRequest,
+    GrantConsentRequest, HandlingCode, ListThreadRequest, Message, MessageKind,
+    RequestConsentRequest, RetractMessageRequest,
+};
+
+/// Flags of `puente forward`.
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// A message you received, directly or as a forwarded copy.
+    message_id: String,
+    /// Agency id to pass it to (no regions, no *). Repeat for several. H2 and H3 messages need
+    /// the originator's consent for each (`puente consent request`).
+    #[arg(long = "to", required = true)]
+    to: Vec<String>,
+    /// Why it is passed on; recorded with the copy.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Idempotency key; reuse the printed one to retry safely [default: a new UUID].
+    #[arg(long)]
+    client_message_id: Option<String>,
+}
+
+/// Flags of `puente consent`.
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    /// What to do.
+    #[command(subcommand)]
+    command: ConsentCommand,
+}
+
+/// The consent subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Ask the originator of an H2/H3 message you hold for consent to forward it to an agency.
+    Request(ConsentRequestArgs),
+    /// As originator, consent to a request (found in your inbox as a CONSENT_REQUEST).
+    Grant(GrantArgs),
+    /// As originator, refuse a request; the requester is told why.
+    Deny(DenyArgs),
+}
+
+/// Flags of `puente consent request`.
+#[derive(Debug, Args)]
+pub struct ConsentRequestArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The message (or forwarded copy) you hold.
+    message_id: String,
+    /// The agency you would forward it to.
+    #[arg(long)]
+    agency: String,
+    /// Why; shown to the originator.
+    #[arg(long)]
+    reason: String,
+}
+
+/// Flags of `puente consent grant`.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The consent request's message id.
+    consent_request_id: String,
+    /// Conditions or remarks for the requester.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// Flags of `puente consent deny`.
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The consent request's message id.
+    consent_request_id: String,
+    /// Why; shown to the requester.
+    #[arg(long)]
+    reason: String,
+}
+
+/// Flags of `puente retract`.
+#[derive(Debug, Args)]
+pub struct RetractArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// A message you sent.
+    message_id: String,
+    /// Why it is retracted; every holder sees it.
+    #[arg(long)]
+    reason: String,
+}
+
+/// Flags of `puente correct`.
+#[derive(Debug, Args)]
+pub struct CorrectArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// A message you sent.
+    message_id: String,
+    /// What was corrected; every holder sees it.
+    #[arg(long)]
+    reason: String,
+    /// The corrected text.
+    #[arg(
+        long,
+        conflicts_with = "text_file",
+        required_unless_present = "text_file"
+    )]
+    text: Option<String>,
+    /// Read the corrected text from this file.
+    #[arg(long)]
+    text_file: Option<PathBuf>,
+}
+
+/// Flags of `puente thread`.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("what")
+        .required(true)
+        .args(["message_id", "case_reference"])
+))]
+pub struct ThreadArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Any message of the thread: its root and every reply are listed.
+    message_id: Option<String>,
+    /// List the messages carrying this case reference instead.
+    #[arg(long)]
+    case_reference: Option<String>,
+}
+
+async fn client(connect: &ConnectArgs) -> anyhow::Result<ExchangeServiceClient<Channel>> {
+    Ok(ExchangeServiceClient::new(connect.connect().await?).max_decoding_message_size(usize::MAX))
+}
+
+/// `puente forward`.
+///
+/// # Errors
+/// Connection failures or the exchange's refusal.
+pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    let client_message_id = args
+        .client_message_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let response = client(&args.connect)
+        .await?
+        .forward_message(ForwardMessageRequest {
+            client_message_id: client_message_id.clone(),
+            message_id: args.message_id.clone(),
+            recipients: args.to.clone(),
+            reason: args.reason.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| {
+            // Only when the outcome is unknown is a retry useful; the key makes it safe.
+            let unsure = matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Internal
+            );
+            let error = rpc_error(status);
+            if unsure {
+                anyhow::anyhow!("{error}\n(the copy may or may not have been made: repeat the command with --client-message-id {client_message_id} to retry safely)")
+            } else {
+                error
+            }
+        })?
+        .into_inner();
+    println!("message_id: {}", response.message_id);
+    println!(
+        "accepted_at: {}",
+        format_time(response.accepted_at.as_ref())
+    );
+    if let Some(index) = response.audit_index {
+        println!("audit_index: {index}");
+    }
+    println!("client_message_id: {client_message_id}");
+    Ok(())
+}
+
+/// `puente consent`.
+///
+/// # Errors
+/// Connection failures or the exchange's refusal.
+pub async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConsentCommand::Request(args) => {
+            let response = client(&args.connect)
+                .await?
+                .request_consent(RequestConsentRequest {
+                    message_id: args.message_id,
+                    agency_id: args.agency,
+                    reason: args.reason,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("consent_request_id: {}", response.consent_request_id);
+        }
+        ConsentCommand::Grant(args) => {
+            let response = client(&args.connect)
+                .await?
+                .grant_consent(GrantConsentRequest {
+                    consent_request_id: args.consent_request_id,
+                    reason: args.reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("decision_message_id: {}", response.decision_message_id);
+        }
+        ConsentCommand::Deny(args) => {
+            let response = client(&args.connect)
+                .await?
+                .deny_consent(DenyConsentRequest {
+                    consent_request_id: args.consent_request_id,
+                    reason: args.reason,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("decision_message_id: {}", response.decision_message_id);
+        }
+    }
+    Ok(())
+}
+
+/// `puente retract`.
+///
+/// # Errors
+/// Connection failures or the exchange's refusal.
+pub async fn retract(args: RetractArgs) -> anyhow::Result<()> {
+    let response = client(&args.connect)
+        .await?
+        .retract_message(RetractMessageRequest {
+            message_id: args.message_id,
+            reason: args.reason,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("notice_message_id: {}", response.notice_message_id);
+    Ok(())
+}
+
+/// `puente correct`.
+///
+/// # Errors
+/// An unreadable --text-file, connection failures or the exchange's refusal.
+pub async fn correct(args: CorrectArgs) -> anyhow::Result<()> {
+    let text = match (args.text, &args.text_file) {
+        (Some(text), _) => text,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --text-file {}", path.display()))?,
+        (None, None) => bail!("give the corrected text with --text or --text-file"),
+    };
+    let response = client(&args.connect)
+        .await?
+        .correct_message(CorrectMessageRequest {
+            message_id: args.message_id,
+            reason: args.reason,
+            content: Some(correct_message_request::Content::Text(text)),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("notice_message_id: {}", response.notice_message_id);
+    Ok(())
+}
+
+/// `puente thread`.
+///
+/// # Errors
+/// Connection failures or the exchange's refusal.
+pub async fn thread(args: ThreadArgs) -> anyhow::Result<()> {
+    let response = client(&args.connect)
+        .await?
+        .list_thread(ListThreadRequest {
+            message_id: args.message_id.unwrap_or_default(),
+            case_reference: args.case_reference.unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_thread(&response.messages);
+    eprintln!("{} message(s)", response.messages.len());
+    Ok(())
+}
+
+/// One line per message, oldest first: when, id, the message it answers, handling, kind,
+/// sender and recipients, subject.
+fn print_thread(messages: &[Message]) {
+    println!(
+        "{:<20} {:<36} {:<36} {:<2} {:<15} {:<24} SUBJECT",
+        "CREATED", "MESSAGE_ID", "IN_REPLY_TO", "H", "KIND", "FROM -> TO"
+    );
+    for message in messages {
+        let handling = HandlingCode::try_from(message.handling).map_or("?", |h| {
+            h.as_str_name().trim_start_matches("HANDLING_CODE_")
+        });
+        let route = format!("{} -> {}", message.sender, message.recipients.join(","));
+        println!(
+            "{:<20} {:<36} {:<36} {:<2} {:<15} {:<24} {}",
+            format_time(message.created_at.as_ref()),
+            message.message_id,
+            if message.in_reply_to.is_empty() {
+                "-"
+            } else {
+                &message.in_reply_to
+            },
+            handling,
+            kind_name(message.kind),
+            route,
+            message.subject
+        );
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match MessageKind::try_from(kind) {
+        Ok(MessageKind::Unspecified) => "MESSAGE",
+        Ok(kind) => kind.as_str_name().trim_start_matches("MESSAGE_KIND_"),
+        Err(_) => "?",
+    }
+}
+
+fn format_time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,518 @@
+//! Structured content end to end: each file of `examples/`, parsed as `puente send --file` parses
+//! it, is accepted by a real server and reads back intact (plus the fields the server sets)
+//! through StreamInbox, GetMessage and their JSON form; broken reports are INVALID_ARGUMENT naming
+//! the field; and the real binary sends a JSON file and prints the inbox as JSON lines.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{agency_spiffe, assert_bad_field, content_sha256, ServerProcess, TestPki, TestServer};
+use puente::exchange::content::to_message_content;
+use puente::pb::json::{from_json, to_json};
+use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
+use puente::pb::v1::send_message_request::Content;
+use puente::pb::v1::{
+    correct_message_request, CorrectMessageRequest, GetMessageRequest, GetMessageResponse, Message,
+    Region, SendMessageRequest, StreamInboxRequest, StreamInboxResponse,
+};
+use tonic::transport::Channel;
+
+const AGENCIES: [(&str, Region); 3] = [
+    ("ES-CNP", Region::Eu),
+    ("CO-DIJIN", Region::Celac),
+    ("BE-FPJ", Region::Eu),
+];
+
+/// Each example and the agency that sends it.
+const EXAMPLES: [(&str, &str); 4] = [
+    ("firearms-report.json", "ES-CNP"),
+    ("firearm-trace-request.json", "CO-DIJIN"),
+    ("financial-report.json", "ES-CNP"),
+    ("early-warning-alert.json", "ES-CNP"),
+];
+
+fn example_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+/// An example as `puente send --file` reads it: the proto3 JSON of a SendMessageRequest, given a
+/// fresh idempotency key when it carries none.
+fn example(name: &str) -> SendMessageRequest {
+    let text = std::fs::read_to_string(example_path(name)).expect("read example");
+    let mut request: SendMessageRequest =
+        from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(
+        request.client_message_id.is_empty(),
+        "{name} carries no key"
+    );
+    request.client_message_id = format!("example-{name}");
+    request
+}
+
+/// The content of `request` as the server must store it: the client's, with the fields the
+/// server sets, spelled out here rather than computed by the code under test.
+fn normalised(name: &str, request: &SendMessageRequest) -> Content {
+    let mut content = request.content.clone().expect("example has content");
+    match (name, &mut content) {
+        ("firearms-report.json", Content::Firearms(report)) => {
+            report.records[0].serial_number_normalized = "BXK41729".into();
+            report.records[1].serial_number_normalized = "T06202104578".into();
+        }
+        ("firearm-trace-request.json", Content::FirearmTrace(trace)) => {
+            trace
+                .firearm
+                .as_mut()
+                .expect("firearm")
+                .serial_number_normalized = "386204117".into();
+        }
+        ("financial-report.json", Content::Financial(report)) => {
+            report.accounts[0].iban = "ES0499910001110123456789".into();
+        }
+        ("early-warning-alert.json", Content::EarlyWarning(_)) => {}
+        _ => panic!("{name} has unexpected content"),
+    }
+    content
+}
+
+async fn server_with_agencies(pki: &TestPki) -> TestServer {
+    let server = TestServer::spawn(pki).await;
+    for (id, region) in AGENCIES {
+        server.register(pki, id, region).await;
+    }
+    server
+}
+
+/// Every entry of a caller's inbox, backlog only.
+async fn inbox(client: &mut ExchangeServiceClient<Channel>) -> Vec<StreamInboxResponse> {
+    let mut stream = client
+        .stream_inbox(StreamInboxRequest {
+            after_sequence: 0,
+            backlog_only: true,
+        })
+        .await
+        .expect("StreamInbox")
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(entry) = stream.message().await.expect("inbox entry") {
+        entries.push(entry);
+    }
+    entries
+}
+
+/// Asserts that a stored message is the example as sent, with the server's normalisations.
+#[track_caller]
+fn assert_stored(name: &str, sender: &str, request: &SendMessageRequest, message: &Message) {
+    let content = normalised(name, request);
+    assert_eq!(message.sender, sender, "{name}");
+    let mut recipients = request.recipients.clone();
+    recipients.sort();
+    assert_eq!(message.recipients, recipients, "{name}");
+    assert_eq!(message.topic, request.topic, "{name}");
+    assert_eq!(message.subject, request.subject, "{name}");
+    assert_eq!(message.handling, request.handling, "{name}");
+    assert_eq!(message.evaluation, request.evaluation, "{name}");
+    assert_eq!(message.case_reference, request.case_reference, "{name}");
+    assert_eq!(
+        message.handling_conditions, request.handling_conditions,
+        "{name}"
+    );
+    assert_eq!(message.priority, request.priority, "{name}");
+    assert_eq!(
+        message.content,
+        Some(to_message_content(content.clone())),
+        "{name}"
+    );
+    let stored = SendMessageRequest {
+        content: Some(content),
+        ..SendMessageRequest::default()
+    };
+    assert_eq!(message.content_sha256, content_sha256(&stored), "{name}");
+}
+
+#[tokio::test]
+async fn every_example_is_accepted_and_reads_back_intact() {
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    for (name, sender) in EXAMPLES {
+        let request = example(name);
+        let message_id = pki
+            .agency_client(sender, server.addr)
+            .await
+            .send_message(request.clone())
+            .await
+            .unwrap_or_else(|s| panic!("{name} refused: {s:?}"))
+            .into_inner()
+            .message_id;
+
+        for recipient in &request.recipients {
+            let mut client = pki.agency_client(recipient, server.addr).await;
+            let entries = inbox(&mut client).await;
+            let entry = entries
+                .iter()
+                .find(|e| e.message.as_ref().map(|m| &m.message_id) == Some(&message_id))
+                .unwrap_or_else(|| panic!("{name} is not in {recipient}'s inbox"));
+            let message = entry.message.as_ref().expect("message");
+            assert_stored(name, sender, &request, message);
+
+            // The JSON form that `puente inbox --json` prints parses back to the same entry.
+            let line = to_json(entry).expect("JSON");
+            assert!(!line.contains('\n'));
+            assert_eq!(&from_json::<StreamInboxResponse>(&line).unwrap(), entry);
+
+            let got = client
+                .get_message(GetMessageRequest {
+                    message_id: message_id.clone(),
+                })
+                .await
+                .expect("GetMessage as recipient")
+                .into_inner();
+            assert_eq!(got.message.as_ref(), Some(message), "{name}");
+        }
+        let got = pki
+            .agency_client(sender, server.addr)
+            .await
+            .get_message(GetMessageRequest {
+                message_id: message_id.clone(),
+            })
+            .await
+            .expect("GetMessage as sender")
+            .into_inner();
+        assert_stored(
+            name,
+            sender,
+            &request,
+            got.message.as_ref().expect("message"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_server_ignores_a_client_supplied_normalised_serial() {
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    let mut request = example("firearms-report.json");
+    if let Some(Content::Firearms(report)) = &mut request.content {
+        report.records[0].serial_number_normalized = "FORGED".into();
+    }
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let message_id = es
+        .send_message(request)
+        .await
+        .expect("accepted")
+        .into_inner()
+        .message_id;
+    let message = es
+        .get_message(GetMessageRequest { message_id })
+        .await
+        .expect("GetMessage")
+        .into_inner()
+        .message
+        .expect("message");
+    let Some(puente::pb::v1::message::Content::Firearms(report)) = message.content else {
+        panic!("firearms content expected");
+    };
+    assert_eq!(report.records[0].serial_number_normalized, "BXK41729");
+}
+
+#[tokio::test]
+async fn invalid_reports_are_refused_naming_the_field() {
+    type Edit = fn(&mut Content);
+    let cases: [(&str, &str, Edit, &str); 8] = [
+        (
+            "firearms-report.json",
+            "ES-CNP",
+            |c| {
+                if let Content::Firearms(r) = c {
+                    r.records[1].serial_number = "T0620\u{7}".into();
+                }
+            },
+            "firearms.records[1].serial_number",
+        ),
+        (
+            "firearms-report.json",
+            "ES-CNP",
+            |c| {
+                if let Content::Firearms(r) = c {
+                    r.records[0]
+                        .markings
+                        .as_mut()
+                        .expect("markings")
+                        .country_of_manufacture = "EU".into();
+                }
+            },
+            "firearms.records[0].markings.country_of_manufacture",
+        ),
+        (
+            "firearm-trace-request.json",
+            "CO-DIJIN",
+            |c| {
+                if let Content::FirearmTrace(t) = c {
+                    t.firearm
+                        .as_mut()
+                        .expect("firearm")
+                        .incident
+                        .as_mut()
+                        .expect("incident")
+                        .date = "2026-02-29".into();
+                }
+            },
+            "firearm_trace.firearm.incident.date",
+        ),
+        (
+            "firearm-trace-request.json",
+            "CO-DIJIN",
+            |c| {
+                if let Content::FirearmTrace(t) = c {
+                    t.requested_country = "XX".into();
+                }
+            },
+            "firearm_trace.requested_country",
+        ),
+        (
+            "financial-report.json",
+            "ES-CNP",
+            |c| {
+                if let Content::Financial(r) = c {
+                    r.accounts[1].iban = "ES3299920202219876543210".into();
+                }
+            },
+            "financial.accounts[1].iban",
+        ),
+        (
+            "financial-report.json",
+            "ES-CNP",
+            |c| {
+                if let Content::Financial(r) = c {
+                    r.transactions[3]
+                        .amount_local
+                        .as_mut()
+                        .expect("amount")
+                        .currency_code = "XXY".into();
+                }
+            },
+            "financial.transactions[3].amount_local.currency_code",
+        ),
+        (
+            "financial-report.json",
+            "ES-CNP",
+            |c| {
+                if let Content::Financial(r) = c {
+                    r.accounts[2].swift = "BAEJ-COBB".into();
+                }
+            },
+            "financial.accounts[2].swift",
+        ),
+        (
+            "early-warning-alert.json",
+            "ES-CNP",
+            |c| {
+                if let Content::EarlyWarning(a) = c {
+                    a.substance.as_mut().expect("substance").cas_number = "2785346-75-9".into();
+                }
+            },
+            "early_warning.substance.cas_number",
+        ),
+    ];
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    for (name, sender, edit, field) in cases {
+        let mut request = example(name);
+        edit(request.content.as_mut().expect("content"));
+        let result = pki
+            .agency_client(sender, server.addr)
+            .await
+            .send_message(request)
+            .await;
+        assert_bad_field(result, field);
+    }
+}
+
+#[tokio::test]
+async fn a_correction_is_held_to_the_same_rules() {
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let request = example("financial-report.json");
+    let message_id = es
+        .send_message(request.clone())
+        .await
+        .expect("accepted")
+        .into_inner()
+        .message_id;
+    let Some(Content::Financial(mut report)) = request.content else {
+        panic!("financial content expected");
+    };
+    report.accounts[0].iban = "ES05 9991 0001 1101 2345 6789".into();
+    let result = es
+        .correct_message(CorrectMessageRequest {
+            message_id,
+            reason: "Corrected the first account".into(),
+            content: Some(correct_message_request::Content::Financial(report)),
+        })
+        .await;
+    assert_bad_field(result, "financial.accounts[0].iban");
+}
+
+// === The binary ===
+
+/// Environment variables the CLI reads; cleared so the caller's environment cannot leak in.
+const CLIENT_ENV: [&str; 7] = [
+    "PUENTE_PROFILE",
+    "PUENTE_PROFILES",
+    "PUENTE_ADDR",
+    "PUENTE_CERT",
+    "PUENTE_KEY",
+    "PUENTE_CA",
+    "PUENTE_SERVER_NAME",
+];
+
+/// A temporary directory holding the test PKI's files (`server.pem`, `server.key`, `ca.pem`,
+/// `<agency>.pem`/`.key`), in which `puente` runs.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new(pki: &TestPki) -> Workspace {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write file");
+        };
+        write("server.pem", &pki.server_cert_pem);
+        write("server.key", &pki.server_key_pem);
+        write("ca.pem", &pki.ca_pem);
+        for (id, _) in AGENCIES {
+            let (cert, key) = pki.issue(&agency_spiffe(id));
+            write(&format!("{id}.pem"), &cert);
+            write(&format!("{id}.key"), &key);
+        }
+        Workspace { dir }
+    }
+
+    /// Runs `puente ARGS` connected to `addr` as agency `id`.
+    fn run_as(&self, addr: SocketAddr, id: &str, args: &[&str]) -> Output {
+        let (addr, cert, key) = (addr.to_string(), format!("{id}.pem"), format!("{id}.key"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
+        command
+            .args(args)
+            .args([
+                "--addr", &addr, "--cert", &cert, "--key", &key, "--ca", "ca.pem",
+            ])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn");
+        for var in CLIENT_ENV {
+            command.env_remove(var);
+        }
+        command.output().expect("run puente")
+    }
+
+    /// As [`Workspace::run_as`]; the command must succeed. Returns its stdout.
+    fn ok_as(&self, addr: SocketAddr, id: &str, args: &[&str]) -> String {
+        let output = self.run_as(addr, id, args);
+        assert!(
+            output.status.success(),
+            "`puente {}` as {id} failed ({}):\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+}
+
+#[tokio::test]
+async fn the_cli_sends_a_json_file_and_prints_the_inbox_as_json_lines() {
+    let pki = TestPki::new();
+    let ws = Workspace::new(&pki);
+    let server = ServerProcess::start(ws.dir.path());
+    let mut admin = pki.admin_client("root", server.addr).await;
+    for (id, region) in AGENCIES {
+        admin
+            .register_agency(puente::pb::v1::RegisterAgencyRequest {
+                agency: Some(puente::pb::v1::Agency {
+                    agency_id: id.into(),
+                    name: format!("Agency {id}"),
+                    country: id[..2].into(),
+                    region: region as i32,
+                    status: 0,
+                }),
+            })
+            .await
+            .expect("register agency");
+    }
+
+    let file = example_path("financial-report.json");
+    let file = file.to_str().expect("UTF-8 path");
+    let sent = ws.ok_as(server.addr, "ES-CNP", &["send", "--file", file]);
+    let message_id = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("message_id: "))
+        .expect("message_id line")
+        .to_string();
+
+    let printed = ws.ok_as(server.addr, "CO-DIJIN", &["inbox", "--json"]);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line per entry:\n{printed}");
+    let entry: StreamInboxResponse = from_json(lines[0]).expect("a StreamInboxResponse");
+    assert_eq!(entry.sequence, 1);
+    let message = entry.message.expect("message");
+    assert_eq!(message.message_id, message_id);
+    let request = example("financial-report.json");
+    assert_stored("financial-report.json", "ES-CNP", &request, &message);
+    // Scripts read the canonical names (lowerCamelCase, enums by name).
+    let value: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(
+        value["message"]["financial"]["accounts"][0]["iban"],
+        "ES0499910001110123456789"
+    );
+    assert_eq!(
+        value["message"]["financial"]["reportCode"],
+        "REPORT_CODE_STR"
+    );
+
+    let got = ws.ok_as(server.addr, "ES-CNP", &["get", &message_id, "--json"]);
+    let got: GetMessageResponse = from_json(&got).expect("a GetMessageResponse");
+    assert_eq!(got.message, Some(message));
+
+    // Flags override the file: here the subject.
+    let sent = ws.ok_as(
+        server.addr,
+        "ES-CNP",
+        &["send", "--file", file, "--subject", "STR, updated subject"],
+    );
+    assert!(sent.contains("message_id: "));
+    let printed = ws.ok_as(
+        server.addr,
+        "CO-DIJIN",
+        &["inbox", "--json", "--after", "1"],
+    );
+    let entry: StreamInboxResponse = from_json(printed.trim()).expect("one entry");
+    assert_eq!(
+        entry.message.expect("message").subject,
+        "STR, updated subject"
+    );
+    drop(server);
+}
+
+#[test]
+fn the_cli_refuses_a_file_that_is_not_a_send_message_request() {
+    let pki = TestPki::new();
+    let ws = Workspace::new(&pki);
+    std::fs::write(
+        ws.dir.path().join("typo.json"),
+        r#"{"recipients":["CO-DIJIN"],"subjet":"misspelt"}"#,
+    )
+    .expect("write file");
+    // Nothing listens on port 9: the file is refused before any connection is tried.
+    let addr: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let output = ws.run_as(addr, "ES-CNP", &["send", "--file", "typo.json"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("typo.json"), "{stderr}");
+    assert!(stderr.contains("subjet"), "{stderr}");
+}
