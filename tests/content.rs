@@ -496,6 +496,37 @@ async fn the_cli_sends_a_json_file_and_prints_the_inbox_as_json_lines() {
         entry.message.expect("message").subject,
         "STR, updated subject"
     );
+
+    // The recipient exports the H3 report as STIX 2.1: TLP:RED, the H3 conditions as a
+    // statement marking, the structured report attached.
+    let stix = ws.ok_as(server.addr, "CO-DIJIN", &["export", "--stix", &message_id]);
+    let bundle: serde_json::Value = serde_json::from_str(&stix).expect("a JSON bundle");
+    assert_eq!(bundle["type"], "bundle");
+    let objects = bundle["objects"].as_array().expect("objects");
+    let report = objects
+        .iter()
+        .find(|o| o["type"] == "report")
+        .expect("a report");
+    assert_eq!(report["spec_version"], "2.1");
+    assert_eq!(report["name"], request.subject);
+    assert_eq!(
+        report["object_marking_refs"][0],
+        puente::stix::tlp(puente::pb::v1::HandlingCode::H3).1
+    );
+    assert!(objects
+        .iter()
+        .any(|o| o["extensions"][puente::stix::TLP2_EXTENSION]["tlp_2_0"] == "red"));
+    assert!(objects.iter().any(|o| o["definition_type"] == "statement"
+        && o["definition"]["statement"] == request.handling_conditions.as_str()));
+    assert_eq!(
+        report["x_puente_content"]["financial"]["reportCode"],
+        "REPORT_CODE_STR"
+    );
+    // Nobody else can export it.
+    assert!(!ws
+        .run_as(server.addr, "BE-FPJ", &["export", "--stix", &message_id])
+        .status
+        .success());
     drop(server);
 }
 

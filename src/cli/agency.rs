@@ -13,8 +13,9 @@ use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
     message, send_message_request, AcknowledgeMessageRequest, AlertType, Attachment, DeliveryState,
     Evaluation, FirearmRecord, FirearmStatus, FirearmType, GetDeliveryStatusRequest,
-    GetMessageRequest, HandlingCode, InformationAccuracy, ListAgenciesRequest, Message, Priority,
-    ReportCode, SendMessageRequest, Severity, SourceReliability, StreamInboxRequest, Topic,
+    GetMessageRequest, HandlingCode, InformationAccuracy, ListAgenciesRequest, Message,
+    MessageKind, Priority, ReportCode, SendMessageRequest, Severity, SourceReliability,
+    StreamInboxRequest, Topic,
 };
 
 /// Topic of a message, as typed on the command line.
@@ -472,14 +473,42 @@ pub async fn status(args: MessageArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("{:<32} {:<10} UPDATED", "RECIPIENT", "STATE");
-    for recipient in response.recipients {
+    if let Some(due) = &response.respond_by {
+        println!("answer due by {}", format_time(Some(due)));
+    }
+    println!(
+        "{:<32} {:<10} {:<22} ANSWER",
+        "RECIPIENT", "STATE", "UPDATED"
+    );
+    for recipient in &response.recipients {
+        let answer = match (recipient.replied, recipient.overdue) {
+            (true, _) => "replied",
+            (false, true) => "OVERDUE",
+            (false, false) => "-",
+        };
         println!(
-            "{:<32} {:<10} {}",
+            "{:<32} {:<10} {:<22} {answer}",
             recipient.agency_id,
             state_name(recipient.state),
             format_time(recipient.updated_at.as_ref())
         );
+    }
+    for notice in &response.notices {
+        let kind =
+            short_name::<MessageKind>(notice.kind, MessageKind::as_str_name, "MESSAGE_KIND_");
+        println!("{kind} notice {}:", notice.notice_message_id);
+        for holder in &notice.recipients {
+            let acknowledged = holder.state >= DeliveryState::Received as i32;
+            println!(
+                "  {:<30} {}",
+                holder.agency_id,
+                if acknowledged {
+                    "acknowledged"
+                } else {
+                    "NOT acknowledged"
+                }
+            );
+        }
     }
     Ok(())
 }
@@ -520,6 +549,61 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 println!("saved {}", path.display());
             }
         }
+    }
+    Ok(())
+}
+
+/// Flags of `puente export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The message id.
+    message_id: String,
+    /// Write a STIX 2.1 bundle (the only format so far; required).
+    #[arg(long, required = true)]
+    stix: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `puente export --stix`: the message as a STIX 2.1 bundle, its handling code mapped to a
+/// TLP 2.0 marking, structured content attached as `x_puente_content` (proto3 JSON).
+///
+/// # Errors
+/// Connection failures, the exchange's refusal, or the file cannot be written.
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let message = client(&args.connect)
+        .await?
+        .get_message(GetMessageRequest {
+            message_id: args.message_id.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .message
+        .context("the exchange answered without a message")?;
+    let structured = !matches!(message.content, None | Some(message::Content::Text(_)));
+    let content_json = if structured {
+        let only_content = Message {
+            content: message.content.clone(),
+            ..Message::default()
+        };
+        let json =
+            crate::pb::json::to_json(&only_content).context("cannot encode the content as JSON")?;
+        Some(serde_json::from_str(&json).context("cannot re-read the content JSON")?)
+    } else {
+        None
+    };
+    let bundle = crate::stix::bundle(&message, content_json);
+    let text = serde_json::to_string_pretty(&bundle).context("cannot encode the bundle")?;
+    match &args.out {
+        Some(path) => {
+            crate::pki::write_public(path, &format!("{text}\n"))?;
+            eprintln!("STIX bundle written to {}", path.display());
+        }
+        None => println!("{text}"),
     }
     Ok(())
 }
@@ -577,11 +661,56 @@ fn print_message(sequence: u64, message: &Message) {
         format_time(message.created_at.as_ref())
     );
     println!("  to: {}", message.recipients.join(", "));
+    let kind = short_name::<MessageKind>(message.kind, MessageKind::as_str_name, "MESSAGE_KIND_");
+    if message.kind != MessageKind::Unspecified as i32 {
+        let about = if message.related_message_id.is_empty() {
+            &message.original_message_id
+        } else {
+            &message.related_message_id
+        };
+        println!("  kind: {kind}  about: {about}");
+    }
+    if message.originator != message.sender && !message.originator.is_empty() {
+        println!(
+            "  originator: {}  original: {}",
+            message.originator, message.original_message_id
+        );
+    }
+    for hop in &message.provenance {
+        println!(
+            "  forwarded: {} -> {} ({}, {})",
+            hop.from_agency,
+            hop.to_agency,
+            hop.message_id,
+            format_time(hop.forwarded_at.as_ref())
+        );
+    }
+    if !message.consent_agency.is_empty() {
+        let decision = match MessageKind::try_from(message.kind) {
+            Ok(MessageKind::ConsentDecision) if message.consent_granted => " (granted)",
+            Ok(MessageKind::ConsentDecision) => " (denied)",
+            _ => "",
+        };
+        println!("  consent for: {}{decision}", message.consent_agency);
+    }
+    if !message.reason.is_empty() {
+        println!("  reason: {}", message.reason);
+    }
     println!(
         "  topic: {}  handling: {}  evaluation: {evaluation}",
         topic.trim_start_matches("TOPIC_"),
         handling.trim_start_matches("HANDLING_CODE_")
     );
+    if !message.handling_conditions.is_empty() {
+        println!("  conditions: {}", message.handling_conditions);
+    }
+    if message.priority > Priority::Routine as i32 || message.respond_by.is_some() {
+        println!(
+            "  priority: {}  respond by: {}",
+            short_name::<Priority>(message.priority, Priority::as_str_name, "PRIORITY_"),
+            format_time(message.respond_by.as_ref())
+        );
+    }
     if !message.case_reference.is_empty() {
         println!("  case: {}", message.case_reference);
     }

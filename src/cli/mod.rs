@@ -42,6 +42,8 @@ pub enum Command {
     Get(agency::GetArgs),
     /// List the agencies of the directory.
     Agencies(agency::AgenciesArgs),
+    /// Export a message you sent or received, as a STIX 2.1 bundle with TLP 2.0 markings.
+    Export(agency::ExportArgs),
     /// Pass a message you received on to other agencies (H2/H3 only with the originator's
     /// consent).
     Forward(handling::ForwardArgs),
@@ -73,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => agency::status(args).await,
         Command::Get(args) => agency::get(args).await,
         Command::Agencies(args) => agency::agencies(args).await,
+        Command::Export(args) => agency::export(args).await,
         Command::Forward(args) => handling::forward(args).await,
         Command::Consent(args) => handling::consent(args).await,
         Command::Retract(args) => handling::retract(args).await,

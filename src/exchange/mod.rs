@@ -392,6 +392,11 @@ impl ExchangeService {
     ) -> Result<Accepted, StoreError> {
         let mut event = audit::message_event(commit.action, Some(caller), &record);
         event.related_message_id = commit.related_message_id.to_string();
+        if !record.consent_agency.is_empty() {
+            // Named here, not as `subject_agency`: that would make the prospective recipient a
+            // party to the entry and reveal the message's existence to it.
+            event.reason = format!("consent for forwarding to {}", record.consent_agency);
+        }
         let (sender, recipients) = (record.sender.clone(), record.recipients.len());
         let accepted = self
             .store
