@@ -124,6 +124,14 @@ enum ActionArg {
     MessageRetracted,
     /// The originator corrected a message.
     MessageCorrected,
+    /// An agency published blinded identifiers.
+    IdentifiersPublished,
+    /// An agency withdrew blinded identifiers.
+    IdentifiersWithdrawn,
+    /// An agency queried identifiers.
+    MatchQueried,
+    /// A query matched another agency's identifier.
+    MatchHit,
 }
 
 impl From<ActionArg> for AuditAction {
@@ -146,6 +154,10 @@ impl From<ActionArg> for AuditAction {
             ActionArg::ConsentDenied => AuditAction::ConsentDenied,
             ActionArg::MessageRetracted => AuditAction::MessageRetracted,
             ActionArg::MessageCorrected => AuditAction::MessageCorrected,
+            ActionArg::IdentifiersPublished => AuditAction::IdentifiersPublished,
+            ActionArg::IdentifiersWithdrawn => AuditAction::IdentifiersWithdrawn,
+            ActionArg::MatchQueried => AuditAction::MatchQueried,
+            ActionArg::MatchHit => AuditAction::MatchHit,
             ActionArg::AuditQueried => AuditAction::AuditQueried,
         }
     }

@@ -23,6 +23,7 @@ use crate::config::Limits;
 use crate::directory::{to_wire, Directory};
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
+use crate::pb::v1::MatchHitNotice;
 use crate::pb::v1::{
     AcknowledgeMessageRequest, AcknowledgeMessageResponse, AuditAction, DeliveryState, Evaluation,
     ForwardHop, GetDeliveryStatusRequest, GetDeliveryStatusResponse, GetMessageRequest,
@@ -247,6 +248,15 @@ impl ExchangeService {
                 source,
             })
         })?;
+        let match_hit = (!record.match_hit.is_empty())
+            .then(|| MatchHitNotice::decode(record.match_hit.as_slice()))
+            .transpose()
+            .map_err(|source| {
+                ExchangeError::Store(StoreError::Corrupt {
+                    key: format!("match hit of {}", record.message_id),
+                    source,
+                })
+            })?;
         let originator = if record.originator.is_empty() {
             record.sender.clone()
         } else {
@@ -290,6 +300,7 @@ impl ExchangeService {
             consent_agency: record.consent_agency,
             consent_granted: record.consent_granted,
             reason: record.reason,
+            match_hit,
         })
     }
 

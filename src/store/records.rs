@@ -86,6 +86,9 @@ pub struct MessageRecord {
     /// Reason given with a forward, consent request or decision, or notice.
     #[prost(string, tag = "27")]
     pub reason: String,
+    /// For MATCH_HIT entries: the encoded `puente.v1.MatchHitNotice`.
+    #[prost(bytes = "vec", tag = "28")]
+    pub match_hit: Vec<u8>,
 }
 
 /// One step of a forwarded copy's path.
