@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_ATTACHMENTS: usize = 32;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How long shutdown waits for in-flight calls before exiting anyway.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Identifiers one agency may query per hour.
+pub const DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR: u64 = 10_000;
 /// Longest life of a connection, so none lives on an old handshake forever.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 
@@ -53,6 +55,8 @@ pub struct Config {
     /// Seconds after which a connection is closed (clients reconnect and resume); a new
     /// handshake re-checks the certificate against the CRLs in force.
     pub max_connection_age_secs: u64,
+    /// Identifiers one agency may look up with MatchService.Query per hour.
+    pub match_query_quota_per_hour: u64,
 }
 
 /// Bounds on what one request may carry.
@@ -132,6 +136,7 @@ impl Default for Config {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
+            match_query_quota_per_hour: DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR,
         }
     }
 }

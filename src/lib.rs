@@ -14,6 +14,8 @@
 //! - [`audit`]: the verifiable audit log: Merkle tree, signed checkpoints, `AuditService`.
 //! - [`pki`]: the CA: issuing, CSRs, CRLs, the ledger, the development PKI.
 //! - [`cli`]: the `puente` command line (server, agency, administrator and auditor clients).
+//! - [`matching`]: hit/no-hit matching: identifier canonicalisation and blinding (agency side),
+//!   `MatchService` (server side).
 //! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 
@@ -24,6 +26,7 @@ pub mod directory;
 pub mod errors;
 pub mod exchange;
 pub mod identity;
+pub mod matching;
 pub mod pb;
 pub mod pki;
 pub mod server;

@@ -28,9 +28,11 @@ use crate::directory::service::AdminService;
 use crate::directory::{Directory, DirectoryError};
 use crate::exchange::ExchangeService;
 use crate::identity::{Caller, IdentityError, Peer};
+use crate::matching::service::MatchService;
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::audit_service_server::AuditServiceServer;
 use crate::pb::v1::exchange_service_server::ExchangeServiceServer;
+use crate::pb::v1::match_service_server::MatchServiceServer;
 use crate::pb::v1::AuditAction;
 use crate::store::{Store, StoreError};
 use crate::tls::{TlsError, TlsFiles, TlsState};
@@ -109,7 +111,12 @@ pub async fn run(
         stopping.clone(),
     );
     let admin = AdminService::new(Arc::clone(&directory), Arc::clone(&tls), Arc::clone(&store));
-    let auditing = AuditService::new(Arc::clone(&audit), directory);
+    let auditing = AuditService::new(Arc::clone(&audit), Arc::clone(&directory));
+    let matching = MatchService::new(
+        Arc::clone(&store),
+        directory,
+        config.match_query_quota_per_hour,
+    );
     audit.spawn_signer(stopping.clone());
     tokio::spawn(watch_tls_files(
         Arc::clone(&tls),
@@ -157,6 +164,7 @@ pub async fn run(
         .add_service(ExchangeServiceServer::new(exchange).max_decoding_message_size(max_frame))
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(max_frame))
         .add_service(AuditServiceServer::new(auditing))
+        .add_service(MatchServiceServer::new(matching).max_decoding_message_size(max_frame))
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_timeout = config.drain_timeout();
     let drain_deadline = async move {

@@ -696,6 +696,17 @@ fn print_message(sequence: u64, message: &Message) {
     if !message.reason.is_empty() {
         println!("  reason: {}", message.reason);
     }
+    if let Some(hit) = &message.match_hit {
+        println!(
+            "  match hit: {} asked about your {} (your reference {:?}); case {}, legal basis {:?}; match reference {}",
+            hit.querying_agency,
+            short_name::<crate::pb::v1::IdentifierKind>(hit.kind, crate::pb::v1::IdentifierKind::as_str_name, "IDENTIFIER_KIND_").to_lowercase(),
+            hit.your_reference,
+            hit.case_reference,
+            hit.legal_basis,
+            hit.match_reference
+        );
+    }
     println!(
         "  topic: {}  handling: {}  evaluation: {evaluation}",
         topic.trim_start_matches("TOPIC_"),

@@ -2,13 +2,15 @@
 //! and `agencies` are thin agency clients over the generated tonic client, as are `forward`,
 //! `consent`, `retract`, `correct` and `thread` for the handling rules; `admin` runs the
 //! certificate authority and manages the agency directory; `audit` reviews, verifies, proves
-//! and exports the audit log.
+//! and exports the audit log; `match` blinds identifiers locally and publishes, withdraws and
+//! queries them for hit/no-hit matching.
 
 mod admin;
 mod agency;
 mod audit;
 mod connect;
 mod handling;
+mod matching;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +62,9 @@ pub enum Command {
     /// Review, verify, prove and export the audit log (auditors; agencies for the entries they
     /// are party to).
     Audit(audit::AuditArgs),
+    /// Hit/no-hit matching: publish, withdraw and query identifiers, blinded on this machine
+    /// with the matching key the agencies share.
+    Match(matching::MatchArgs),
 }
 
 /// Runs a parsed command line.
@@ -83,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Thread(args) => handling::thread(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Match(args) => matching::run(args).await,
     }
 }
 

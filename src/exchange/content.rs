@@ -300,7 +300,7 @@ fn optional_enum<E: TryFrom<i32>>(
 // === Codes ===
 
 /// Whether `code` is an ISO 3166-1 alpha-2 country code (upper case).
-fn is_country(code: &str) -> bool {
+pub(crate) fn is_country(code: &str) -> bool {
     COUNTRIES.binary_search(&code).is_ok()
 }
 
@@ -329,7 +329,7 @@ fn is_currency(code: &str) -> bool {
 
 /// Parses an ISO 8601 calendar date `YYYY-MM-DD` that exists (`2024-02-29` does, `2026-02-29`
 /// does not).
-fn parse_date(value: &str) -> Option<Date> {
+pub(crate) fn parse_date(value: &str) -> Option<Date> {
     let bytes = value.as_bytes();
     let shaped = bytes.len() == 10
         && bytes[4] == b'-'
@@ -352,7 +352,7 @@ fn parse_date(value: &str) -> Option<Date> {
 /// The country code must be an ISO 3166-1 code (or `XK`), followed by two check digits and an
 /// alphanumeric BBAN; the length must be the registry's for that country (15 to 34 for a country
 /// outside the registry), and the whole must pass the mod-97 check (remainder 1).
-fn normalize_iban(raw: &str) -> Result<String, &'static str> {
+pub(crate) fn normalize_iban(raw: &str) -> Result<String, &'static str> {
     let iban: String = raw
         .chars()
         .filter(|c| *c != ' ')
@@ -398,7 +398,7 @@ fn normalize_iban(raw: &str) -> Result<String, &'static str> {
 /// Whether `bic` has the ISO 9362 shape: 4 letters (institution), a 2-letter ISO 3166-1 country
 /// code (or `XK`), 2 letters or digits (location), and optionally 3 letters or digits (branch);
 /// upper case.
-fn is_bic(bic: &str) -> bool {
+pub(crate) fn is_bic(bic: &str) -> bool {
     let b = bic.as_bytes();
     let upper_alnum = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
     (b.len() == 8 || b.len() == 11)

@@ -363,6 +363,25 @@ impl Store {
         self.ops.send(op).await.map_err(|_| StoreError::Closed)
     }
 
+    /// Writes and removes index entries durably in one atomic batch, with audit entries.
+    ///
+    /// # Errors
+    /// I/O and sled errors; `Closed` when shutting down.
+    pub async fn update_index(
+        &self,
+        puts: Vec<IndexEntry>,
+        removes: Vec<Vec<u8>>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        self.submit(|reply| Op::Index {
+            puts,
+            removes,
+            events,
+            reply,
+        })
+        .await
+    }
+
     /// Stores a signed checkpoint durably.
     ///
     /// # Errors

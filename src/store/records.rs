@@ -91,6 +91,26 @@ pub struct MessageRecord {
     pub match_hit: Vec<u8>,
 }
 
+/// One published blinded identifier of one agency.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishedRecord {
+    /// The publisher's own reference.
+    #[prost(string, tag = "1")]
+    pub reference: String,
+    /// The opaque reference a querier receives on a hit.
+    #[prost(string, tag = "2")]
+    pub match_reference: String,
+    /// The message the identifier came from, if given.
+    #[prost(string, tag = "3")]
+    pub source_message_id: String,
+    /// The publisher's case reference, if given.
+    #[prost(string, tag = "4")]
+    pub case_reference: String,
+    /// When it was (last) published, microseconds since the Unix epoch.
+    #[prost(int64, tag = "5")]
+    pub published_at_micros: i64,
+}
+
 /// One step of a forwarded copy's path.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ForwardHopRecord {
@@ -283,6 +303,21 @@ pub mod keys {
     /// decision on forwarding its message to `agency`.
     pub fn consent(original: &str, agency: &str) -> Vec<u8> {
         [b"g/", original.as_bytes(), b"/", agency.as_bytes()].concat()
+    }
+
+    /// `b/<epoch><kind><blinded>` prefix: who published one blinded identifier.
+    pub fn published_prefix(epoch: u32, kind: i32, blinded: &[u8]) -> Vec<u8> {
+        let kind = u8::try_from(kind).unwrap_or(u8::MAX);
+        [b"b/".as_slice(), &epoch.to_be_bytes(), &[kind], blinded].concat()
+    }
+
+    /// `b/<epoch><kind><blinded><agency>` → `PublishedRecord`.
+    pub fn published(epoch: u32, kind: i32, blinded: &[u8], agency: &str) -> Vec<u8> {
+        [
+            published_prefix(epoch, kind, blinded).as_slice(),
+            agency.as_bytes(),
+        ]
+        .concat()
     }
 
     /// `c/` prefix of the signed checkpoints.

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord};
 use super::{
-    decode, encode, get_record, idempotent_answer, now_micros, Accepted, Inboxes, NewMessage,
-    PutMode, StoreError, MAX_GROUP_COMMIT,
+    decode, encode, get_record, idempotent_answer, now_micros, Accepted, Inboxes, IndexEntry,
+    NewMessage, PutMode, StoreError, MAX_GROUP_COMMIT,
 };
 use crate::audit::merkle::{self, Hash};
 use crate::audit::parties;
@@ -50,6 +50,12 @@ pub(super) enum Op {
         note: String,
         reply: Reply<()>,
     },
+    Index {
+        puts: Vec<IndexEntry>,
+        removes: Vec<Vec<u8>>,
+        events: Vec<AuditEvent>,
+        reply: Reply<()>,
+    },
     Close,
 }
 
@@ -63,6 +69,7 @@ enum Pending {
     Agency(Reply<AgencyRecord>, Result<AgencyRecord, StoreError>),
     Audit(Option<Reply<Vec<u64>>>, Result<Vec<u64>, StoreError>),
     Checkpoint(Reply<()>, Result<(), StoreError>),
+    Index(Reply<()>, Result<(), StoreError>),
 }
 
 /// The writer's view of the audit log: assigned (maybe not yet durable) size, the right edge of
@@ -179,6 +186,12 @@ impl Writer {
                     .map(|_| ())
                     .map_err(StoreError::from),
             ),
+            Op::Index {
+                puts,
+                removes,
+                events,
+                reply,
+            } => Pending::Index(reply, self.index(puts, removes, events)),
             Op::Close => return None,
         })
     }
@@ -217,6 +230,24 @@ impl Writer {
         self.db.apply_batch(batch)?;
         self.log = log;
         Ok(())
+    }
+
+    fn index(
+        &mut self,
+        puts: Vec<IndexEntry>,
+        removes: Vec<Vec<u8>>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut log = self.log.clone();
+        Self::append_audit(&mut batch, &mut log, events);
+        for key in removes {
+            batch.remove(key);
+        }
+        for (key, value) in puts {
+            batch.insert(key, value);
+        }
+        self.commit(batch, log)
     }
 
     fn audit(&mut self, events: Vec<AuditEvent>) -> Result<Vec<u64>, StoreError> {
@@ -364,6 +395,7 @@ impl Pending {
             Pending::Agency(reply, result) => answer(Some(reply), result, durable),
             Pending::Audit(reply, result) => answer(reply, result, durable),
             Pending::Checkpoint(reply, result) => answer(Some(reply), result, durable),
+            Pending::Index(reply, result) => answer(Some(reply), result, durable),
         }
     }
 }

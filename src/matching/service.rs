@@ -1,0 +1,504 @@
+//! `puente.v1.MatchService`: blinded identifiers published, withdrawn and queried by agencies.
+//!
+//! The server only ever sees HMAC values: it learns which agencies published and queried the
+//! same (unknown) identifier, and when; never the identifier. Queries need a case reference
+//! and a legal basis, count against a per-agency quota, and every query and hit is in the audit
+//! log. The holder of a hit is told through its inbox who asked, for which case, on which basis.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::{info, instrument};
+
+use crate::audit;
+use crate::directory::Directory;
+use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::pb::v1::match_service_server::MatchService as MatchApi;
+use crate::pb::v1::{
+    AuditAction, BlindedIdentifier, HandlingCode, IdentifierKind, InformationAccuracy,
+    MatchHitNotice, MatchHolder, MessageKind, PublishIdentifiersRequest,
+    PublishIdentifiersResponse, QueryRequest, QueryResponse, QueryResult, SendMessageRequest,
+    SourceReliability, Topic, WithdrawIdentifiersRequest, WithdrawIdentifiersResponse,
+};
+use crate::store::records::{keys, MessageRecord, PublishedRecord};
+use crate::store::{now_micros, NewMessage, Store, StoreError};
+
+/// Most identifiers one publication or withdrawal may carry.
+pub const MAX_PUBLISH_BATCH: usize = 10_000;
+/// Most identifiers one query may carry.
+pub const MAX_QUERY_BATCH: usize = 1_000;
+/// Length of a blinded identifier (HMAC-SHA-256).
+pub const BLINDED_LEN: usize = 32;
+/// The quota window.
+pub const QUOTA_WINDOW: Duration = Duration::from_secs(3_600);
+
+/// Why a matching call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    /// No usable identity.
+    #[error(transparent)]
+    Unauthenticated(#[from] IdentityError),
+    /// Not an active agency.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A field breaks a rule.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field path.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The caller's query quota is used up.
+    #[error("query quota of {quota} identifiers per hour used up; retry in {retry_after:?}")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u64,
+        /// When the window resets.
+        retry_after: Duration,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<MatchError> for Status {
+    fn from(err: MatchError) -> Self {
+        match err {
+            MatchError::Unauthenticated(e) => e.into(),
+            MatchError::Forbidden(_) => Status::permission_denied(err.to_string()),
+            MatchError::Invalid { field, reason } => crate::errors::bad_request(&field, &reason),
+            MatchError::QuotaExceeded { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            MatchError::Store(StoreError::Closed) => crate::errors::shutting_down(),
+            MatchError::Store(e) => crate::errors::internal(&e),
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: &str) -> MatchError {
+    MatchError::Invalid {
+        field: field.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Identifiers used in the current window, per agency.
+struct Window {
+    started: Instant,
+    used: u64,
+}
+
+/// The MatchService handlers.
+pub struct MatchService {
+    store: Arc<Store>,
+    directory: Arc<Directory>,
+    quota_per_hour: u64,
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+fn check_identifier(
+    field: &str,
+    identifier: Option<&BlindedIdentifier>,
+) -> Result<BlindedIdentifier, MatchError> {
+    let identifier = identifier.ok_or_else(|| invalid(field, "is required"))?;
+    match IdentifierKind::try_from(identifier.kind) {
+        Ok(IdentifierKind::Unspecified) | Err(_) => {
+            return Err(invalid(
+                format!("{field}.kind"),
+                "must be one of the IDENTIFIER_KIND_* values",
+            ))
+        }
+        Ok(_) => {}
+    }
+    if identifier.blinded.len() != BLINDED_LEN {
+        return Err(invalid(
+            format!("{field}.blinded"),
+            "must be exactly 32 bytes (HMAC-SHA-256): clear values, prefixes and wildcards are not accepted",
+        ));
+    }
+    Ok(identifier.clone())
+}
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<String, MatchError> {
+    let value = value.trim().to_string();
+    if required && value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            &format!("must be at most {max} printable characters"),
+        ));
+    }
+    Ok(value)
+}
+
+impl MatchService {
+    /// Serves matching from `store`; agencies are checked against `directory`; each agency may
+    /// query `quota_per_hour` identifiers per hour.
+    pub fn new(store: Arc<Store>, directory: Arc<Directory>, quota_per_hour: u64) -> MatchService {
+        MatchService {
+            store,
+            directory,
+            quota_per_hour,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn require_agency<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Arc<Caller>, AgencyId), MatchError> {
+        let caller = caller_of(request)?;
+        let Role::Agency(agency) = &caller.role else {
+            return Err(MatchError::Forbidden(format!(
+                "matching is for agencies (spiffe://<trust-domain>/agency/<ID>); this caller is {}",
+                caller.id
+            )));
+        };
+        if !self.directory.is_active(agency.as_str()) {
+            return Err(MatchError::Forbidden(format!(
+                "agency {agency} is not an active registered agency"
+            )));
+        }
+        let agency = agency.clone();
+        Ok((caller, agency))
+    }
+
+    /// Takes `count` identifiers from the agency's quota, or says when it resets.
+    fn take_quota(&self, agency: &str, count: u64) -> Result<u64, MatchError> {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let window = windows.entry(agency.to_string()).or_insert(Window {
+            started: now,
+            used: 0,
+        });
+        if now.duration_since(window.started) >= QUOTA_WINDOW {
+            *window = Window {
+                started: now,
+                used: 0,
+            };
+        }
+        if window.used + count > self.quota_per_hour {
+            return Err(MatchError::QuotaExceeded {
+                quota: self.quota_per_hour,
+                retry_after: QUOTA_WINDOW.saturating_sub(now.duration_since(window.started)),
+            });
+        }
+        window.used += count;
+        Ok(self.quota_per_hour - window.used)
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishIdentifiersRequest>,
+    ) -> Result<PublishIdentifiersResponse, MatchError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        if request.identifiers.is_empty() || request.identifiers.len() > MAX_PUBLISH_BATCH {
+            return Err(invalid(
+                "identifiers",
+                &format!("1 to {MAX_PUBLISH_BATCH} identifiers per call"),
+            ));
+        }
+        let case_reference = check_text("case_reference", &request.case_reference, 128, false)?;
+        let source_message_id =
+            check_text("source_message_id", &request.source_message_id, 64, false)?;
+        let now = now_micros();
+        let (mut added, mut updated) = (0u64, 0u64);
+        let mut puts = Vec::with_capacity(request.identifiers.len());
+        for (i, published) in request.identifiers.iter().enumerate() {
+            let identifier = check_identifier(
+                &format!("identifiers[{i}].identifier"),
+                published.identifier.as_ref(),
+            )?;
+            let reference = check_text(
+                &format!("identifiers[{i}].reference"),
+                &published.reference,
+                128,
+                false,
+            )?;
+            let key = keys::published(
+                request.key_epoch,
+                identifier.kind,
+                &identifier.blinded,
+                agency.as_str(),
+            );
+            let existing = self
+                .store
+                .index_value(&key)?
+                .and_then(|value| PublishedRecord::decode(value.as_slice()).ok());
+            let match_reference = match existing {
+                Some(existing) => {
+                    updated += 1;
+                    existing.match_reference
+                }
+                None => {
+                    added += 1;
+                    format!("m-{}", uuid::Uuid::new_v4().simple())
+                }
+            };
+            let record = PublishedRecord {
+                reference,
+                match_reference,
+                source_message_id: source_message_id.clone(),
+                case_reference: case_reference.clone(),
+                published_at_micros: now,
+            };
+            puts.push((key, record.encode_to_vec()));
+        }
+        let mut event = audit::event(AuditAction::IdentifiersPublished, Some(&caller));
+        event.reason = format!(
+            "epoch={} added={added} updated={updated} case_reference={case_reference}",
+            request.key_epoch
+        );
+        event.related_message_id = source_message_id;
+        self.store
+            .update_index(puts, Vec::new(), vec![event])
+            .await?;
+        info!(agency = %agency, added, updated, epoch = request.key_epoch, "identifiers published");
+        Ok(PublishIdentifiersResponse { added, updated })
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<WithdrawIdentifiersRequest>,
+    ) -> Result<WithdrawIdentifiersResponse, MatchError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        if request.identifiers.is_empty() || request.identifiers.len() > MAX_PUBLISH_BATCH {
+            return Err(invalid(
+                "identifiers",
+                &format!("1 to {MAX_PUBLISH_BATCH} identifiers per call"),
+            ));
+        }
+        let mut removes = Vec::new();
+        for (i, identifier) in request.identifiers.iter().enumerate() {
+            let identifier = check_identifier(&format!("identifiers[{i}]"), Some(identifier))?;
+            let key = keys::published(
+                request.key_epoch,
+                identifier.kind,
+                &identifier.blinded,
+                agency.as_str(),
+            );
+            if self.store.index_value(&key)?.is_some() {
+                removes.push(key);
+            }
+        }
+        let withdrawn = removes.len() as u64;
+        let mut event = audit::event(AuditAction::IdentifiersWithdrawn, Some(&caller));
+        event.reason = format!("epoch={} withdrawn={withdrawn}", request.key_epoch);
+        self.store
+            .update_index(Vec::new(), removes, vec![event])
+            .await?;
+        Ok(WithdrawIdentifiersResponse { withdrawn })
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<QueryResponse, MatchError> {
+        let (caller, agency) = self.require_agency(&request)?;
+        let request = request.into_inner();
+        if request.identifiers.is_empty() || request.identifiers.len() > MAX_QUERY_BATCH {
+            return Err(invalid(
+                "identifiers",
+                &format!("1 to {MAX_QUERY_BATCH} identifiers per query"),
+            ));
+        }
+        let case_reference = check_text("case_reference", &request.case_reference, 128, true)?;
+        let legal_basis = check_text("legal_basis", &request.legal_basis, 256, true)?;
+        let identifiers = request
+            .identifiers
+            .iter()
+            .enumerate()
+            .map(|(i, identifier)| check_identifier(&format!("identifiers[{i}]"), Some(identifier)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let remaining_quota = self.take_quota(agency.as_str(), identifiers.len() as u64)?;
+
+        let mut results = Vec::with_capacity(identifiers.len());
+        let mut hits = Vec::new();
+        for identifier in identifiers {
+            let prefix =
+                keys::published_prefix(request.key_epoch, identifier.kind, &identifier.blinded);
+            let mut holders = Vec::new();
+            for (holder, value) in self.store.index(&prefix)? {
+                let holder = String::from_utf8_lossy(&holder).into_owned();
+                if holder == agency.as_str() {
+                    continue;
+                }
+                let Ok(published) = PublishedRecord::decode(value.as_slice()) else {
+                    continue;
+                };
+                holders.push(MatchHolder {
+                    agency_id: holder.clone(),
+                    match_reference: published.match_reference.clone(),
+                });
+                hits.push((holder, identifier.kind, published));
+            }
+            results.push(QueryResult {
+                hit: !holders.is_empty(),
+                identifier: Some(identifier),
+                holders,
+            });
+        }
+        let mut event = audit::event(AuditAction::MatchQueried, Some(&caller));
+        event.reason = format!(
+            "epoch={} identifiers={} hits={} case_reference={case_reference} legal_basis={legal_basis}",
+            request.key_epoch,
+            results.len(),
+            hits.len()
+        );
+        self.store.record(vec![event]).await?;
+        for (holder, kind, published) in hits {
+            self.notify(
+                &caller,
+                &agency,
+                &holder,
+                kind,
+                &published,
+                &case_reference,
+                &legal_basis,
+            )
+            .await?;
+        }
+        info!(agency = %agency, identifiers = results.len(), "match query answered");
+        Ok(QueryResponse {
+            results,
+            remaining_quota,
+        })
+    }
+
+    /// Tells the holder, through its inbox, that `querier` matched one of its identifiers.
+    #[allow(clippy::too_many_arguments)] // each is a distinct fact of the notice
+    async fn notify(
+        &self,
+        caller: &Caller,
+        querier: &AgencyId,
+        holder: &str,
+        kind: i32,
+        published: &PublishedRecord,
+        case_reference: &str,
+        legal_basis: &str,
+    ) -> Result<(), MatchError> {
+        let notice = MatchHitNotice {
+            querying_agency: querier.to_string(),
+            case_reference: case_reference.to_string(),
+            legal_basis: legal_basis.to_string(),
+            match_reference: published.match_reference.clone(),
+            your_reference: published.reference.clone(),
+            kind,
+        };
+        let body = SendMessageRequest::default().encode_to_vec();
+        let message_id = uuid::Uuid::now_v7().hyphenated().to_string();
+        let record = MessageRecord {
+            message_id: message_id.clone(),
+            sender: querier.to_string(),
+            recipients: vec![holder.to_string()],
+            topic: Topic::Other as i32,
+            subject: format!(
+                "Hit: {querier} matched an identifier you published ({})",
+                published.match_reference
+            ),
+            // Who investigates what is itself sensitive.
+            handling: HandlingCode::H2 as i32,
+            source_reliability: SourceReliability::A as i32,
+            information_accuracy: InformationAccuracy::InformationAccuracy1 as i32,
+            created_at_micros: now_micros(),
+            case_reference: published.case_reference.clone(),
+            content_sha256: Sha256::digest(&body).to_vec(),
+            sender_serial: caller.serial.clone(),
+            body_len: body.len() as u64,
+            body,
+            kind: MessageKind::MatchHit as i32,
+            originator: querier.to_string(),
+            related_message_id: published.source_message_id.clone(),
+            match_hit: notice.encode_to_vec(),
+            ..MessageRecord::default()
+        };
+        let mut event = audit::message_event(AuditAction::MatchHit, Some(caller), &record);
+        event.subject_agency = holder.to_string();
+        event.reason = format!(
+            "match_reference={} case_reference={case_reference}",
+            published.match_reference
+        );
+        self.store
+            .send(
+                NewMessage {
+                    record,
+                    client_message_id: format!("puente:{}", uuid::Uuid::new_v4()),
+                    request_sha256: Vec::new(),
+                    index_entries: Vec::new(),
+                },
+                event,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn answer<T>(
+        &self,
+        method: &str,
+        peer: Option<Peer>,
+        result: Result<T, MatchError>,
+    ) -> Result<Response<T>, Status> {
+        let err = match result {
+            Ok(value) => return Ok(Response::new(value)),
+            Err(err) => err,
+        };
+        if !matches!(err, MatchError::Store(_)) {
+            let event = audit::refusal_event(
+                peer.as_ref(),
+                &format!("/puente.v1.MatchService/{method}"),
+                &err.to_string(),
+            );
+            if let Err(e) = self.store.record(vec![event]).await {
+                tracing::error!(error = %e, "cannot record a refused request in the audit log");
+            }
+        }
+        Err(err.into())
+    }
+}
+
+fn peer_of<T>(request: &Request<T>) -> Option<Peer> {
+    request.extensions().get::<Peer>().cloned()
+}
+
+#[tonic::async_trait]
+impl MatchApi for MatchService {
+    #[instrument(skip(self, request))]
+    async fn publish_identifiers(
+        &self,
+        request: Request<PublishIdentifiersRequest>,
+    ) -> Result<Response<PublishIdentifiersResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.publish(request).await;
+        self.answer("PublishIdentifiers", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn withdraw_identifiers(
+        &self,
+        request: Request<WithdrawIdentifiersRequest>,
+    ) -> Result<Response<WithdrawIdentifiersResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = self.withdraw(request).await;
+        self.answer("WithdrawIdentifiers", peer, result).await
+    }
+
+    #[instrument(skip(self, request))]
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let peer = peer_of(&request);
+        let result = MatchService::query(self, request).await;
+        self.answer("Query", peer, result).await
+    }
+}
