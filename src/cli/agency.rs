@@ -7,7 +7,9 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use tonic::transport::Channel;
 
-use super::{print_agencies, rpc_error, ConnectArgs};
+use super::{
+    format_time, print_acceptance, print_agencies, retryable_error, rpc_error, ConnectArgs,
+};
 use crate::pb::json;
 use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
@@ -254,30 +256,14 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .await?
         .send_message(request)
         .await
-        .map_err(|status| {
-            // Only when the outcome is unknown is a retry useful; the key makes it safe.
-            let unsure = matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Internal
-            );
-            let error = rpc_error(status);
-            if unsure {
-                anyhow::anyhow!("{error}\n(the message may or may not have been accepted: repeat the command with --client-message-id {client_message_id} to retry safely)")
-            } else {
-                error
-            }
-        })?
+        .map_err(|status| retryable_error(status, "message", &client_message_id))?
         .into_inner();
-    println!("message_id: {}", response.message_id);
-    println!(
-        "accepted_at: {}",
-        format_time(response.accepted_at.as_ref())
+    print_acceptance(
+        &response.message_id,
+        response.accepted_at.as_ref(),
+        response.audit_index,
+        &client_message_id,
     );
-    if let Some(index) = response.audit_index {
-        // The receipt: `puente audit prove --index N` proves the entry is in the log.
-        println!("audit_index: {index}");
-    }
-    println!("client_message_id: {client_message_id}");
     Ok(())
 }
 
@@ -627,16 +613,6 @@ fn state_name(state: i32) -> &'static str {
     DeliveryState::try_from(state).map_or("?", |s| {
         s.as_str_name().trim_start_matches("DELIVERY_STATE_")
     })
-}
-
-fn format_time(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into())
 }
 
 fn print_message(sequence: u64, message: &Message) {

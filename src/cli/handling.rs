@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 use tonic::transport::Channel;
 
-use super::{rpc_error, ConnectArgs};
+use super::{format_time, print_acceptance, retryable_error, rpc_error, ConnectArgs};
 use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
     correct_message_request, CorrectMessageRequest, DenyConsentRequest, ForwardMessageRequest,
@@ -166,32 +166,14 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             reason: args.reason.clone().unwrap_or_default(),
         })
         .await
-        .map_err(|status| {
-            // Only when the outcome is unknown is a retry useful; the key makes it safe.
-            let unsure = matches!(
-                status.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::Unknown
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Internal
-            );
-            let error = rpc_error(status);
-            if unsure {
-                anyhow::anyhow!("{error}\n(the copy may or may not have been made: repeat the command with --client-message-id {client_message_id} to retry safely)")
-            } else {
-                error
-            }
-        })?
+        .map_err(|status| retryable_error(status, "copy", &client_message_id))?
         .into_inner();
-    println!("message_id: {}", response.message_id);
-    println!(
-        "accepted_at: {}",
-        format_time(response.accepted_at.as_ref())
+    print_acceptance(
+        &response.message_id,
+        response.accepted_at.as_ref(),
+        response.audit_index,
+        &client_message_id,
     );
-    if let Some(index) = response.audit_index {
-        println!("audit_index: {index}");
-    }
-    println!("client_message_id: {client_message_id}");
     Ok(())
 }
 
@@ -339,14 +321,4 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(kind) => kind.as_str_name().trim_start_matches("MESSAGE_KIND_"),
         Err(_) => "?",
     }
-}
-
-fn format_time(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into())
 }

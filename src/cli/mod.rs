@@ -147,3 +147,52 @@ pub(crate) fn print_agencies(agencies: &[crate::pb::v1::Agency]) {
         );
     }
 }
+
+/// A time for people: RFC 3339, or `-` when absent.
+pub(crate) fn format_time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The error of an idempotent call (send, forward). Only when the outcome is unknown is a retry
+/// useful; the key makes it safe, so the message says how.
+pub(crate) fn retryable_error(
+    status: tonic::Status,
+    what: &str,
+    client_message_id: &str,
+) -> anyhow::Error {
+    let unsure = matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+    );
+    let error = rpc_error(status);
+    if unsure {
+        anyhow::anyhow!("{error}\n(the {what} may or may not have been accepted: repeat the command with --client-message-id {client_message_id} to retry safely)")
+    } else {
+        error
+    }
+}
+
+/// Prints what an accepted send or forward returned; `audit_index` is the receipt that
+/// `puente audit prove --index N` proves.
+pub(crate) fn print_acceptance(
+    message_id: &str,
+    accepted_at: Option<&prost_types::Timestamp>,
+    audit_index: Option<u64>,
+    client_message_id: &str,
+) {
+    println!("message_id: {message_id}");
+    println!("accepted_at: {}", format_time(accepted_at));
+    if let Some(index) = audit_index {
+        println!("audit_index: {index}");
+    }
+    println!("client_message_id: {client_message_id}");
+}
