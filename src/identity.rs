@@ -341,6 +341,11 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Arc<Caller>, Identity
     Ok(caller)
 }
 
+/// The connection a request came over, for audit records of refused calls.
+pub fn peer_of<T>(request: &tonic::Request<T>) -> Option<Peer> {
+    request.extensions().get::<Peer>().cloned()
+}
+
 impl From<IdentityError> for tonic::Status {
     fn from(err: IdentityError) -> Self {
         tonic::Status::unauthenticated(err.to_string())

@@ -103,6 +103,39 @@ pub fn refusal_event(peer: Option<&Peer>, method: &str, reason: &str) -> AuditEv
     event
 }
 
+/// An error that says whether it refuses the caller (authentication, authorisation,
+/// validation: recorded as REQUEST_REFUSED) or is the server's own failure (not recorded).
+pub trait Refusal: std::fmt::Display {
+    /// Whether this error refuses the caller.
+    fn is_refusal(&self) -> bool;
+}
+
+/// Answers a call of `service` (e.g. `puente.v1.ExchangeService`); a refused call is recorded
+/// in the audit log first: who (as far as the connection says), which method, why.
+pub async fn answer<T, E: Refusal + Into<tonic::Status>>(
+    store: &Store,
+    service: &str,
+    method: &str,
+    peer: Option<Peer>,
+    result: Result<T, E>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let err = match result {
+        Ok(value) => return Ok(tonic::Response::new(value)),
+        Err(err) => err,
+    };
+    if err.is_refusal() {
+        let event = refusal_event(
+            peer.as_ref(),
+            &format!("/{service}/{method}"),
+            &err.to_string(),
+        );
+        if let Err(e) = store.record(vec![event]).await {
+            error!(error = %e, "cannot record a refused request in the audit log");
+        }
+    }
+    Err(err.into())
+}
+
 /// The log: its identity (origin and key) and the checkpoint signer.
 pub struct AuditLog {
     store: Arc<Store>,

@@ -43,6 +43,17 @@ pub enum DirectoryError {
     Store(#[from] StoreError),
 }
 
+impl audit::Refusal for DirectoryError {
+    fn is_refusal(&self) -> bool {
+        use crate::tls::CrlError;
+        !matches!(
+            self,
+            DirectoryError::Store(_)
+                | DirectoryError::Crl(CrlError::Persist(_) | CrlError::Rebuild(_))
+        )
+    }
+}
+
 impl From<DirectoryError> for tonic::Status {
     fn from(err: DirectoryError) -> Self {
         match err {

@@ -7,7 +7,7 @@ use tracing::{info, instrument};
 
 use super::{to_wire, AgencyEntry, Directory, DirectoryError};
 use crate::audit;
-use crate::identity::{caller_of, Caller, Peer, Role};
+use crate::identity::{caller_of, peer_of, Caller, Role};
 use crate::pb::v1::admin_service_server::AdminService as AdminApi;
 use crate::pb::v1::{
     AdminServiceListAgenciesRequest, AdminServiceListAgenciesResponse, AuditAction,
@@ -87,35 +87,6 @@ impl AdminService {
                 .map(|seconds| crate::exchange::timestamp(seconds.saturating_mul(1_000_000))),
         })
     }
-
-    /// Answers a call; a refused one is recorded in the audit log first.
-    async fn answer<T>(
-        &self,
-        method: &str,
-        peer: Option<Peer>,
-        result: Result<T, DirectoryError>,
-    ) -> Result<Response<T>, Status> {
-        let err = match result {
-            Ok(value) => return Ok(Response::new(value)),
-            Err(err) => err,
-        };
-        let internal = matches!(
-            err,
-            DirectoryError::Store(_)
-                | DirectoryError::Crl(CrlError::Persist(_) | CrlError::Rebuild(_))
-        );
-        if !internal {
-            let event = audit::refusal_event(
-                peer.as_ref(),
-                &format!("/puente.v1.AdminService/{method}"),
-                &err.to_string(),
-            );
-            if let Err(e) = self.store.record(vec![event]).await {
-                tracing::error!(error = %e, "cannot record a refused request in the audit log");
-            }
-        }
-        Err(err.into())
-    }
 }
 
 fn require_admin<T>(request: &Request<T>) -> Result<Arc<Caller>, DirectoryError> {
@@ -124,10 +95,6 @@ fn require_admin<T>(request: &Request<T>) -> Result<Arc<Caller>, DirectoryError>
         Role::Admin(_) => Ok(caller),
         Role::Agency(_) | Role::Auditor(_) => Err(DirectoryError::NotAdmin(caller.id.to_string())),
     }
-}
-
-fn peer_of<T>(request: &Request<T>) -> Option<Peer> {
-    request.extensions().get::<Peer>().cloned()
 }
 
 #[tonic::async_trait]
@@ -139,7 +106,14 @@ impl AdminApi for AdminService {
     ) -> Result<Response<RegisterAgencyResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.register(request).await;
-        self.answer("RegisterAgency", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.AdminService",
+            "RegisterAgency",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -149,7 +123,14 @@ impl AdminApi for AdminService {
     ) -> Result<Response<UpdateAgencyResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.update(request).await;
-        self.answer("UpdateAgency", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.AdminService",
+            "UpdateAgency",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -161,7 +142,14 @@ impl AdminApi for AdminService {
         let result = require_admin(&request).map(|_| AdminServiceListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
         });
-        self.answer("ListAgencies", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.AdminService",
+            "ListAgencies",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -171,6 +159,13 @@ impl AdminApi for AdminService {
     ) -> Result<Response<PublishRevocationListResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.publish(request).await;
-        self.answer("PublishRevocationList", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.AdminService",
+            "PublishRevocationList",
+            peer,
+            result,
+        )
+        .await
     }
 }

@@ -21,7 +21,7 @@ use tracing::{info, instrument};
 use crate::audit;
 use crate::config::Limits;
 use crate::directory::{to_wire, Directory};
-use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::MatchHitNotice;
 use crate::pb::v1::{
@@ -87,6 +87,12 @@ pub enum ExchangeError {
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+}
+
+impl audit::Refusal for ExchangeError {
+    fn is_refusal(&self) -> bool {
+        !matches!(self, ExchangeError::Store(_) | ExchangeError::ShuttingDown)
+    }
 }
 
 impl ExchangeError {
@@ -570,32 +576,6 @@ impl ExchangeService {
             backlog_only,
         ))
     }
-
-    /// Answers a call; a refused one (authentication, authorisation, validation) is recorded
-    /// in the audit log first: who, which method, why.
-    async fn answer<T>(
-        &self,
-        method: &str,
-        peer: Option<Peer>,
-        result: Result<T, ExchangeError>,
-    ) -> Result<Response<T>, Status> {
-        let err = match result {
-            Ok(value) => return Ok(Response::new(value)),
-            Err(err) => err,
-        };
-        let refused = !matches!(err, ExchangeError::Store(_) | ExchangeError::ShuttingDown);
-        if refused {
-            let event = audit::refusal_event(
-                peer.as_ref(),
-                &format!("/puente.v1.ExchangeService/{method}"),
-                &err.to_string(),
-            );
-            if let Err(e) = self.store.record(vec![event]).await {
-                tracing::error!(error = %e, "cannot record a refused request in the audit log");
-            }
-        }
-        Err(err.into())
-    }
 }
 
 /// What `commit` needs besides the record.
@@ -636,7 +616,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<SendMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.send(request).await;
-        self.answer("SendMessage", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "SendMessage",
+            peer,
+            result,
+        )
+        .await
     }
 
     type StreamInboxStream = inbox::InboxStream;
@@ -648,7 +635,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
         let peer = peer_of(&request);
         let result = self.open_inbox(request);
-        self.answer("StreamInbox", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "StreamInbox",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -658,7 +652,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<AcknowledgeMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.acknowledge(request).await;
-        self.answer("AcknowledgeMessage", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "AcknowledgeMessage",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -668,7 +669,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GetMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.get(request).await;
-        self.answer("GetMessage", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "GetMessage",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -678,7 +686,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.delivery_status(request);
-        self.answer("GetDeliveryStatus", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "GetDeliveryStatus",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -690,7 +705,14 @@ impl ExchangeApi for ExchangeService {
         let result = self.require_agency(&request).map(|_| ListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
         });
-        self.answer("ListAgencies", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "ListAgencies",
+            peer,
+            result,
+        )
+        .await
     }
     #[instrument(skip(self, request))]
     async fn forward_message(
@@ -699,7 +721,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<ForwardMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.forward(request).await;
-        self.answer("ForwardMessage", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "ForwardMessage",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -709,7 +738,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<RequestConsentResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.ask_consent(request).await;
-        self.answer("RequestConsent", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "RequestConsent",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -719,7 +755,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GrantConsentResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.grant(request).await;
-        self.answer("GrantConsent", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "GrantConsent",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -729,7 +772,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<DenyConsentResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.deny(request).await;
-        self.answer("DenyConsent", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "DenyConsent",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -739,7 +789,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<RetractMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.retract(request).await;
-        self.answer("RetractMessage", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "RetractMessage",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -749,7 +806,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<CorrectMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.correct(request).await;
-        self.answer("CorrectMessage", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "CorrectMessage",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -759,10 +823,13 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<ListThreadResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.thread(request).await;
-        self.answer("ListThread", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.ExchangeService",
+            "ListThread",
+            peer,
+            result,
+        )
+        .await
     }
-}
-
-fn peer_of<T>(request: &Request<T>) -> Option<Peer> {
-    request.extensions().get::<Peer>().cloned()
 }

@@ -17,7 +17,7 @@ use tracing::{info, instrument};
 
 use crate::audit;
 use crate::directory::Directory;
-use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Role};
 use crate::pb::v1::match_service_server::MatchService as MatchApi;
 use crate::pb::v1::{
     AuditAction, BlindedIdentifier, HandlingCode, IdentifierKind, InformationAccuracy,
@@ -65,6 +65,12 @@ pub enum MatchError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl audit::Refusal for MatchError {
+    fn is_refusal(&self) -> bool {
+        !matches!(self, MatchError::Store(_))
+    }
 }
 
 impl From<MatchError> for Status {
@@ -441,33 +447,6 @@ impl MatchService {
             .await?;
         Ok(())
     }
-
-    async fn answer<T>(
-        &self,
-        method: &str,
-        peer: Option<Peer>,
-        result: Result<T, MatchError>,
-    ) -> Result<Response<T>, Status> {
-        let err = match result {
-            Ok(value) => return Ok(Response::new(value)),
-            Err(err) => err,
-        };
-        if !matches!(err, MatchError::Store(_)) {
-            let event = audit::refusal_event(
-                peer.as_ref(),
-                &format!("/puente.v1.MatchService/{method}"),
-                &err.to_string(),
-            );
-            if let Err(e) = self.store.record(vec![event]).await {
-                tracing::error!(error = %e, "cannot record a refused request in the audit log");
-            }
-        }
-        Err(err.into())
-    }
-}
-
-fn peer_of<T>(request: &Request<T>) -> Option<Peer> {
-    request.extensions().get::<Peer>().cloned()
 }
 
 #[tonic::async_trait]
@@ -479,7 +458,14 @@ impl MatchApi for MatchService {
     ) -> Result<Response<PublishIdentifiersResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.publish(request).await;
-        self.answer("PublishIdentifiers", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.MatchService",
+            "PublishIdentifiers",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -489,7 +475,14 @@ impl MatchApi for MatchService {
     ) -> Result<Response<WithdrawIdentifiersResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.withdraw(request).await;
-        self.answer("WithdrawIdentifiers", peer, result).await
+        audit::answer(
+            &self.store,
+            "puente.v1.MatchService",
+            "WithdrawIdentifiers",
+            peer,
+            result,
+        )
+        .await
     }
 
     #[instrument(skip(self, request))]
@@ -499,6 +492,6 @@ impl MatchApi for MatchService {
     ) -> Result<Response<QueryResponse>, Status> {
         let peer = peer_of(&request);
         let result = MatchService::query(self, request).await;
-        self.answer("Query", peer, result).await
+        audit::answer(&self.store, "puente.v1.MatchService", "Query", peer, result).await
     }
 }
