@@ -1,6 +1,6 @@
 //! Agency client commands: send, inbox, ack, status, get, agencies.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -212,7 +212,10 @@ pub struct AgenciesArgs {
     connect: ConnectArgs,
 }
 
-async fn client(connect: &ConnectArgs) -> anyhow::Result<ExchangeServiceClient<Channel>> {
+/// An ExchangeService client over a mutual-TLS channel, accepting messages of any size.
+pub(super) async fn client(
+    connect: &ConnectArgs,
+) -> anyhow::Result<ExchangeServiceClient<Channel>> {
     Ok(ExchangeServiceClient::new(connect.connect().await?).max_decoding_message_size(usize::MAX))
 }
 
@@ -269,16 +272,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
 
 /// Reads a `SendMessageRequest` in proto3 JSON from `path`, or from standard input for `-`.
 fn read_request(path: &Path) -> anyhow::Result<SendMessageRequest> {
-    let text = if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read --file - from standard input")?;
-        text
-    } else {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --file {}", path.display()))?
-    };
+    let text = super::read_file_arg(path)?;
     json::from_json(&text).with_context(|| {
         format!(
             "--file {} is not a SendMessageRequest in proto3 JSON (see examples/*.json)",

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
-use tonic::transport::Channel;
 
+use super::agency::client;
 use super::{format_time, print_acceptance, retryable_error, rpc_error, ConnectArgs};
-use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::{
     correct_message_request, CorrectMessageRequest, DenyConsentRequest, ForwardMessageRequest,
     GrantConsentRequest, HandlingCode, ListThreadRequest, Message, MessageKind,
@@ -142,10 +141,6 @@ pub struct ThreadArgs {
     /// List the messages carrying this case reference instead.
     #[arg(long)]
     case_reference: Option<String>,
-}
-
-async fn client(connect: &ConnectArgs) -> anyhow::Result<ExchangeServiceClient<Channel>> {
-    Ok(ExchangeServiceClient::new(connect.connect().await?).max_decoding_message_size(usize::MAX))
 }
 
 /// `puente forward`.

@@ -2,7 +2,6 @@
 //! blinded here, with the matching key the agencies share; only the blinded values reach the
 //! exchange, and the clear values typed or listed stay on this machine.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -268,16 +267,7 @@ fn entry(key: &MatchingKey, line: u64, kind: KindArg, value: &str) -> anyhow::Re
 /// before anything is returned, so that nothing is sent from a file with a mistake in it; the
 /// error lists the bad lines.
 fn read_file(path: &Path, key: &MatchingKey) -> anyhow::Result<Vec<Entry>> {
-    let text = if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read --file - from standard input")?;
-        text
-    } else {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --file {}", path.display()))?
-    };
+    let text = super::read_file_arg(path)?;
     let (entries, errors) = parse_identifiers(&text, key);
     if !errors.is_empty() {
         let mut listed: Vec<String> = errors.iter().take(MAX_LISTED_ERRORS).cloned().collect();

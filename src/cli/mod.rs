@@ -196,3 +196,19 @@ pub(crate) fn print_acceptance(
     }
     println!("client_message_id: {client_message_id}");
 }
+
+/// The text of a `--file` argument, or of standard input for `-`.
+pub(crate) fn read_file_arg(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    if path == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read --file - from standard input")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --file {}", path.display()))
+    }
+}

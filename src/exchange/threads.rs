@@ -18,28 +18,34 @@ pub const MAX_THREAD_MESSAGES: usize = 1000;
 pub const MAX_THREAD_WALK: usize = 10 * MAX_THREAD_MESSAGES;
 
 impl ExchangeService {
-    /// Agencies that answered `message_id` (sent a message `in_reply_to` it).
-    pub(super) fn repliers(&self, message_id: &str) -> Result<BTreeSet<String>, StoreError> {
+    /// The replies to `message_id`: (replying agency, reply id) from the reply index.
+    fn reply_entries(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self
             .store
             .index(&keys::replies_prefix(message_id))?
             .into_iter()
             .filter_map(|(rest, _)| {
                 let rest = String::from_utf8_lossy(&rest).into_owned();
-                rest.split_once('/').map(|(agency, _)| agency.to_string())
+                rest.split_once('/')
+                    .map(|(agency, reply)| (agency.to_string(), reply.to_string()))
             })
+            .collect())
+    }
+
+    /// Agencies that answered `message_id` (sent a message `in_reply_to` it).
+    pub(super) fn repliers(&self, message_id: &str) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self
+            .reply_entries(message_id)?
+            .into_iter()
+            .map(|(agency, _)| agency)
             .collect())
     }
 
     fn replies(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .store
-            .index(&keys::replies_prefix(message_id))?
+            .reply_entries(message_id)?
             .into_iter()
-            .filter_map(|(rest, _)| {
-                let rest = String::from_utf8_lossy(&rest).into_owned();
-                rest.split_once('/').map(|(_, reply)| reply.to_string())
-            })
+            .map(|(_, reply)| reply)
             .collect())
     }
 

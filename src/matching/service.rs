@@ -134,6 +134,17 @@ fn check_identifier(
     Ok(identifier.clone())
 }
 
+/// A batch must hold 1 to `max` identifiers.
+fn check_count(count: usize, max: usize, per: &str) -> Result<(), MatchError> {
+    if count == 0 || count > max {
+        return Err(invalid(
+            "identifiers",
+            &format!("1 to {max} identifiers per {per}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<String, MatchError> {
     let value = value.trim().to_string();
     if required && value.is_empty() {
@@ -210,12 +221,7 @@ impl MatchService {
     ) -> Result<PublishIdentifiersResponse, MatchError> {
         let (caller, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
-        if request.identifiers.is_empty() || request.identifiers.len() > MAX_PUBLISH_BATCH {
-            return Err(invalid(
-                "identifiers",
-                &format!("1 to {MAX_PUBLISH_BATCH} identifiers per call"),
-            ));
-        }
+        check_count(request.identifiers.len(), MAX_PUBLISH_BATCH, "call")?;
         let case_reference = check_text("case_reference", &request.case_reference, 128, false)?;
         let source_message_id =
             check_text("source_message_id", &request.source_message_id, 64, false)?;
@@ -281,12 +287,7 @@ impl MatchService {
     ) -> Result<WithdrawIdentifiersResponse, MatchError> {
         let (caller, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
-        if request.identifiers.is_empty() || request.identifiers.len() > MAX_PUBLISH_BATCH {
-            return Err(invalid(
-                "identifiers",
-                &format!("1 to {MAX_PUBLISH_BATCH} identifiers per call"),
-            ));
-        }
+        check_count(request.identifiers.len(), MAX_PUBLISH_BATCH, "call")?;
         let mut removes = Vec::new();
         for (i, identifier) in request.identifiers.iter().enumerate() {
             let identifier = check_identifier(&format!("identifiers[{i}]"), Some(identifier))?;
@@ -312,12 +313,7 @@ impl MatchService {
     async fn query(&self, request: Request<QueryRequest>) -> Result<QueryResponse, MatchError> {
         let (caller, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
-        if request.identifiers.is_empty() || request.identifiers.len() > MAX_QUERY_BATCH {
-            return Err(invalid(
-                "identifiers",
-                &format!("1 to {MAX_QUERY_BATCH} identifiers per query"),
-            ));
-        }
+        check_count(request.identifiers.len(), MAX_QUERY_BATCH, "query")?;
         let case_reference = check_text("case_reference", &request.case_reference, 128, true)?;
         let legal_basis = check_text("legal_basis", &request.legal_basis, 256, true)?;
         let identifiers = request
