@@ -8,6 +8,7 @@
 
 mod objects;
 pub mod records;
+mod stats;
 mod writer;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
+pub use stats::{commit_stats, CommitStats};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use writer::{LogState, Op, Writer};
 

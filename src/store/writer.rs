@@ -130,7 +130,9 @@ impl Writer {
                 }
                 next = queue.try_recv().ok();
             }
+            let flush_started = std::time::Instant::now();
             let durable = self.make_durable();
+            super::stats::record_group(pending.len(), flush_started.elapsed().as_nanos() as u64);
             if let Err(e) = &durable {
                 tracing::error!(error = %e, "store flush failed; failing the whole group");
             } else {
