@@ -18,8 +18,11 @@
 //!   `MatchService` (server side).
 //! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
+//! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
+//!   bare-tonic bound.
 
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod directory;

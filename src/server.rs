@@ -3,6 +3,9 @@
 //! TLS is ours, not tonic's: each handshake runs in its own task under a timeout, the verified
 //! client certificate is parsed once into a [`Peer`], and finished connections are handed to
 //! tonic, which attaches the `Peer` to every request of the connection.
+//!
+//! [`run_echo`] serves the echo service of `puente bench` through the same TLS, accept loop and
+//! tonic settings, with nothing behind it: the bound the exchange's durable rate is set against.
 
 use std::future::Future;
 use std::io;
@@ -23,12 +26,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
+use crate::bench::Echo;
 use crate::config::{Config, ConfigError};
 use crate::directory::service::AdminService;
 use crate::directory::{Directory, DirectoryError};
 use crate::exchange::ExchangeService;
 use crate::identity::{Caller, IdentityError, Peer};
 use crate::matching::service::MatchService;
+use crate::pb::bench::v1::echo_service_server::EchoServiceServer;
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::audit_service_server::AuditServiceServer;
 use crate::pb::v1::exchange_service_server::ExchangeServiceServer;
@@ -91,15 +96,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let store = Store::open(&config.data_dir)?;
-    let tls = TlsState::load(
-        TlsFiles {
-            cert: config.tls_cert.clone(),
-            key: config.tls_key.clone(),
-            client_ca: config.client_ca.clone(),
-            crl: config.crl.clone(),
-        },
-        &config.data_dir,
-    )?;
+    let tls = load_tls(&config)?;
     let directory = Arc::new(Directory::load(Arc::clone(&store))?);
     let audit = AuditLog::open(Arc::clone(&store), &config.data_dir, &config.trust_domain)?;
 
@@ -135,13 +132,13 @@ pub async fn run(
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let max_frame = config.limits.max_message_bytes + ENVELOPE_HEADROOM;
+    let max_frame = max_frame(&config);
 
     let local_addr = listener.local_addr().ok();
     let incoming = accept_loop(
         listener,
         Arc::clone(&tls),
-        Arc::clone(&store),
+        Some(Arc::clone(&store)),
         config.trust_domain.clone(),
         config.handshake_timeout(),
     );
@@ -153,11 +150,7 @@ pub async fn run(
         let _ = draining_tx.send(());
     };
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
-    let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .max_connection_age(config.max_connection_age())
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+    let serve = server_builder(&config)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -185,12 +178,70 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves only the echo service of `puente bench` on `listener` until `shutdown` completes: the
+/// TLS, accept loop and tonic settings of [`run`] with no store behind them. Refused handshakes
+/// are logged but not recorded, as there is no audit log. `config.data_dir` receives only the
+/// CRLs that [`TlsState::load`] persists: give it an existing directory of its own.
+///
+/// # Errors
+/// Invalid configuration, unusable TLS material, or a transport failure.
+pub async fn run_echo(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let tls = load_tls(&config)?;
+    let incoming = accept_loop(
+        listener,
+        tls,
+        None,
+        config.trust_domain.clone(),
+        config.handshake_timeout(),
+    );
+    info!(trust_domain = %config.trust_domain, "serving the bench echo service");
+    server_builder(&config)
+        .add_service(EchoServiceServer::new(Echo).max_decoding_message_size(max_frame(&config)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The server's TLS state from the files `config` names and the CRLs persisted in its data
+/// directory.
+fn load_tls(config: &Config) -> Result<Arc<TlsState>, TlsError> {
+    TlsState::load(
+        TlsFiles {
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            client_ca: config.client_ca.clone(),
+            crl: config.crl.clone(),
+        },
+        &config.data_dir,
+    )
+}
+
+/// The connection settings every server of this module uses.
+fn server_builder(config: &Config) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_connection_age(config.max_connection_age())
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+}
+
+/// The largest gRPC frame a service decodes.
+fn max_frame(config: &Config) -> usize {
+    config.limits.max_message_bytes + ENVELOPE_HEADROOM
+}
+
 /// Accepts TCP connections and completes each TLS handshake in its own task, so a slow or silent
-/// client stalls nobody. Yields connections whose handshake succeeded.
+/// client stalls nobody. Yields connections whose handshake succeeded. Refused handshakes are
+/// recorded in the audit log of `store`, when there is one.
 fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
-    store: Arc<Store>,
+    store: Option<Arc<Store>>,
     trust_domain: String,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
@@ -216,8 +267,7 @@ fn accept_loop(
             // next handshake.
             let acceptor = tls.acceptor();
             let revocations = tls.revocations();
-            let (tx, trust_domain, store) =
-                (tx.clone(), Arc::clone(&trust_domain), Arc::clone(&store));
+            let (tx, trust_domain, store) = (tx.clone(), Arc::clone(&trust_domain), store.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -232,11 +282,13 @@ fn accept_loop(
                     }
                     Ok(Err(e)) => {
                         warn!(%remote_addr, error = %e, "TLS handshake refused");
-                        let mut event = audit::event(AuditAction::HandshakeRefused, None);
-                        event.remote_address = remote_addr.to_string();
-                        event.reason = e.to_string();
-                        if store.record_later(event).await.is_err() {
-                            warn!("store closed: refused handshake not recorded");
+                        if let Some(store) = store {
+                            let mut event = audit::event(AuditAction::HandshakeRefused, None);
+                            event.remote_address = remote_addr.to_string();
+                            event.reason = e.to_string();
+                            if store.record_later(event).await.is_err() {
+                                warn!("store closed: refused handshake not recorded");
+                            }
                         }
                     }
                     Err(_) => warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out"),

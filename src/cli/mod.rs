@@ -3,11 +3,13 @@
 //! `consent`, `retract`, `correct` and `thread` for the handling rules; `admin` runs the
 //! certificate authority and manages the agency directory; `audit` reviews, verifies, proves
 //! and exports the audit log; `match` blinds identifiers locally and publishes, withdraws and
-//! queries them for hit/no-hit matching.
+//! queries them for hit/no-hit matching; `bench` measures the exchange's durable send rate
+//! against the bare-tonic bound.
 
 mod admin;
 mod agency;
 mod audit;
+mod bench;
 mod connect;
 mod handling;
 mod matching;
@@ -65,6 +67,21 @@ pub enum Command {
     /// Hit/no-hit matching: publish, withdraw and query identifiers, blinded on this machine
     /// with the matching key the agencies share.
     Match(matching::MatchArgs),
+    /// Measure the durable send rate of a server started in this process on a temporary
+    /// directory, against the bare-tonic bound (an echo service behind the same TLS); then a
+    /// restart, memory and audit-proof latencies.
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// The log filter when `RUST_LOG` is unset: `info`, but `warn` for `bench`, where the
+    /// server's per-message info lines on the terminal would be measured with it.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Bench(_) => "warn",
+            _ => "info",
+        }
+    }
 }
 
 /// Runs a parsed command line.
@@ -89,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(args) => admin::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Match(args) => matching::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-pub use stats::{commit_stats, CommitStats};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
+pub use stats::{commit_stats, CommitStats};
 use writer::{LogState, Op, Writer};
 
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
