@@ -1,11 +1,14 @@
-//! The durable store: one sled tree, one sequencing writer thread with group commit, and a
-//! directory of large message bodies.
+//! The durable store: one sled tree, one sequencing writer thread with group commit, a commit
+//! journal, and a directory of large message bodies.
 //!
-//! Every write goes through the writer. It applies one atomic `sled::Batch` per operation, then
-//! — once for all operations it collected meanwhile — flushes sled and `fdatasync`s its file, and
-//! only then answers the callers and advances the inbox watermarks that readers follow. So an
-//! answer means "on stable storage", and no reader ever sees an inbox entry a crash could lose.
+//! Every write goes through the writer. It collects the writes of the operations queued
+//! meanwhile into one group, appends the group to the commit journal and `fdatasync`s it,
+//! applies it to sled as one atomic batch, and only then answers the callers and advances the
+//! inbox watermarks that readers follow. So an answer means "on stable storage", and no reader
+//! ever sees an entry a crash could lose. sled is flushed in the background whenever a journal
+//! file fills; opening the store replays what the journal holds beyond it.
 
+mod journal;
 mod objects;
 pub mod records;
 mod stats;
@@ -23,7 +26,8 @@ use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 pub use stats::{commit_stats, CommitStats};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
-use writer::{LogState, Op, Writer};
+use journal::Journal;
+use writer::{Flusher, LogState, Op, Writer};
 
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
 use crate::pb::v1::AuditEvent;
@@ -179,8 +183,8 @@ impl Inboxes {
 // === impl Store ===
 
 impl Store {
-    /// Opens the store in `data_dir` (created if missing), removes bodies of messages a crash
-    /// left uncommitted, and starts the writer thread.
+    /// Opens the store in `data_dir` (created if missing), replays the commit journal a crash
+    /// left, removes bodies of messages a crash left uncommitted, and starts the writer thread.
     ///
     /// # Errors
     /// The directory or sled cannot be opened, or a directory record is corrupt.
@@ -195,6 +199,12 @@ impl Store {
         // sled's own flush uses sync_file_range, which does not reach stable storage on every
         // device: the writer fdatasyncs this file after each flush.
         let db_file = File::open(db_dir.join("db"))?;
+        let journal_dir = data_dir.join("journal");
+        let (journal, replayed) = Journal::recover(&journal_dir, &db, &db_file)?;
+        if replayed > 0 {
+            tracing::info!(groups = replayed, "replayed the commit journal");
+        }
+        let flusher = Flusher::spawn(db.clone(), db_file, journal_dir)?;
         let objects = Objects::open(data_dir.join("objects"))?;
         let removed = objects.sweep(|id| matches!(db.contains_key(keys::message(id)), Ok(true)))?;
         if removed > 0 {
@@ -217,7 +227,8 @@ impl Store {
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let writer = Writer::new(
             db.clone(),
-            db_file,
+            journal,
+            flusher,
             Arc::clone(&inboxes),
             sequences,
             log,

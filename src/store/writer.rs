@@ -1,15 +1,18 @@
-//! The single writer: sequences every write, one atomic batch per operation (including the audit
-//! entries that operation records), one flush and `fdatasync` per group of operations, answers
-//! only after that.
+//! The single writer: sequences every write and collects the writes of a group of operations
+//! (including the audit entries they record) into one batch, which it appends to the commit
+//! journal and `fdatasync`s, then applies to sled; it answers only after that.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::{self, Journal};
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use super::{
     decode, encode, idempotent_answer, now_micros, Accepted, Inboxes, IndexEntry, NewMessage,
@@ -127,6 +130,78 @@ impl Group {
     }
 }
 
+/// Flushes sled in the background after the writer started a new journal file, then removes
+/// the journal files sled now holds.
+pub(super) struct Flusher {
+    db: sled::Db,
+    db_file: Arc<File>,
+    requests: Option<std::sync::mpsc::Sender<u64>>,
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the flusher thread for `db` (whose file is `db_file`) and the journal in `dir`.
+    pub(super) fn spawn(db: sled::Db, db_file: File, dir: PathBuf) -> std::io::Result<Flusher> {
+        let (requests, received) = std::sync::mpsc::channel::<u64>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let db_file = Arc::new(db_file);
+        let thread = {
+            let (db, db_file, busy) = (db.clone(), Arc::clone(&db_file), Arc::clone(&busy));
+            std::thread::Builder::new()
+                .name("puente-store-flusher".into())
+                .spawn(move || {
+                    for generation in received {
+                        let flushed = db
+                            .flush()
+                            .map_err(std::io::Error::from)
+                            .and_then(|_| db_file.sync_data())
+                            .and_then(|()| journal::remove_before(&dir, generation));
+                        if let Err(e) = flushed {
+                            tracing::warn!(error = %e, "background sled flush failed; the journal is kept and will be replayed at the next start");
+                        }
+                        busy.store(false, Ordering::Release);
+                    }
+                })?
+        };
+        Ok(Flusher {
+            db,
+            db_file,
+            requests: Some(requests),
+            busy,
+            thread: Some(thread),
+        })
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Has sled flushed, then the journal files before `generation` removed.
+    fn flush_before(&self, generation: u64) {
+        if let Some(requests) = &self.requests {
+            self.busy.store(true, Ordering::Release);
+            if requests.send(generation).is_err() {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits for a flush in progress and stops the thread.
+    fn finish(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Flushes sled and `fdatasync`s its file, on the calling thread.
+    fn flush_sled(&self) -> std::io::Result<()> {
+        self.db.flush()?;
+        self.db_file.sync_data()
+    }
+}
+
 /// What the writer assigns as it goes, saved at the start of a group so that a group sled
 /// refuses leaves no trace.
 #[derive(Clone)]
@@ -138,7 +213,11 @@ struct Assigned {
 pub(super) struct Writer {
     db: sled::Db,
     group: Group,
-    db_file: File,
+    journal: Journal,
+    flusher: Flusher,
+    /// Set once a journaled group could not be applied to sled: sled and the journal disagree
+    /// until a restart replays the journal, so every later write fails.
+    failed: Option<String>,
     inboxes: Arc<Inboxes>,
     /// Last assigned inbox sequence per agency (assigned, maybe not yet durable).
     sequences: HashMap<String, u64>,
@@ -150,7 +229,8 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn new(
         db: sled::Db,
-        db_file: File,
+        journal: Journal,
+        flusher: Flusher,
         inboxes: Arc<Inboxes>,
         sequences: HashMap<String, u64>,
         log: LogState,
@@ -159,7 +239,9 @@ impl Writer {
         Writer {
             db,
             group: Group::default(),
-            db_file,
+            journal,
+            flusher,
+            failed: None,
             inboxes,
             sequences,
             log,
@@ -191,7 +273,7 @@ impl Writer {
                 next = queue.try_recv().ok();
             }
             let flush_started = std::time::Instant::now();
-            let durable = self.apply_group().and_then(|()| self.make_durable());
+            let durable = self.commit_group();
             if durable.is_err() {
                 self.sequences = saved.sequences;
                 self.log = saved.log;
@@ -199,7 +281,7 @@ impl Writer {
             }
             super::stats::record_group(pending.len(), flush_started.elapsed().as_nanos() as u64);
             if let Err(e) = &durable {
-                tracing::error!(error = %e, "store flush failed; failing the whole group");
+                tracing::error!(error = %e, "group commit failed; failing the whole group");
             } else {
                 self.durable_log_size
                     .store(self.log.size, Ordering::Release);
@@ -211,22 +293,46 @@ impl Writer {
                 answer.finish(&durable);
             }
         }
-        if let Err(e) = self.make_durable() {
-            tracing::error!(error = %e, "final store flush failed");
+        self.flusher.finish();
+        if self.failed.is_none() {
+            // Everything is in sled: a clean stop leaves no journal to replay.
+            if let Err(e) = self
+                .flusher
+                .flush_sled()
+                .and_then(|()| journal::remove_before(self.journal.dir(), u64::MAX))
+            {
+                tracing::error!(error = %e, "final store flush failed; the journal will be replayed at the next start");
+            }
         }
     }
 
-    /// Applies the writes of the group's operations as one atomic sled batch.
-    fn apply_group(&mut self) -> Result<(), String> {
+    /// Makes the group durable in the journal, then applies it to sled as one atomic batch, and
+    /// starts a new journal file (with a background sled flush) when the current one is full.
+    fn commit_group(&mut self) -> Result<(), String> {
         let group = std::mem::take(&mut self.group);
-        self.db
-            .apply_batch(group.into_batch())
-            .map_err(|e| e.to_string())
-    }
-
-    fn make_durable(&self) -> Result<(), String> {
-        self.db.flush().map_err(|e| e.to_string())?;
-        self.db_file.sync_data().map_err(|e| e.to_string())
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone());
+        }
+        if group.writes.is_empty() {
+            return Ok(());
+        }
+        self.journal
+            .append(&group.writes)
+            .map_err(|e| format!("cannot write the commit journal: {e}"))?;
+        if let Err(e) = self.db.apply_batch(group.into_batch()) {
+            let failure = format!(
+                "sled refused a journaled group ({e}); restart the server to replay the journal"
+            );
+            self.failed = Some(failure.clone());
+            return Err(failure);
+        }
+        if self.journal.len() >= journal::ROTATE_BYTES && !self.flusher.busy() {
+            match self.journal.rotate() {
+                Ok(generation) => self.flusher.flush_before(generation),
+                Err(e) => tracing::warn!(error = %e, "cannot start a new journal file; appending to the current one"),
+            }
+        }
+        Ok(())
     }
 
     /// Applies one operation's batch; `None` for `Op::Close`.

@@ -1,0 +1,335 @@
+//! The commit journal: the writes of each group commit, appended to a file and `fdatasync`ed
+//! before the group is applied to sled or answered. sled itself is flushed only now and then
+//! (when a journal file has grown past [`ROTATE_BYTES`]), in the background; opening the store
+//! replays whatever journal files are left onto sled, so every answered write survives a crash.
+//!
+//! Why: flushing sled for every group costs two device round trips (its `sync_file_range` per
+//! buffer, then our `fdatasync`) and wakes its I/O threads; one append and one `fdatasync` of
+//! a single file is the least a durable answer can cost.
+//!
+//! A file is `<generation, 16 hex digits>.journal`, a sequence of records
+//! `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`; a payload is the group's
+//! writes, each `[1][key length: u32 LE][key][value length: u32 LE][value]` (a put) or
+//! `[0][key length: u32 LE][key]` (a removal). A write is blind (it does not depend on what it
+//! replaces), so replaying records sled already holds changes nothing. Replay stops at the first
+//! record that is cut short or fails its checksum: the tail of a write that a crash interrupted,
+//! never answered.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::objects::sync_dir;
+use super::StoreError;
+
+/// Size past which the writer starts a new journal file and has sled flushed in the background.
+pub(super) const ROTATE_BYTES: u64 = 32 * 1024 * 1024;
+
+const PUT: u8 = 1;
+const REMOVE: u8 = 0;
+
+/// The journal file being appended to.
+pub(super) struct Journal {
+    dir: PathBuf,
+    file: File,
+    generation: u64,
+    len: u64,
+    encoded: Vec<u8>,
+}
+
+impl Journal {
+    /// Replays every journal file in `dir` onto `db` in order, makes sled durable, removes the
+    /// files and starts a new one. Returns the journal and how many records were replayed.
+    ///
+    /// # Errors
+    /// The directory or a file cannot be read, or sled cannot apply or flush.
+    pub(super) fn recover(
+        dir: &Path,
+        db: &sled::Db,
+        db_file: &File,
+    ) -> Result<(Journal, usize), StoreError> {
+        fs::create_dir_all(dir)?;
+        let generations = generations(dir)?;
+        let mut replayed = 0;
+        for generation in &generations {
+            let mut bytes = Vec::new();
+            File::open(file_name(dir, *generation))?.read_to_end(&mut bytes)?;
+            for payload in records(&bytes) {
+                db.apply_batch(decode_batch(payload)?)?;
+                replayed += 1;
+            }
+        }
+        if replayed > 0 {
+            db.flush()?;
+            db_file.sync_data()?;
+        }
+        let next = generations.last().map_or(0, |last| last + 1);
+        remove_before(dir, next)?;
+        let journal = Journal::create(dir, next)?;
+        Ok((journal, replayed))
+    }
+
+    fn create(dir: &Path, generation: u64) -> io::Result<Journal> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(file_name(dir, generation))?;
+        sync_dir(dir)?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            file,
+            generation,
+            len: 0,
+            encoded: Vec::new(),
+        })
+    }
+
+    /// Appends one group's writes (`None` removes the key) and `fdatasync`s the file. On
+    /// failure the file is cut back to where it was, so the journal never holds a group that
+    /// was not answered as committed.
+    ///
+    /// # Errors
+    /// The write or the sync failed (the error of the cut, if that failed too).
+    pub(super) fn append(&mut self, writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> io::Result<()> {
+        self.encoded.clear();
+        self.encoded.extend_from_slice(&[0; 8]);
+        for (key, value) in writes {
+            self.encoded.push(if value.is_some() { PUT } else { REMOVE });
+            put_bytes(&mut self.encoded, key);
+            if let Some(value) = value {
+                put_bytes(&mut self.encoded, value);
+            }
+        }
+        let payload_len = u32::try_from(self.encoded.len() - 8)
+            .map_err(|_| io::Error::other("group commit larger than 4 GiB"))?;
+        let checksum = crc32fast::hash(&self.encoded[8..]);
+        self.encoded[..4].copy_from_slice(&payload_len.to_le_bytes());
+        self.encoded[4..8].copy_from_slice(&checksum.to_le_bytes());
+        let written = self
+            .file
+            .write_all(&self.encoded)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += self.encoded.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.file.set_len(self.len)?;
+                self.file.sync_data()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes in the current file.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Starts the next file. Returns its generation: once sled is flushed, every file before it
+    /// may be removed.
+    ///
+    /// # Errors
+    /// The new file cannot be created.
+    pub(super) fn rotate(&mut self) -> io::Result<u64> {
+        *self = Journal::create(&self.dir, self.generation + 1)?;
+        Ok(self.generation)
+    }
+
+    /// The directory of the journal files.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The generation of the current file.
+    #[cfg(test)]
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// Removes the journal files of generations before `generation` (their writes are in sled, on
+/// stable storage).
+///
+/// # Errors
+/// The directory cannot be read or a file cannot be removed.
+pub(super) fn remove_before(dir: &Path, generation: u64) -> io::Result<()> {
+    let mut removed = false;
+    for old in generations(dir)?.into_iter().filter(|g| *g < generation) {
+        fs::remove_file(file_name(dir, old))?;
+        removed = true;
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn file_name(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{generation:016x}.journal"))
+}
+
+/// The generations of the journal files in `dir`, ascending.
+fn generations(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(generation) = name
+            .strip_suffix(".journal")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        {
+            found.push(generation);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are bounded far below 4 GiB by the request size limit.
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The payloads of the complete, intact records of a file, up to the first that is not.
+fn records(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let header = bytes.get(..8)?;
+        let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+        let checksum = u32::from_le_bytes(header[4..].try_into().ok()?);
+        let payload = bytes.get(8..8 + len)?;
+        if crc32fast::hash(payload) != checksum {
+            return None;
+        }
+        bytes = &bytes[8 + len..];
+        Some(payload)
+    })
+}
+
+fn decode_batch(mut payload: &[u8]) -> Result<sled::Batch, StoreError> {
+    fn take<'a>(payload: &mut &'a [u8], len: usize) -> Result<&'a [u8], StoreError> {
+        if payload.len() < len {
+            return Err(StoreError::Io(io::Error::other(
+                "journal record ends inside a write although its checksum matches",
+            )));
+        }
+        let (head, rest) = payload.split_at(len);
+        *payload = rest;
+        Ok(head)
+    }
+    fn take_bytes<'a>(payload: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+        let len = u32::from_le_bytes(take(payload, 4)?.try_into().unwrap_or_default());
+        take(payload, len as usize)
+    }
+    let mut batch = sled::Batch::default();
+    while !payload.is_empty() {
+        let tag = take(&mut payload, 1)?[0];
+        let key = take_bytes(&mut payload)?;
+        match tag {
+            PUT => batch.insert(key, take_bytes(&mut payload)?),
+            REMOVE => batch.remove(key),
+            other => {
+                return Err(StoreError::Io(io::Error::other(format!(
+                    "journal record holds an unknown write kind {other}"
+                ))))
+            }
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(pairs: &[(&str, Option<&str>)]) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    fn open_db(dir: &Path) -> (sled::Db, File) {
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .flush_every_ms(None)
+            .open()
+            .expect("sled");
+        let file = File::open(dir.join("store").join("db")).expect("db file");
+        (db, file)
+    }
+
+    #[test]
+    fn replays_every_group_and_stops_at_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal_dir = dir.path().join("journal");
+        {
+            let (db, file) = open_db(dir.path());
+            let (mut journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            assert_eq!(replayed, 0);
+            journal
+                .append(&writes(&[("a", Some("1")), ("b", Some("2"))]))
+                .expect("append");
+            journal
+                .append(&writes(&[("b", None), ("c", Some("3"))]))
+                .expect("append");
+            // A third record cut short by a crash: never answered, must not be applied.
+            let mut torn = OpenOptions::new()
+                .append(true)
+                .open(file_name(&journal_dir, journal.generation()))
+                .expect("open journal");
+            torn.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, PUT])
+                .expect("torn write");
+            // sled is dropped without a flush: only the journal holds the writes.
+        }
+        let (db, file) = open_db(dir.path());
+        let (journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        assert_eq!(replayed, 2);
+        assert_eq!(db.get("a").expect("get").as_deref(), Some(b"1".as_slice()));
+        assert_eq!(db.get("b").expect("get"), None);
+        assert_eq!(db.get("c").expect("get").as_deref(), Some(b"3".as_slice()));
+        assert_eq!(generations(&journal_dir).expect("list"), vec![journal.generation()]);
+        assert_eq!(journal.len(), 0);
+    }
+
+    #[test]
+    fn a_corrupted_record_ends_the_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal_dir = dir.path().join("journal");
+        let generation;
+        {
+            let (db, file) = open_db(dir.path());
+            let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            journal.append(&writes(&[("a", Some("1"))])).expect("append");
+            journal.append(&writes(&[("b", Some("2"))])).expect("append");
+            generation = journal.generation();
+        }
+        let path = file_name(&journal_dir, generation);
+        let mut bytes = fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, bytes).expect("write");
+        let (db, file) = open_db(dir.path());
+        let (_, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        assert_eq!(replayed, 1);
+        assert!(db.get("a").expect("get").is_some());
+        assert!(db.get("b").expect("get").is_none());
+    }
+
+    #[test]
+    fn rotation_keeps_older_files_until_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal_dir = dir.path().join("journal");
+        let (db, file) = open_db(dir.path());
+        let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+        journal.append(&writes(&[("a", Some("1"))])).expect("append");
+        let next = journal.rotate().expect("rotate");
+        journal.append(&writes(&[("b", Some("2"))])).expect("append");
+        assert_eq!(generations(&journal_dir).expect("list").len(), 2);
+        remove_before(&journal_dir, next).expect("remove");
+        assert_eq!(generations(&journal_dir).expect("list"), vec![next]);
+    }
+}
