@@ -18,24 +18,34 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::objects::sync_dir;
 use super::StoreError;
 
-/// Size past which the writer starts a new journal file and has sled flushed in the background.
-pub(super) const ROTATE_BYTES: u64 = 32 * 1024 * 1024;
+/// Size past which the writer moves to the next journal file and has sled flushed in the
+/// background.
+pub(super) const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+/// Zeros written into a journal file before it is used (the rotation size plus room for the
+/// last groups): overwriting allocated blocks lets `fdatasync` skip the metadata an append
+/// would change (about 0.15 ms instead of 0.21 ms per sync on the development VM).
+const PREALLOCATED_BYTES: u64 = ROTATE_BYTES + 4 * 1024 * 1024;
 
 const PUT: u8 = 1;
 const REMOVE: u8 = 0;
 
-/// The journal file being appended to.
+/// The journal file being written.
 pub(super) struct Journal {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
     generation: u64,
+    /// Where the next record goes.
     len: u64,
+    preallocated: bool,
     encoded: Vec<u8>,
+    syncer: Syncer,
 }
 
 impl Journal {
@@ -66,32 +76,49 @@ impl Journal {
         }
         let next = generations.last().map_or(0, |last| last + 1);
         remove_before(dir, next)?;
-        let journal = Journal::create(dir, next)?;
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|ext| ext == "tmp") {
+                fs::remove_file(path)?;
+            }
+        }
+        let journal = Journal::open(dir, next, Syncer::spawn()?)?;
         Ok((journal, replayed))
     }
 
-    fn create(dir: &Path, generation: u64) -> io::Result<Journal> {
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(file_name(dir, generation))?;
-        sync_dir(dir)?;
+    /// Opens generation `generation`: the file `prepare` made, or else a new empty one.
+    fn open(dir: &Path, generation: u64, syncer: Syncer) -> io::Result<Journal> {
+        let path = file_name(dir, generation);
+        let (file, preallocated) = match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                sync_dir(dir)?;
+                (file, false)
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Journal {
             dir: dir.to_path_buf(),
-            file,
+            file: Arc::new(file),
             generation,
             len: 0,
+            preallocated,
             encoded: Vec::new(),
+            syncer,
         })
     }
 
-    /// Appends one group's writes (`None` removes the key) and `fdatasync`s the file. On
-    /// failure the file is cut back to where it was, so the journal never holds a group that
-    /// was not answered as committed.
+    /// Writes one group's writes (`None` removes the key) after the last record and starts
+    /// its `fdatasync` on the syncer thread; [`Journal::synced`] waits for it. If the write
+    /// fails, its bytes are zeroed, so the journal never holds a group that was not committed.
     ///
     /// # Errors
-    /// The write or the sync failed (the error of the cut, if that failed too).
-    pub(super) fn append(&mut self, writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> io::Result<()> {
+    /// The write failed (or zeroing it did: then the error says so and the store must stop).
+    pub(super) fn write(&mut self, writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> io::Result<()> {
         self.encoded.clear();
         self.encoded.extend_from_slice(&[0; 8]);
         for (key, value) in writes {
@@ -106,35 +133,43 @@ impl Journal {
         let checksum = crc32fast::hash(&self.encoded[8..]);
         self.encoded[..4].copy_from_slice(&payload_len.to_le_bytes());
         self.encoded[4..8].copy_from_slice(&checksum.to_le_bytes());
-        let written = self
-            .file
-            .write_all(&self.encoded)
-            .and_then(|()| self.file.sync_data());
-        match written {
-            Ok(()) => {
-                self.len += self.encoded.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                self.file.set_len(self.len)?;
-                self.file.sync_data()?;
-                Err(e)
-            }
+        if let Err(e) = self.file.write_all_at(&self.encoded, self.len) {
+            let zeros = vec![0; self.encoded.len()];
+            self.file.write_all_at(&zeros, self.len).map_err(|z| {
+                io::Error::other(format!(
+                    "{e}; zeroing the failed journal write failed too ({z})"
+                ))
+            })?;
+            return Err(e);
         }
+        self.len += self.encoded.len() as u64;
+        self.syncer.start(Arc::clone(&self.file));
+        Ok(())
     }
 
-    /// Bytes in the current file.
-    pub(super) fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Starts the next file. Returns its generation: once sled is flushed, every file before it
-    /// may be removed.
+    /// Waits for the `fdatasync` that [`Journal::write`] started.
     ///
     /// # Errors
-    /// The new file cannot be created.
+    /// The sync failed: what was written may or may not be on stable storage.
+    pub(super) fn synced(&self) -> io::Result<()> {
+        self.syncer.wait()
+    }
+
+    /// Whether to move to the next file now that `prepared` (the latest generation `prepare`
+    /// made) is ready: when this one is full, or was not preallocated.
+    pub(super) fn wants_rotation(&self, prepared: Option<u64>) -> bool {
+        prepared == Some(self.generation + 1)
+            && (self.len >= ROTATE_BYTES || (!self.preallocated && self.len > 0))
+    }
+
+    /// Moves to the next file. Returns its generation: once sled is flushed, every file before
+    /// it may be removed.
+    ///
+    /// # Errors
+    /// The next file cannot be opened; the current one stays in use.
     pub(super) fn rotate(&mut self) -> io::Result<u64> {
-        *self = Journal::create(&self.dir, self.generation + 1)?;
+        let next = Journal::open(&self.dir, self.generation + 1, self.syncer.clone())?;
+        *self = next;
         Ok(self.generation)
     }
 
@@ -144,9 +179,70 @@ impl Journal {
     }
 
     /// The generation of the current file.
-    #[cfg(test)]
-    fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.generation
+    }
+}
+
+/// Makes the file of generation `generation` ahead of use: zero-filled, synced, then renamed
+/// into place. Does nothing if it exists.
+///
+/// # Errors
+/// The file cannot be written or renamed.
+pub(super) fn prepare(dir: &Path, generation: u64) -> io::Result<()> {
+    let path = file_name(dir, generation);
+    if path.exists() {
+        return Ok(());
+    }
+    let temporary = path.with_extension("journal.tmp");
+    let mut file = File::create(&temporary)?;
+    let zeros = vec![0; 1024 * 1024];
+    for _ in 0..PREALLOCATED_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    fs::rename(&temporary, &path)?;
+    sync_dir(dir)
+}
+
+/// The thread that runs each journal `fdatasync` while the writer applies the same group to
+/// sled.
+#[derive(Clone)]
+struct Syncer {
+    requests: std::sync::mpsc::Sender<Arc<File>>,
+    results: Arc<Mutex<std::sync::mpsc::Receiver<io::Result<()>>>>,
+}
+
+impl Syncer {
+    fn spawn() -> io::Result<Syncer> {
+        let (requests, received) = std::sync::mpsc::channel::<Arc<File>>();
+        let (answers, results) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("puente-journal-sync".into())
+            .spawn(move || {
+                for file in received {
+                    if answers.send(file.sync_data()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            requests,
+            results: Arc::new(Mutex::new(results)),
+        })
+    }
+
+    fn start(&self, file: Arc<File>) {
+        // If the thread is gone, `wait` reports it.
+        let _ = self.requests.send(file);
+    }
+
+    fn wait(&self) -> io::Result<()> {
+        self.results
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the journal sync thread stopped")))
     }
 }
 
@@ -200,6 +296,10 @@ fn records(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         let header = bytes.get(..8)?;
         let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
         let checksum = u32::from_le_bytes(header[4..].try_into().ok()?);
+        if len == 0 {
+            // The zeros of a preallocated file: no group is empty.
+            return None;
+        }
         let payload = bytes.get(8..8 + len)?;
         if crc32fast::hash(payload) != checksum {
             return None;
@@ -252,6 +352,11 @@ mod tests {
             .collect()
     }
 
+    fn commit(journal: &mut Journal, writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
+        journal.write(writes).expect("write");
+        journal.synced().expect("sync");
+    }
+
     fn open_db(dir: &Path) -> (sled::Db, File) {
         let db = sled::Config::new()
             .path(dir.join("store"))
@@ -270,12 +375,8 @@ mod tests {
             let (db, file) = open_db(dir.path());
             let (mut journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("open");
             assert_eq!(replayed, 0);
-            journal
-                .append(&writes(&[("a", Some("1")), ("b", Some("2"))]))
-                .expect("append");
-            journal
-                .append(&writes(&[("b", None), ("c", Some("3"))]))
-                .expect("append");
+            commit(&mut journal, &writes(&[("a", Some("1")), ("b", Some("2"))]));
+            commit(&mut journal, &writes(&[("b", None), ("c", Some("3"))]));
             // A third record cut short by a crash: never answered, must not be applied.
             let mut torn = OpenOptions::new()
                 .append(true)
@@ -292,7 +393,7 @@ mod tests {
         assert_eq!(db.get("b").expect("get"), None);
         assert_eq!(db.get("c").expect("get").as_deref(), Some(b"3".as_slice()));
         assert_eq!(generations(&journal_dir).expect("list"), vec![journal.generation()]);
-        assert_eq!(journal.len(), 0);
+        assert_eq!(journal.len, 0);
     }
 
     #[test]
@@ -303,8 +404,8 @@ mod tests {
         {
             let (db, file) = open_db(dir.path());
             let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
-            journal.append(&writes(&[("a", Some("1"))])).expect("append");
-            journal.append(&writes(&[("b", Some("2"))])).expect("append");
+            commit(&mut journal, &writes(&[("a", Some("1"))]));
+            commit(&mut journal, &writes(&[("b", Some("2"))]));
             generation = journal.generation();
         }
         let path = file_name(&journal_dir, generation);
@@ -320,16 +421,30 @@ mod tests {
     }
 
     #[test]
-    fn rotation_keeps_older_files_until_removed() {
+    fn rotation_into_a_preallocated_file_replays_up_to_its_zeros() {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal_dir = dir.path().join("journal");
+        {
+            let (db, file) = open_db(dir.path());
+            let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            commit(&mut journal, &writes(&[("a", Some("1"))]));
+            assert!(!journal.wants_rotation(None));
+            prepare(&journal_dir, journal.generation() + 1).expect("prepare");
+            assert!(journal.wants_rotation(Some(journal.generation() + 1)));
+            let next = journal.rotate().expect("rotate");
+            assert!(journal.preallocated);
+            commit(&mut journal, &writes(&[("b", Some("2"))]));
+            assert_eq!(generations(&journal_dir).expect("list").len(), 2);
+            remove_before(&journal_dir, next).expect("remove");
+            assert_eq!(generations(&journal_dir).expect("list"), vec![next]);
+            assert_eq!(
+                fs::metadata(file_name(&journal_dir, next)).expect("stat").len(),
+                PREALLOCATED_BYTES
+            );
+        }
         let (db, file) = open_db(dir.path());
-        let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
-        journal.append(&writes(&[("a", Some("1"))])).expect("append");
-        let next = journal.rotate().expect("rotate");
-        journal.append(&writes(&[("b", Some("2"))])).expect("append");
-        assert_eq!(generations(&journal_dir).expect("list").len(), 2);
-        remove_before(&journal_dir, next).expect("remove");
-        assert_eq!(generations(&journal_dir).expect("list"), vec![next]);
+        let (_, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        assert_eq!(replayed, 1);
+        assert_eq!(db.get("b").expect("get").as_deref(), Some(b"2".as_slice()));
     }
 }

@@ -204,7 +204,7 @@ impl Store {
         if replayed > 0 {
             tracing::info!(groups = replayed, "replayed the commit journal");
         }
-        let flusher = Flusher::spawn(db.clone(), db_file, journal_dir)?;
+        let flusher = Flusher::spawn(db.clone(), db_file, journal_dir, journal.generation())?;
         let objects = Objects::open(data_dir.join("objects"))?;
         let removed = objects.sweep(|id| matches!(db.contains_key(keys::message(id)), Ok(true)))?;
         if removed > 0 {

@@ -130,28 +130,47 @@ impl Group {
     }
 }
 
-/// Flushes sled in the background after the writer started a new journal file, then removes
-/// the journal files sled now holds.
+/// Flushes sled in the background after the writer moved to a new journal file, removes the
+/// journal files sled now holds, and prepares the file after the new one.
 pub(super) struct Flusher {
     db: sled::Db,
     db_file: Arc<File>,
     requests: Option<std::sync::mpsc::Sender<u64>>,
     busy: Arc<AtomicBool>,
+    /// The latest generation prepared, plus one (0: none yet).
+    prepared: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Flusher {
-    /// Starts the flusher thread for `db` (whose file is `db_file`) and the journal in `dir`.
-    pub(super) fn spawn(db: sled::Db, db_file: File, dir: PathBuf) -> std::io::Result<Flusher> {
+    /// Starts the flusher thread for `db` (whose file is `db_file`) and the journal in `dir`,
+    /// whose current generation is `current`; it prepares the next one at once.
+    pub(super) fn spawn(
+        db: sled::Db,
+        db_file: File,
+        dir: PathBuf,
+        current: u64,
+    ) -> std::io::Result<Flusher> {
         let (requests, received) = std::sync::mpsc::channel::<u64>();
-        let busy = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicBool::new(true));
+        let prepared = Arc::new(AtomicU64::new(0));
         let db_file = Arc::new(db_file);
         let thread = {
-            let (db, db_file, busy) = (db.clone(), Arc::clone(&db_file), Arc::clone(&busy));
+            let (db, db_file) = (db.clone(), Arc::clone(&db_file));
+            let (busy, prepared) = (Arc::clone(&busy), Arc::clone(&prepared));
             std::thread::Builder::new()
                 .name("puente-store-flusher".into())
                 .spawn(move || {
-                    for generation in received {
+                    let mut next = current;
+                    loop {
+                        match journal::prepare(&dir, next + 1) {
+                            Ok(()) => prepared.store(next + 2, Ordering::Release),
+                            Err(e) => tracing::warn!(error = %e, "cannot prepare the next journal file; the writer appends to the current one"),
+                        }
+                        busy.store(false, Ordering::Release);
+                        let Ok(generation) = received.recv() else {
+                            return;
+                        };
                         let flushed = db
                             .flush()
                             .map_err(std::io::Error::from)
@@ -160,7 +179,7 @@ impl Flusher {
                         if let Err(e) = flushed {
                             tracing::warn!(error = %e, "background sled flush failed; the journal is kept and will be replayed at the next start");
                         }
-                        busy.store(false, Ordering::Release);
+                        next = generation;
                     }
                 })?
         };
@@ -169,12 +188,18 @@ impl Flusher {
             db_file,
             requests: Some(requests),
             busy,
+            prepared,
             thread: Some(thread),
         })
     }
 
     fn busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
+    }
+
+    /// The latest journal generation prepared ahead of use.
+    fn prepared(&self) -> Option<u64> {
+        self.prepared.load(Ordering::Acquire).checked_sub(1)
     }
 
     /// Has sled flushed, then the journal files before `generation` removed.
@@ -295,6 +320,7 @@ impl Writer {
         }
         self.flusher.finish();
         if self.failed.is_none() {
+            // Also removes the prepared next file: the next start makes its own.
             // Everything is in sled: a clean stop leaves no journal to replay.
             if let Err(e) = self
                 .flusher
@@ -317,19 +343,27 @@ impl Writer {
             return Ok(());
         }
         self.journal
-            .append(&group.writes)
+            .write(&group.writes)
             .map_err(|e| format!("cannot write the commit journal: {e}"))?;
-        if let Err(e) = self.db.apply_batch(group.into_batch()) {
-            let failure = format!(
+        // sled applies the group while the journal's fdatasync runs.
+        let applied = self.db.apply_batch(group.into_batch());
+        let failure = match (self.journal.synced(), applied) {
+            (Ok(()), Ok(())) => None,
+            (Err(e), _) => Some(format!(
+                "the commit journal could not be synced ({e}); restart the server to recover"
+            )),
+            (Ok(()), Err(e)) => Some(format!(
                 "sled refused a journaled group ({e}); restart the server to replay the journal"
-            );
+            )),
+        };
+        if let Some(failure) = failure {
             self.failed = Some(failure.clone());
             return Err(failure);
         }
-        if self.journal.len() >= journal::ROTATE_BYTES && !self.flusher.busy() {
+        if self.journal.wants_rotation(self.flusher.prepared()) && !self.flusher.busy() {
             match self.journal.rotate() {
                 Ok(generation) => self.flusher.flush_before(generation),
-                Err(e) => tracing::warn!(error = %e, "cannot start a new journal file; appending to the current one"),
+                Err(e) => tracing::warn!(error = %e, "cannot open the next journal file; writing on in the current one"),
             }
         }
         Ok(())
