@@ -9,6 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use common::{message, TestPki, TestServer};
 use puente::pb::v1::{send_message_request, Region};
 

@@ -1,11 +1,14 @@
-//! The durable store: one sled tree, one sequencing writer thread with group commit, and a
-//! directory of large message bodies.
+//! The durable store: one sled tree, one sequencing writer thread with group commit, a commit
+//! journal, and a directory of large message bodies.
 //!
-//! Every write goes through the writer. It applies one atomic `sled::Batch` per operation, then
-//! — once for all operations it collected meanwhile — flushes sled and `fdatasync`s its file, and
-//! only then answers the callers and advances the inbox watermarks that readers follow. So an
-//! answer means "on stable storage", and no reader ever sees an inbox entry a crash could lose.
+//! Every write goes through the writer. It collects the writes of the operations queued
+//! meanwhile into one group, appends the group to the commit journal and `fdatasync`s it,
+//! applies it to sled as one atomic batch, and only then answers the callers and advances the
+//! inbox watermarks that readers follow. So an answer means "on stable storage", and no reader
+//! ever sees an entry a crash could lose. sled is flushed in the background whenever a journal
+//! file fills; opening the store replays what the journal holds beyond it.
 
+mod journal;
 mod objects;
 pub mod records;
 mod stats;
@@ -19,11 +22,12 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 pub use stats::{commit_stats, CommitStats};
-use writer::{LogState, Op, Writer};
+use writer::{Flusher, LogState, Op, Writer};
 
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
 use crate::pb::v1::AuditEvent;
@@ -116,12 +120,21 @@ pub struct Store {
 pub struct StoredHashes<'a>(&'a sled::Db);
 
 impl HashReader for StoredHashes<'_> {
+    /// Level 0 is the hash of the stored leaf; higher levels are stored.
     fn hash(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
         let unavailable = |reason: String| MerkleError::Unavailable {
             level,
             index,
             reason,
         };
+        if level == 0 {
+            let leaf = self
+                .0
+                .get(keys::audit_leaf(index))
+                .map_err(|e| unavailable(e.to_string()))?
+                .ok_or_else(|| unavailable("leaf not stored".into()))?;
+            return Ok(merkle::hash_leaf(&leaf));
+        }
         let value = self
             .0
             .get(keys::audit_hash(level, index))
@@ -170,8 +183,8 @@ impl Inboxes {
 // === impl Store ===
 
 impl Store {
-    /// Opens the store in `data_dir` (created if missing), removes bodies of messages a crash
-    /// left uncommitted, and starts the writer thread.
+    /// Opens the store in `data_dir` (created if missing), replays the commit journal a crash
+    /// left, removes bodies of messages a crash left uncommitted, and starts the writer thread.
     ///
     /// # Errors
     /// The directory or sled cannot be opened, or a directory record is corrupt.
@@ -186,6 +199,12 @@ impl Store {
         // sled's own flush uses sync_file_range, which does not reach stable storage on every
         // device: the writer fdatasyncs this file after each flush.
         let db_file = File::open(db_dir.join("db"))?;
+        let journal_dir = data_dir.join("journal");
+        let (journal, replayed) = Journal::recover(&journal_dir, &db, &db_file)?;
+        if replayed > 0 {
+            tracing::info!(groups = replayed, "replayed the commit journal");
+        }
+        let flusher = Flusher::spawn(db.clone(), db_file, journal_dir, journal.generation())?;
         let objects = Objects::open(data_dir.join("objects"))?;
         let removed = objects.sweep(|id| matches!(db.contains_key(keys::message(id)), Ok(true)))?;
         if removed > 0 {
@@ -208,7 +227,8 @@ impl Store {
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let writer = Writer::new(
             db.clone(),
-            db_file,
+            journal,
+            flusher,
             Arc::clone(&inboxes),
             sequences,
             log,
@@ -239,8 +259,8 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Commits a message durably: its record, an inbox entry per recipient, its idempotency key
-    /// and a PENDING delivery record per recipient, in one atomic batch. A body larger than
+    /// Commits a message durably: its record, an inbox entry per recipient (each PENDING until a
+    /// delivery record says otherwise) and its idempotency key, atomically. A body larger than
     /// [`INLINE_BODY_MAX`] is first written to its own fsynced file.
     ///
     /// A retry (same sender and `client_message_id`, same `request_sha256`) returns the original
@@ -291,7 +311,8 @@ impl Store {
         client_message_id: &str,
         request_sha256: &[u8],
     ) -> Result<Option<Accepted>, StoreError> {
-        idempotent_answer(&self.db, sender, client_message_id, request_sha256)
+        let key = keys::idempotency(sender, client_message_id);
+        idempotent_answer(get_record(&self.db, &key)?, request_sha256)
     }
 
     /// Moves a recipient's delivery state forward to `state` (never backward), records `event`
@@ -509,7 +530,8 @@ impl Store {
         }
     }
 
-    /// The delivery record of each recipient of a message, ordered by agency id.
+    /// The delivery record of each recipient of a message, ordered by agency id; empty if the
+    /// message does not exist.
     ///
     /// # Errors
     /// sled errors and corrupt records.
@@ -517,15 +539,21 @@ impl Store {
         &self,
         message_id: &str,
     ) -> Result<Vec<(String, DeliveryRecord)>, StoreError> {
-        let prefix = keys::delivery_prefix(message_id);
-        self.db
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                let agency = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                Ok((agency, decode(&key, &value)?))
+        let Some(message) = self.message(message_id)? else {
+            return Ok(Vec::new());
+        };
+        let mut deliveries: Vec<_> = message
+            .recipients
+            .iter()
+            .map(|agency| {
+                let key = keys::delivery(message_id, agency);
+                let record = get_record(&self.db, &key)?
+                    .unwrap_or_else(|| DeliveryRecord::pending(&message));
+                Ok((agency.clone(), record))
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        deliveries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(deliveries)
     }
 
     /// Up to `limit` inbox entries of `agency` with `after < sequence <= up_to`, in order.
@@ -675,18 +703,16 @@ fn encode(record: &impl prost::Message) -> Vec<u8> {
     record.encode_to_vec()
 }
 
-/// The original acceptance of an earlier send with this sender, key and request digest, if any.
+/// The original acceptance of an earlier send, given its idempotency record, if the request
+/// digests match.
 ///
 /// # Errors
-/// `IdempotencyConflict` if the key was used for a different request; sled errors.
+/// `IdempotencyConflict` if the key was used for a different request.
 fn idempotent_answer(
-    db: &sled::Db,
-    sender: &str,
-    client_message_id: &str,
+    earlier: Option<IdempotencyRecord>,
     request_sha256: &[u8],
 ) -> Result<Option<Accepted>, StoreError> {
-    let key = keys::idempotency(sender, client_message_id);
-    let Some(existing) = get_record::<IdempotencyRecord>(db, &key)? else {
+    let Some(existing) = earlier else {
         return Ok(None);
     };
     if existing.request_sha256 != request_sha256 {

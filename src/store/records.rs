@@ -156,6 +156,18 @@ pub struct DeliveryRecord {
     pub updated_at_micros: i64,
 }
 
+impl DeliveryRecord {
+    /// The state of a recipient with no stored delivery record: PENDING since the message was
+    /// accepted (sends do not store it, to keep a send's batch small).
+    #[must_use]
+    pub fn pending(message: &MessageRecord) -> DeliveryRecord {
+        DeliveryRecord {
+            state: crate::pb::v1::DeliveryState::Pending as i32,
+            updated_at_micros: message.created_at_micros,
+        }
+    }
+}
+
 /// A directory entry.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AgencyRecord {
@@ -211,14 +223,10 @@ pub mod keys {
         [b"k/", sender.as_bytes(), b"/", client_message_id.as_bytes()].concat()
     }
 
-    /// `d/<message_id>/` prefix of a message's delivery records.
-    pub fn delivery_prefix(message_id: &str) -> Vec<u8> {
-        [b"d/", message_id.as_bytes(), b"/"].concat()
-    }
-
-    /// `d/<message_id>/<agency>` → `DeliveryRecord`.
+    /// `d/<message_id>/<agency>` → `DeliveryRecord`, once the recipient's state moved past
+    /// PENDING.
     pub fn delivery(message_id: &str, agency: &str) -> Vec<u8> {
-        [delivery_prefix(message_id).as_slice(), agency.as_bytes()].concat()
+        [b"d/", message_id.as_bytes(), b"/", agency.as_bytes()].concat()
     }
 
     /// `a/` prefix of the directory.
@@ -234,7 +242,8 @@ pub mod keys {
         [b"l/".as_slice(), &index.to_be_bytes()].concat()
     }
 
-    /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree.
+    /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree of level 1
+    /// or more (leaf hashes are computed from the stored leaves).
     pub fn audit_hash(level: u8, index: u64) -> Vec<u8> {
         [b"h/".as_slice(), &[level], &index.to_be_bytes()].concat()
     }

@@ -1,23 +1,26 @@
-//! The single writer: sequences every write, one atomic batch per operation (including the audit
-//! entries that operation records), one flush and `fdatasync` per group of operations, answers
-//! only after that.
+//! The single writer: sequences every write and collects the writes of a group of operations
+//! (including the audit entries they record) into one batch, which it appends to the commit
+//! journal and `fdatasync`s, then applies to sled; it answers only after that.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord};
+use super::journal::{self, Journal};
+use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use super::{
-    decode, encode, get_record, idempotent_answer, now_micros, Accepted, Inboxes, IndexEntry,
-    NewMessage, PutMode, StoreError, MAX_GROUP_COMMIT,
+    decode, encode, idempotent_answer, now_micros, Accepted, Inboxes, IndexEntry, NewMessage,
+    PutMode, StoreError, MAX_GROUP_COMMIT,
 };
 use crate::audit::merkle::{self, Hash};
 use crate::audit::parties;
-use crate::pb::v1::{AuditEvent, DeliveryState};
+use crate::pb::v1::AuditEvent;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -81,9 +84,165 @@ pub(super) struct LogState {
     pub(super) last_time: i64,
 }
 
+/// The writes of the operations of one group commit, applied to sled as one batch. Later
+/// operations of the group read earlier ones' writes through it.
+#[derive(Default)]
+struct Group {
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Group {
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), Some(value.into()));
+    }
+
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), None);
+    }
+
+    /// The value of `key` as this group leaves it, else as stored.
+    fn get(&self, db: &sled::Db, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(db.get(key)?.map(|value| value.to_vec())),
+        }
+    }
+
+    fn get_record<T: prost::Message + Default>(
+        &self,
+        db: &sled::Db,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.get(db, key)?
+            .map(|value| decode(key, &value))
+            .transpose()
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+}
+
+/// Flushes sled in the background after the writer moved to a new journal file, removes the
+/// journal files sled now holds, and prepares the file after the new one.
+pub(super) struct Flusher {
+    db: sled::Db,
+    db_file: Arc<File>,
+    requests: Option<std::sync::mpsc::Sender<u64>>,
+    busy: Arc<AtomicBool>,
+    /// The latest generation prepared, plus one (0: none yet).
+    prepared: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the flusher thread for `db` (whose file is `db_file`) and the journal in `dir`,
+    /// whose current generation is `current`; it prepares the next one at once.
+    pub(super) fn spawn(
+        db: sled::Db,
+        db_file: File,
+        dir: PathBuf,
+        current: u64,
+    ) -> std::io::Result<Flusher> {
+        let (requests, received) = std::sync::mpsc::channel::<u64>();
+        let busy = Arc::new(AtomicBool::new(true));
+        let prepared = Arc::new(AtomicU64::new(0));
+        let db_file = Arc::new(db_file);
+        let thread = {
+            let (db, db_file) = (db.clone(), Arc::clone(&db_file));
+            let (busy, prepared) = (Arc::clone(&busy), Arc::clone(&prepared));
+            std::thread::Builder::new()
+                .name("puente-store-flusher".into())
+                .spawn(move || {
+                    let mut next = current;
+                    loop {
+                        match journal::prepare(&dir, next + 1) {
+                            Ok(()) => prepared.store(next + 2, Ordering::Release),
+                            Err(e) => tracing::warn!(error = %e, "cannot prepare the next journal file; the writer appends to the current one"),
+                        }
+                        busy.store(false, Ordering::Release);
+                        let Ok(generation) = received.recv() else {
+                            return;
+                        };
+                        let flushed = db
+                            .flush()
+                            .map_err(std::io::Error::from)
+                            .and_then(|_| db_file.sync_data())
+                            .and_then(|()| journal::remove_before(&dir, generation));
+                        if let Err(e) = flushed {
+                            tracing::warn!(error = %e, "background sled flush failed; the journal is kept and will be replayed at the next start");
+                        }
+                        next = generation;
+                    }
+                })?
+        };
+        Ok(Flusher {
+            db,
+            db_file,
+            requests: Some(requests),
+            busy,
+            prepared,
+            thread: Some(thread),
+        })
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// The latest journal generation prepared ahead of use.
+    fn prepared(&self) -> Option<u64> {
+        self.prepared.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Has sled flushed, then the journal files before `generation` removed.
+    fn flush_before(&self, generation: u64) {
+        if let Some(requests) = &self.requests {
+            self.busy.store(true, Ordering::Release);
+            if requests.send(generation).is_err() {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits for a flush in progress and stops the thread.
+    fn finish(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Flushes sled and `fdatasync`s its file, on the calling thread.
+    fn flush_sled(&self) -> std::io::Result<()> {
+        self.db.flush()?;
+        self.db_file.sync_data()
+    }
+}
+
+/// What the writer assigns as it goes, saved at the start of a group so that a group sled
+/// refuses leaves no trace.
+#[derive(Clone)]
+struct Assigned {
+    sequences: HashMap<String, u64>,
+    log: LogState,
+}
+
 pub(super) struct Writer {
     db: sled::Db,
-    db_file: File,
+    group: Group,
+    journal: Journal,
+    flusher: Flusher,
+    /// Set once a journaled group could not be applied to sled: sled and the journal disagree
+    /// until a restart replays the journal, so every later write fails.
+    failed: Option<String>,
     inboxes: Arc<Inboxes>,
     /// Last assigned inbox sequence per agency (assigned, maybe not yet durable).
     sequences: HashMap<String, u64>,
@@ -95,7 +254,8 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn new(
         db: sled::Db,
-        db_file: File,
+        journal: Journal,
+        flusher: Flusher,
         inboxes: Arc<Inboxes>,
         sequences: HashMap<String, u64>,
         log: LogState,
@@ -103,7 +263,10 @@ impl Writer {
     ) -> Writer {
         Writer {
             db,
-            db_file,
+            group: Group::default(),
+            journal,
+            flusher,
+            failed: None,
             inboxes,
             sequences,
             log,
@@ -119,6 +282,10 @@ impl Writer {
             let Some(first) = queue.blocking_recv() else {
                 break;
             };
+            let saved = Assigned {
+                sequences: self.sequences.clone(),
+                log: self.log.clone(),
+            };
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match self.apply(op, &mut advanced) {
@@ -131,10 +298,15 @@ impl Writer {
                 next = queue.try_recv().ok();
             }
             let flush_started = std::time::Instant::now();
-            let durable = self.make_durable();
+            let durable = self.commit_group();
+            if durable.is_err() {
+                self.sequences = saved.sequences;
+                self.log = saved.log;
+                advanced.clear();
+            }
             super::stats::record_group(pending.len(), flush_started.elapsed().as_nanos() as u64);
             if let Err(e) = &durable {
-                tracing::error!(error = %e, "store flush failed; failing the whole group");
+                tracing::error!(error = %e, "group commit failed; failing the whole group");
             } else {
                 self.durable_log_size
                     .store(self.log.size, Ordering::Release);
@@ -146,14 +318,57 @@ impl Writer {
                 answer.finish(&durable);
             }
         }
-        if let Err(e) = self.make_durable() {
-            tracing::error!(error = %e, "final store flush failed");
+        self.flusher.finish();
+        if self.failed.is_none() {
+            // Also removes the prepared next file: the next start makes its own.
+            // Everything is in sled: a clean stop leaves no journal to replay.
+            if let Err(e) = self
+                .flusher
+                .flush_sled()
+                .and_then(|()| journal::remove_before(self.journal.dir(), u64::MAX))
+            {
+                tracing::error!(error = %e, "final store flush failed; the journal will be replayed at the next start");
+            }
         }
     }
 
-    fn make_durable(&self) -> Result<(), String> {
-        self.db.flush().map_err(|e| e.to_string())?;
-        self.db_file.sync_data().map_err(|e| e.to_string())
+    /// Makes the group durable in the journal, then applies it to sled as one atomic batch, and
+    /// starts a new journal file (with a background sled flush) when the current one is full.
+    fn commit_group(&mut self) -> Result<(), String> {
+        let group = std::mem::take(&mut self.group);
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone());
+        }
+        if group.writes.is_empty() {
+            return Ok(());
+        }
+        self.journal
+            .write(&group.writes)
+            .map_err(|e| format!("cannot write the commit journal: {e}"))?;
+        // sled applies the group while the journal's fdatasync runs.
+        let applied = self.db.apply_batch(group.into_batch());
+        let failure = match (self.journal.synced(), applied) {
+            (Ok(()), Ok(())) => None,
+            (Err(e), _) => Some(format!(
+                "the commit journal could not be synced ({e}); restart the server to recover"
+            )),
+            (Ok(()), Err(e)) => Some(format!(
+                "sled refused a journaled group ({e}); restart the server to replay the journal"
+            )),
+        };
+        if let Some(failure) = failure {
+            self.failed = Some(failure.clone());
+            return Err(failure);
+        }
+        if self.journal.wants_rotation(self.flusher.prepared()) && !self.flusher.busy() {
+            match self.journal.rotate() {
+                Ok(generation) => self.flusher.flush_before(generation),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the next journal file; writing on in the current one")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies one operation's batch; `None` for `Op::Close`.
@@ -181,13 +396,10 @@ impl Writer {
                 reply,
             } => Pending::Agency(reply, self.put_agency(record, mode, *event)),
             Op::Audit { events, reply } => Pending::Audit(reply, self.audit(events)),
-            Op::Checkpoint { size, note, reply } => Pending::Checkpoint(
-                reply,
-                self.db
-                    .insert(keys::checkpoint(size), note.as_bytes())
-                    .map(|_| ())
-                    .map_err(StoreError::from),
-            ),
+            Op::Checkpoint { size, note, reply } => {
+                self.group.insert(keys::checkpoint(size), note.into_bytes());
+                Pending::Checkpoint(reply, Ok(()))
+            }
             Op::Index {
                 puts,
                 removes,
@@ -198,13 +410,10 @@ impl Writer {
         })
     }
 
-    /// Adds audit entries to `batch`, advancing `log` (a scratch copy until the batch applies).
-    /// Returns their indices.
-    fn append_audit(
-        batch: &mut sled::Batch,
-        log: &mut LogState,
-        events: Vec<AuditEvent>,
-    ) -> Vec<u64> {
+    /// Adds audit entries to the group and returns their indices. Leaf hashes are not stored:
+    /// readers hash the stored leaf (see `StoredHashes`).
+    fn append_audit(&mut self, events: Vec<AuditEvent>) -> Vec<u64> {
+        let log = &mut self.log;
         let mut indices = Vec::with_capacity(events.len());
         for mut event in events {
             log.last_time = log.last_time.max(event.time_unix_micros).max(now_micros());
@@ -215,23 +424,18 @@ impl Writer {
             for (level, node, hash) in
                 merkle::append(&mut log.frontier, index, merkle::hash_leaf(&leaf))
             {
-                batch.insert(keys::audit_hash(level, node), hash.to_vec());
+                if level > 0 {
+                    self.group.insert(keys::audit_hash(level, node), hash);
+                }
             }
             for party in parties(&event) {
-                batch.insert(keys::audit_party(party, index), &[] as &[u8]);
+                self.group.insert(keys::audit_party(party, index), []);
             }
-            batch.insert(keys::audit_leaf(index), leaf);
+            self.group.insert(keys::audit_leaf(index), leaf);
             log.size += 1;
             indices.push(index);
         }
         indices
-    }
-
-    /// Applies `batch` and, once it is applied, adopts the advanced log state.
-    fn commit(&mut self, batch: sled::Batch, log: LogState) -> Result<(), StoreError> {
-        self.db.apply_batch(batch)?;
-        self.log = log;
-        Ok(())
     }
 
     fn index(
@@ -240,76 +444,66 @@ impl Writer {
         removes: Vec<Vec<u8>>,
         events: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut log = self.log.clone();
-        Self::append_audit(&mut batch, &mut log, events);
+        self.append_audit(events);
         for key in removes {
-            batch.remove(key);
+            self.group.remove(key);
         }
         for (key, value) in puts {
-            batch.insert(key, value);
+            self.group.insert(key, value);
         }
-        self.commit(batch, log)
+        Ok(())
     }
 
     fn audit(&mut self, events: Vec<AuditEvent>) -> Result<Vec<u64>, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut log = self.log.clone();
-        let indices = Self::append_audit(&mut batch, &mut log, events);
-        self.commit(batch, log)?;
-        Ok(indices)
+        Ok(self.append_audit(events))
     }
 
+    /// Commits a message: its record, index entries, idempotency key and one inbox entry per
+    /// recipient. A recipient without a delivery record is PENDING since the message's creation.
     fn send(
         &mut self,
         message: NewMessage,
         mut event: AuditEvent,
         advanced: &mut HashMap<String, u64>,
     ) -> Result<Accepted, StoreError> {
-        let record = &message.record;
-        if let Some(original) = idempotent_answer(
-            &self.db,
-            &record.sender,
-            &message.client_message_id,
-            &message.request_sha256,
-        )? {
+        let NewMessage {
+            record,
+            client_message_id,
+            request_sha256,
+            index_entries,
+        } = message;
+        let idempotency_key = keys::idempotency(&record.sender, &client_message_id);
+        let earlier = self
+            .group
+            .get_record::<IdempotencyRecord>(&self.db, &idempotency_key)?;
+        if let Some(original) = idempotent_answer(earlier, &request_sha256)? {
             return Ok(original);
         }
-        let mut batch = sled::Batch::default();
-        let mut log = self.log.clone();
         event.time_unix_micros = record.created_at_micros;
-        let audit_index = Self::append_audit(&mut batch, &mut log, vec![event])[0];
-        batch.insert(keys::message(&record.message_id), encode(record));
-        for (key, value) in &message.index_entries {
-            batch.insert(key.as_slice(), value.as_slice());
+        let audit_index = self.append_audit(vec![event])[0];
+        for agency in &record.recipients {
+            let sequence = self.sequences.entry(agency.clone()).or_default();
+            *sequence += 1;
+            self.group
+                .insert(keys::inbox(agency, *sequence), record.message_id.as_bytes());
+            advanced.insert(agency.clone(), *sequence);
         }
-        batch.insert(
-            keys::idempotency(&record.sender, &message.client_message_id),
+        for (key, value) in index_entries {
+            self.group.insert(key, value);
+        }
+        self.group.insert(
+            idempotency_key,
             encode(&IdempotencyRecord {
                 message_id: record.message_id.clone(),
-                request_sha256: message.request_sha256.clone(),
+                request_sha256,
                 accepted_at_micros: record.created_at_micros,
                 audit_index,
             }),
         );
-        let pending = encode(&DeliveryRecord {
-            state: DeliveryState::Pending as i32,
-            updated_at_micros: record.created_at_micros,
-        });
-        let mut assigned = Vec::with_capacity(record.recipients.len());
-        for agency in &record.recipients {
-            let sequence = self.sequences.get(agency).copied().unwrap_or_default() + 1;
-            batch.insert(keys::inbox(agency, sequence), record.message_id.as_bytes());
-            batch.insert(keys::delivery(&record.message_id, agency), pending.clone());
-            assigned.push((agency.clone(), sequence));
-        }
-        self.commit(batch, log)?;
-        for (agency, sequence) in assigned {
-            self.sequences.insert(agency.clone(), sequence);
-            advanced.insert(agency, sequence);
-        }
+        self.group
+            .insert(keys::message(&record.message_id), encode(&record));
         Ok(Accepted {
-            message_id: record.message_id.clone(),
+            message_id: record.message_id,
             accepted_at_micros: record.created_at_micros,
             audit_index,
             created: true,
@@ -324,22 +518,29 @@ impl Writer {
         event: AuditEvent,
     ) -> Result<DeliveryRecord, StoreError> {
         let key = keys::delivery(message_id, agency);
-        let current: DeliveryRecord = get_record(&self.db, &key)?.ok_or(StoreError::NotFound)?;
-        let mut batch = sled::Batch::default();
-        let mut log = self.log.clone();
-        Self::append_audit(&mut batch, &mut log, vec![event]);
-        let result = if state > current.state {
-            let next = DeliveryRecord {
-                state,
-                updated_at_micros: now_micros(),
-            };
-            batch.insert(key, encode(&next));
-            next
-        } else {
-            current
+        let current = match self.group.get_record::<DeliveryRecord>(&self.db, &key)? {
+            Some(current) => current,
+            None => {
+                let message = self
+                    .group
+                    .get_record::<MessageRecord>(&self.db, &keys::message(message_id))?
+                    .ok_or(StoreError::NotFound)?;
+                if !message.recipients.iter().any(|r| r == agency) {
+                    return Err(StoreError::NotFound);
+                }
+                DeliveryRecord::pending(&message)
+            }
         };
-        self.commit(batch, log)?;
-        Ok(result)
+        self.append_audit(vec![event]);
+        if state <= current.state {
+            return Ok(current);
+        }
+        let next = DeliveryRecord {
+            state,
+            updated_at_micros: now_micros(),
+        };
+        self.group.insert(key, encode(&next));
+        Ok(next)
     }
 
     fn put_agency(
@@ -349,10 +550,7 @@ impl Writer {
         event: AuditEvent,
     ) -> Result<AgencyRecord, StoreError> {
         let key = keys::agency(&record.agency_id);
-        let existing: Option<AgencyRecord> = match self.db.get(&key)? {
-            Some(value) => Some(decode(&key, &value)?),
-            None => None,
-        };
+        let existing = self.group.get_record::<AgencyRecord>(&self.db, &key)?;
         match (mode, existing) {
             (PutMode::Create, Some(_)) => return Err(StoreError::AlreadyExists),
             (PutMode::Update, None) => return Err(StoreError::NotFound),
@@ -361,11 +559,8 @@ impl Writer {
                 self.sequences.entry(record.agency_id.clone()).or_insert(0);
             }
         }
-        let mut batch = sled::Batch::default();
-        let mut log = self.log.clone();
-        Self::append_audit(&mut batch, &mut log, vec![event]);
-        batch.insert(key, encode(&record));
-        self.commit(batch, log)?;
+        self.append_audit(vec![event]);
+        self.group.insert(key, encode(&record));
         Ok(record)
     }
 }
