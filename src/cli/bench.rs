@@ -12,7 +12,9 @@
 //! The bound is an echo service served by [`server::run_echo`] with the same TLS configuration,
 //! accept loop and tonic settings, called by as many clients with payloads of the same size.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -164,6 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("bench: registering agencies");
         report.preload = prepare(&args, &cast, &pki, &data_dir).await?;
+        report.fdatasync = Some(measure_fdatasync(&data_dir)?);
         let config = pki.config(data_dir.clone());
         let (mut server, _) = start_exchange(&config, &cast.sender(0).identity).await?;
         eprintln!("bench: measuring durable sends");
@@ -720,6 +723,31 @@ async fn preload(
     })
 }
 
+/// Times `fdatasync` of a 4 KiB overwrite in a preallocated file in `data_dir`: the least one
+/// durable answer costs on this disk.
+fn measure_fdatasync(data_dir: &Path) -> anyhow::Result<Percentiles> {
+    const SYNCS: usize = 500;
+    const BLOCK: usize = 4096;
+    let path = data_dir.join("bench-fdatasync.tmp");
+    let mut file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let block = vec![0x5a; BLOCK];
+    for _ in 0..SYNCS {
+        file.write_all(&block)?;
+    }
+    file.sync_all()?;
+    let mut samples = Vec::with_capacity(SYNCS);
+    for i in 0..SYNCS {
+        let started = Instant::now();
+        file.write_all_at(&block, (i * BLOCK) as u64)?;
+        file.sync_data()?;
+        samples.push(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    Ok(Percentiles::of(&mut samples))
+}
+
 // === The durable run ===
 
 /// The measured run: readers follow their inboxes, then `--senders` closed loops send until the
@@ -1035,6 +1063,8 @@ struct Report {
     durable: Option<Durable>,
     /// Durable msg/s over bound msg/s.
     durable_to_bound: Option<f64>,
+    /// One `fdatasync` of a 4 KiB overwrite in the data directory.
+    fdatasync: Option<Percentiles>,
     restart: Option<Restart>,
     /// Of this process: the server and every client.
     memory: Option<Memory>,
@@ -1067,7 +1097,8 @@ struct Durable {
     /// Store operations per group commit, every operation counted (sends, deliveries,
     /// acknowledgements).
     mean_group_commit: f64,
-    /// Time to flush and fsync one group.
+    /// Time to make one group durable: its journal write and `fdatasync`, with sled applying it
+    /// meanwhile.
     mean_flush_ms: f64,
 }
 
@@ -1175,6 +1206,22 @@ impl Report {
         }
         if let Some(ratio) = self.durable_to_bound {
             line("durable / bound", format!("{ratio:.3}"));
+        }
+        if let Some(sync) = &self.fdatasync {
+            line(
+                "fdatasync p50 (data dir)",
+                format!("{:.3} ms (p99 {:.3} ms)", sync.p50_ms, sync.p99_ms),
+            );
+            if let (Some(durable), Some(bound)) = (&self.durable, &self.bound) {
+                let target = 2.0 * bound.rtt_p50_ms + sync.p50_ms;
+                line(
+                    "2 x bound RTT p50 + fdatasync",
+                    format!(
+                        "{target:.3} ms; send->ack p50 is {:.2}x that",
+                        durable.send_to_ack.p50_ms / target
+                    ),
+                );
+            }
         }
         line("summary", self.summary());
         if let Some(restart) = &self.restart {

@@ -1,5 +1,6 @@
 //! Process-wide group-commit counters: how many groups the writers made durable, how many
-//! operations they carried and how long their flushes took. Read by `puente bench`.
+//! operations they carried and how long making them durable took (journal write and
+//! `fdatasync`, with sled applying the group meanwhile). Read by `puente bench`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ static FLUSH_NANOS: AtomicU64 = AtomicU64::new(0);
 /// A snapshot of the group-commit counters of every store in this process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Groups made durable (one flush and `fdatasync` each).
+    /// Groups made durable (one journal write and `fdatasync` each).
     pub groups: u64,
     /// Operations those groups carried.
     pub operations: u64,
