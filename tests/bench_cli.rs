@@ -88,6 +88,10 @@ fn reports_the_durable_rate_against_the_bound_then_restart_memory_and_proofs() {
         "inclusion proof p99",
         "consistency proof p50",
         "consistency proof p99",
+        "inclusion proof computed p50/p99",
+        "consistency proof computed p50/p99",
+        "fdatasync p50 (data dir)",
+        "2 x bound RTT p50 + fdatasync",
     ] {
         assert!(number(&figures, proof) > 0.0, "{proof}");
     }
