@@ -20,7 +20,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use super::objects::sync_dir;
 use super::StoreError;
@@ -39,13 +38,12 @@ const REMOVE: u8 = 0;
 /// The journal file being written.
 pub(super) struct Journal {
     dir: PathBuf,
-    file: Arc<File>,
+    file: File,
     generation: u64,
     /// Where the next record goes.
     len: u64,
     preallocated: bool,
     encoded: Vec<u8>,
-    syncer: Syncer,
 }
 
 impl Journal {
@@ -82,12 +80,12 @@ impl Journal {
                 fs::remove_file(path)?;
             }
         }
-        let journal = Journal::open(dir, next, Syncer::spawn()?)?;
+        let journal = Journal::open(dir, next)?;
         Ok((journal, replayed))
     }
 
     /// Opens generation `generation`: the file `prepare` made, or else a new empty one.
-    fn open(dir: &Path, generation: u64, syncer: Syncer) -> io::Result<Journal> {
+    fn open(dir: &Path, generation: u64) -> io::Result<Journal> {
         let path = file_name(dir, generation);
         let (file, preallocated) = match OpenOptions::new().write(true).open(&path) {
             Ok(file) => (file, true),
@@ -103,18 +101,17 @@ impl Journal {
         };
         Ok(Journal {
             dir: dir.to_path_buf(),
-            file: Arc::new(file),
+            file,
             generation,
             len: 0,
             preallocated,
             encoded: Vec::new(),
-            syncer,
         })
     }
 
-    /// Writes one group's writes (`None` removes the key) after the last record and starts
-    /// its `fdatasync` on the syncer thread; [`Journal::synced`] waits for it. If the write
-    /// fails, its bytes are zeroed, so the journal never holds a group that was not committed.
+    /// Writes one group's writes (`None` removes the key) after the last record; [`Journal::sync`]
+    /// makes them durable. If the write fails, its bytes are zeroed, so the journal never holds
+    /// a group that was not committed.
     ///
     /// # Errors
     /// The write failed (or zeroing it did: then the error says so and the store must stop).
@@ -144,16 +141,15 @@ impl Journal {
             return Err(e);
         }
         self.len += self.encoded.len() as u64;
-        self.syncer.start(Arc::clone(&self.file));
         Ok(())
     }
 
-    /// Waits for the `fdatasync` that [`Journal::write`] started.
+    /// `fdatasync`s what [`Journal::write`] wrote.
     ///
     /// # Errors
     /// The sync failed: what was written may or may not be on stable storage.
-    pub(super) fn synced(&self) -> io::Result<()> {
-        self.syncer.wait()
+    pub(super) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Whether to move to the next file now that `prepared` (the latest generation `prepare`
@@ -169,7 +165,7 @@ impl Journal {
     /// # Errors
     /// The next file cannot be opened; the current one stays in use.
     pub(super) fn rotate(&mut self) -> io::Result<u64> {
-        let next = Journal::open(&self.dir, self.generation + 1, self.syncer.clone())?;
+        let next = Journal::open(&self.dir, self.generation + 1)?;
         *self = next;
         Ok(self.generation)
     }
@@ -204,47 +200,6 @@ pub(super) fn prepare(dir: &Path, generation: u64) -> io::Result<()> {
     file.sync_all()?;
     fs::rename(&temporary, &path)?;
     sync_dir(dir)
-}
-
-/// The thread that runs each journal `fdatasync` while the writer applies the same group to
-/// sled.
-#[derive(Clone)]
-struct Syncer {
-    requests: std::sync::mpsc::Sender<Arc<File>>,
-    results: Arc<Mutex<std::sync::mpsc::Receiver<io::Result<()>>>>,
-}
-
-impl Syncer {
-    fn spawn() -> io::Result<Syncer> {
-        let (requests, received) = std::sync::mpsc::channel::<Arc<File>>();
-        let (answers, results) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("puente-journal-sync".into())
-            .spawn(move || {
-                for file in received {
-                    if answers.send(file.sync_data()).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Syncer {
-            requests,
-            results: Arc::new(Mutex::new(results)),
-        })
-    }
-
-    fn start(&self, file: Arc<File>) {
-        // If the thread is gone, `wait` reports it.
-        let _ = self.requests.send(file);
-    }
-
-    fn wait(&self) -> io::Result<()> {
-        self.results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the journal sync thread stopped")))
-    }
 }
 
 /// Removes the journal files of generations before `generation` (their writes are in sled, on
@@ -355,7 +310,7 @@ mod tests {
 
     fn commit(journal: &mut Journal, writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
         journal.write(writes).expect("write");
-        journal.synced().expect("sync");
+        journal.sync().expect("sync");
     }
 
     fn open_db(dir: &Path) -> (sled::Db, File) {

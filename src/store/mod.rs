@@ -2,9 +2,9 @@
 //! journal, and a directory of large message bodies.
 //!
 //! Every write goes through the writer. It collects the writes of the operations queued
-//! meanwhile into one group, appends the group to the commit journal and `fdatasync`s it,
-//! applies it to sled as one atomic batch, and only then answers the callers and advances the
-//! inbox watermarks that readers follow. So an answer means "on stable storage", and no reader
+//! meanwhile into one group, appends the group to the commit journal as one record and
+//! `fdatasync`s it, applies it to sled, and only then answers the callers and advances the
+//! inbox watermarks and audit log size that readers follow. So an answer means "on stable storage", and no reader
 //! ever sees an entry a crash could lose. sled is flushed in the background whenever a journal
 //! file fills; opening the store replays what the journal holds beyond it.
 
@@ -386,7 +386,7 @@ impl Store {
         self.ops.send(op).await.map_err(|_| StoreError::Closed)
     }
 
-    /// Writes and removes index entries durably in one atomic batch, with audit entries.
+    /// Writes and removes index entries durably and atomically, with audit entries.
     ///
     /// # Errors
     /// I/O and sled errors; `Closed` when shutting down.

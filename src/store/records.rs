@@ -194,8 +194,8 @@ pub struct AgencyRecord {
     pub updated_at_micros: i64,
 }
 
-/// Key layout of the single sled tree. One tree, so that one `sled::Batch` covers every record a
-/// message touches. Agency ids never contain `/`, and message ids are fixed-length UUIDs.
+/// Key layout of the single sled tree. One tree, so that one journal record (a group commit)
+/// covers every record a message touches. Agency ids never contain `/`, and message ids are fixed-length UUIDs.
 pub mod keys {
     /// `m/<message_id>` → `MessageRecord`.
     pub fn message(message_id: &str) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The single writer: sequences every write and collects the writes of a group of operations
-//! (including the audit entries they record) into one batch, which it appends to the commit
-//! journal and `fdatasync`s, then applies to sled; it answers only after that.
+//! (including the audit entries they record) into one journal record, which it appends to the
+//! commit journal and `fdatasync`s, then applies to sled; it answers only after that.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -84,7 +84,7 @@ pub(super) struct LogState {
     pub(super) last_time: i64,
 }
 
-/// The writes of the operations of one group commit, applied to sled as one batch. Later
+/// The writes of the operations of one group commit: one journal record, then sled's. Later
 /// operations of the group read earlier ones' writes through it.
 #[derive(Default)]
 struct Group {
@@ -116,17 +116,6 @@ impl Group {
         self.get(db, key)?
             .map(|value| decode(key, &value))
             .transpose()
-    }
-
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch
     }
 }
 
@@ -227,8 +216,8 @@ impl Flusher {
     }
 }
 
-/// What the writer assigns as it goes, saved at the start of a group so that a group sled
-/// refuses leaves no trace.
+/// What the writer assigns as it goes, saved at the start of a group so that a group whose
+/// journal write fails leaves no trace.
 #[derive(Clone)]
 struct Assigned {
     sequences: HashMap<String, u64>,
@@ -332,8 +321,15 @@ impl Writer {
         }
     }
 
-    /// Makes the group durable in the journal, then applies it to sled as one atomic batch, and
-    /// starts a new journal file (with a background sled flush) when the current one is full.
+    /// Stops every later write with `failure`: sled and the journal may disagree until a restart
+    /// replays the journal. Returns the failure.
+    fn fail(&mut self, failure: String) -> String {
+        self.failed = Some(failure.clone());
+        failure
+    }
+
+    /// Makes the group durable in the journal, then applies it to sled, and moves to the next
+    /// journal file (with a background sled flush) when the current one is full.
     fn commit_group(&mut self) -> Result<(), String> {
         let group = std::mem::take(&mut self.group);
         if let Some(failure) = &self.failed {
@@ -345,20 +341,25 @@ impl Writer {
         self.journal
             .write(&group.writes)
             .map_err(|e| format!("cannot write the commit journal: {e}"))?;
-        // sled applies the group while the journal's fdatasync runs.
-        let applied = self.db.apply_batch(group.into_batch());
-        let failure = match (self.journal.synced(), applied) {
-            (Ok(()), Ok(())) => None,
-            (Err(e), _) => Some(format!(
+        if let Err(e) = self.journal.sync() {
+            return Err(self.fail(format!(
                 "the commit journal could not be synced ({e}); restart the server to recover"
-            )),
-            (Ok(()), Err(e)) => Some(format!(
-                "sled refused a journaled group ({e}); restart the server to replay the journal"
-            )),
-        };
-        if let Some(failure) = failure {
-            self.failed = Some(failure.clone());
-            return Err(failure);
+            )));
+        }
+        // Only now is the group applied to sled, key by key (much cheaper than one sled batch;
+        // atomicity comes from the journal). Whatever part of it sled may persist is in a
+        // durable journal record that a start after a crash replays in full; readers see it
+        // only once the inbox watermarks and log size move, after the whole group.
+        for (key, value) in group.writes {
+            let applied = match value {
+                Some(value) => self.db.insert(key, value).map(drop),
+                None => self.db.remove(key).map(drop),
+            };
+            if let Err(e) = applied {
+                return Err(self.fail(format!(
+                    "sled refused a journaled write ({e}); restart the server to replay the journal"
+                )));
+            }
         }
         if self.journal.wants_rotation(self.flusher.prepared()) && !self.flusher.busy() {
             match self.journal.rotate() {
