@@ -33,8 +33,8 @@ use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::rpc_error;
-use crate::config::{ClientProfile, Config, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::audit::merkle;
+use crate::config::{ClientProfile, Config, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::directory::{AgencyEntry, Directory};
 use crate::exchange::ExchangeService;
 use crate::identity::{AgencyId, Caller, Peer, Revocations};
@@ -189,7 +189,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         server.stop().await?;
         if let Some(proofs) = &mut report.proofs {
-            proofs.computed = Some(time_computed_proofs(&data_dir, proofs.tree_size, args.proofs).await?);
+            proofs.computed =
+                Some(time_computed_proofs(&data_dir, proofs.tree_size, args.proofs).await?);
         }
     }
 

@@ -314,11 +314,12 @@ mod tests {
     }
 
     fn open_db(dir: &Path) -> (sled::Db, File) {
-        let db = sled::Config::new()
-            .path(dir.join("store"))
-            .flush_every_ms(None)
-            .open()
-            .expect("sled");
+        let db = crate::store::tests::retry_while_locked(|| {
+            sled::Config::new()
+                .path(dir.join("store"))
+                .flush_every_ms(None)
+                .open()
+        });
         let file = File::open(dir.join("store").join("db")).expect("db file");
         (db, file)
     }
@@ -353,6 +354,34 @@ mod tests {
             vec![journal.generation()]
         );
         assert_eq!(journal.len, 0);
+    }
+
+    #[test]
+    fn every_generation_is_replayed_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal_dir = dir.path().join("journal");
+        {
+            let (db, file) = open_db(dir.path());
+            let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            commit(
+                &mut journal,
+                &writes(&[("a", Some("old")), ("b", Some("1"))]),
+            );
+            journal.rotate().expect("rotate");
+            commit(&mut journal, &writes(&[("a", Some("new")), ("b", None)]));
+        }
+        let (db, file) = open_db(dir.path());
+        let (journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        assert_eq!(replayed, 2);
+        assert_eq!(
+            db.get("a").expect("get").as_deref(),
+            Some(b"new".as_slice())
+        );
+        assert_eq!(db.get("b").expect("get"), None);
+        assert_eq!(
+            generations(&journal_dir).expect("list"),
+            vec![journal.generation()]
+        );
     }
 
     #[test]

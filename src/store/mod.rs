@@ -725,3 +725,87 @@ fn idempotent_answer(
         created: false,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::v1::AuditAction;
+
+    fn journal_files(data_dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(data_dir.join("journal"))
+            .expect("journal dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|name| name.ends_with(".journal"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Past a journal file's size the writer moves on, sled is flushed in the background and
+    /// the older file removed; a clean close leaves no journal, and everything reads back.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn full_journal_files_are_flushed_into_sled_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut event = crate::audit::event(AuditAction::CrlApplied, None);
+        event.reason = "x".repeat(400);
+        let mut recorded = 0u64;
+        while recorded * 400 < 2 * journal::ROTATE_BYTES {
+            store
+                .record(vec![event.clone(); 1000])
+                .await
+                .expect("record");
+            recorded += 1000;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while journal_files(dir.path())
+            .first()
+            .is_some_and(|first| first.starts_with("0000000000000000"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first journal file was never removed: {:?}",
+                journal_files(dir.path())
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.record(vec![event.clone()]).await.expect("record");
+        recorded += 1;
+        let root = merkle::root(&store.audit_hashes(), recorded).expect("root");
+        store.close().await;
+        drop(store);
+        assert!(journal_files(dir.path()).is_empty());
+
+        let store = retry_while_locked(|| Store::open(dir.path()));
+        assert_eq!(store.audit_size(), recorded);
+        assert_eq!(
+            merkle::root(&store.audit_hashes(), recorded).expect("root"),
+            root
+        );
+        assert!(store.audit_leaf(recorded - 1).expect("leaf").is_some());
+        store.close().await;
+    }
+
+    /// sled releases its lock from its own threads shortly after its last handle is dropped,
+    /// so opening the same directory again in one process must wait for that.
+    pub(super) fn retry_while_locked<T, E: std::fmt::Display>(
+        mut open: impl FnMut() -> Result<T, E>,
+    ) -> T {
+        for _ in 0..500 {
+            match open() {
+                Ok(opened) => return opened,
+                Err(e) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+        panic!("still locked after 5 s")
+    }
+}
