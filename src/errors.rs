@@ -22,6 +22,15 @@ pub fn internal(error: &dyn Display) -> Status {
     Status::internal("internal error; the exchange operators have been notified in the server log")
 }
 
+/// `UNAVAILABLE` when the store cannot write (full disk, I/O error): the caller may retry, with
+/// the same `client_message_id` for a send; the detail is logged.
+pub fn storage_unavailable(error: &dyn Display) -> Status {
+    tracing::error!(error = %error, "storage failure");
+    Status::unavailable(
+        "the exchange cannot write to its storage right now; retry later (a send with the same client_message_id is never stored twice)",
+    )
+}
+
 /// `UNAVAILABLE` while the server shuts down.
 pub fn shutting_down() -> Status {
     Status::unavailable("the exchange is shutting down; retry shortly")

@@ -76,6 +76,9 @@ impl From<AuditServiceError> for Status {
             AuditServiceError::NotFound(_) => Status::not_found(err.to_string()),
             AuditServiceError::NoCheckpoint(_) => Status::failed_precondition(err.to_string()),
             AuditServiceError::Store(StoreError::Closed) => crate::errors::shutting_down(),
+            AuditServiceError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
+                crate::errors::storage_unavailable(&e)
+            }
             AuditServiceError::Store(e) => crate::errors::internal(&e),
             AuditServiceError::Merkle(e) => crate::errors::internal(&e),
             AuditServiceError::Log(e) => crate::errors::internal(&e),

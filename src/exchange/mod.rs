@@ -125,6 +125,9 @@ impl From<ExchangeError> for Status {
             ExchangeError::Store(StoreError::Closed) | ExchangeError::ShuttingDown => {
                 crate::errors::shutting_down()
             }
+            ExchangeError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
+                crate::errors::storage_unavailable(&e)
+            }
             ExchangeError::Store(e) => crate::errors::internal(&e),
         }
     }

@@ -85,6 +85,9 @@ impl From<MatchError> for Status {
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
             MatchError::Store(StoreError::Closed) => crate::errors::shutting_down(),
+            MatchError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
+                crate::errors::storage_unavailable(&e)
+            }
             MatchError::Store(e) => crate::errors::internal(&e),
         }
     }

@@ -43,6 +43,9 @@ pub(super) struct Journal {
     /// Where the next record goes.
     len: u64,
     preallocated: bool,
+    /// A failed write could not be zeroed: what follows the last record is not known to be
+    /// zeros, so nothing more may be appended after it.
+    damaged: bool,
     encoded: Vec<u8>,
 }
 
@@ -105,6 +108,7 @@ impl Journal {
             generation,
             len: 0,
             preallocated,
+            damaged: false,
             encoded: Vec::new(),
         })
     }
@@ -114,8 +118,14 @@ impl Journal {
     /// a group that was not committed.
     ///
     /// # Errors
-    /// The write failed (or zeroing it did: then the error says so and the store must stop).
+    /// The write failed. If zeroing it failed too, this and every later write fail: the store
+    /// needs a restart.
     pub(super) fn write(&mut self, writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> io::Result<()> {
+        if self.damaged {
+            return Err(io::Error::other(
+                "an earlier journal write failed and could not be undone; restart the server",
+            ));
+        }
         self.encoded.clear();
         self.encoded.extend_from_slice(&[0; 8]);
         for (key, value) in writes {
@@ -133,11 +143,12 @@ impl Journal {
         self.encoded[4..8].copy_from_slice(&checksum.to_le_bytes());
         if let Err(e) = self.file.write_all_at(&self.encoded, self.len) {
             let zeros = vec![0; self.encoded.len()];
-            self.file.write_all_at(&zeros, self.len).map_err(|z| {
-                io::Error::other(format!(
-                    "{e}; zeroing the failed journal write failed too ({z})"
-                ))
-            })?;
+            if let Err(z) = self.file.write_all_at(&zeros, self.len) {
+                self.damaged = true;
+                return Err(io::Error::other(format!(
+                    "{e}; undoing the failed journal write failed too ({z})"
+                )));
+            }
             return Err(e);
         }
         self.len += self.encoded.len() as u64;

@@ -242,8 +242,8 @@ pub mod keys {
         [b"l/".as_slice(), &index.to_be_bytes()].concat()
     }
 
-    /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree of level 1
-    /// or more (leaf hashes are computed from the stored leaves).
+    /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree, for
+    /// levels from `FIRST_STORED_HASH_LEVEL` up (lower ones are computed from the leaves).
     pub fn audit_hash(level: u8, index: u64) -> Vec<u8> {
         [b"h/".as_slice(), &[level], &index.to_be_bytes()].concat()
     }

@@ -16,7 +16,7 @@ use super::journal::{self, Journal};
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use super::{
     decode, encode, idempotent_answer, now_micros, Accepted, Inboxes, IndexEntry, NewMessage,
-    PutMode, StoreError, MAX_GROUP_COMMIT,
+    PutMode, StoreError, FIRST_STORED_HASH_LEVEL, MAX_GROUP_COMMIT,
 };
 use crate::audit::merkle::{self, Hash};
 use crate::audit::parties;
@@ -411,8 +411,9 @@ impl Writer {
         })
     }
 
-    /// Adds audit entries to the group and returns their indices. Leaf hashes are not stored:
-    /// readers hash the stored leaf (see `StoredHashes`).
+    /// Adds audit entries to the group and returns their indices. Hashes of subtrees below
+    /// [`FIRST_STORED_HASH_LEVEL`] are not stored: readers compute them from the leaves (see
+    /// `StoredHashes`).
     fn append_audit(&mut self, events: Vec<AuditEvent>) -> Vec<u64> {
         let log = &mut self.log;
         let mut indices = Vec::with_capacity(events.len());
@@ -425,7 +426,7 @@ impl Writer {
             for (level, node, hash) in
                 merkle::append(&mut log.frontier, index, merkle::hash_leaf(&leaf))
             {
-                if level > 0 {
+                if level >= FIRST_STORED_HASH_LEVEL {
                     self.group.insert(keys::audit_hash(level, node), hash);
                 }
             }
