@@ -25,6 +25,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Identifiers one agency may query per hour.
 pub const DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR: u64 = 10_000;
+/// Calls per second one caller identity may sustain.
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 5_000;
+/// Calls one caller identity may make at once after a quiet spell.
+pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
+/// Inbox streams one agency may have open at once.
+pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
+/// TLS connections the server holds at once, handshakes included.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// Longest life of a connection, so none lives on an old handshake forever.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 
@@ -57,6 +65,8 @@ pub struct Config {
     pub max_connection_age_secs: u64,
     /// Identifiers one agency may look up with MatchService.Query per hour.
     pub match_query_quota_per_hour: u64,
+    /// TLS connections held at once (handshakes included); more are closed on accept.
+    pub max_connections: usize,
 }
 
 /// Bounds on what one request may carry.
@@ -69,6 +79,13 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Most attachments per message.
     pub max_attachments: usize,
+    /// Calls per second one caller identity may sustain (all services); more are answered
+    /// `RESOURCE_EXHAUSTED` with a retry delay.
+    pub requests_per_second: u32,
+    /// Calls one caller identity may make in a burst.
+    pub request_burst: u32,
+    /// Inbox streams one agency may have open at once.
+    pub inbox_streams_per_agency: usize,
 }
 
 /// How a client reaches the exchange and who it is: one entry of a profiles file
@@ -118,6 +135,9 @@ impl Default for Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_attachments: DEFAULT_MAX_ATTACHMENTS,
+            requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
+            request_burst: DEFAULT_REQUEST_BURST,
+            inbox_streams_per_agency: DEFAULT_INBOX_STREAMS_PER_AGENCY,
         }
     }
 }
@@ -137,6 +157,7 @@ impl Default for Config {
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
             match_query_quota_per_hour: DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -185,6 +206,15 @@ impl Config {
         }
         if self.limits.max_attachments > 1_000 {
             return invalid("limits.max_attachments must be at most 1000");
+        }
+        if self.limits.requests_per_second == 0 || self.limits.request_burst == 0 {
+            return invalid("limits.requests_per_second and limits.request_burst must be positive");
+        }
+        if self.limits.inbox_streams_per_agency == 0 {
+            return invalid("limits.inbox_streams_per_agency must be positive");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be positive");
         }
         if self.max_connection_age_secs < 10 {
             return invalid("max_connection_age_secs must be at least 10");

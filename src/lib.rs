@@ -17,10 +17,12 @@
 //! - [`matching`]: hit/no-hit matching: identifier canonicalisation and blinding (agency side),
 //!   `MatchService` (server side).
 //! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
+//! - [`admission`]: per-caller request rates and per-agency inbox stream limits.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 //! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
 //!   bare-tonic bound.
 
+pub mod admission;
 pub mod audit;
 pub mod bench;
 pub mod cli;

@@ -18,12 +18,14 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tracing::{debug, error, info, warn};
 
+use crate::admission::RateLimits;
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::bench::Echo;
@@ -53,6 +55,8 @@ const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const STALE_CRL_REPORT_INTERVAL: Duration = Duration::from_secs(600);
 /// Agencies connecting with a certificate closer than this to expiry are logged.
 const EXPIRY_WARNING_DAYS: i64 = 14;
+/// How often reaching the connection limit is logged again.
+const CONNECTIONS_FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Time calls get to finish once a connection reached its maximum age.
 const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
@@ -133,14 +137,14 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let max_frame = max_frame(&config);
+    let rates = RateLimits::new(&config.limits);
 
     let local_addr = listener.local_addr().ok();
     let incoming = accept_loop(
         listener,
         Arc::clone(&tls),
         Some(Arc::clone(&store)),
-        config.trust_domain.clone(),
-        config.handshake_timeout(),
+        &config,
     );
     let (draining_tx, draining) = oneshot::channel();
     let signal = async move {
@@ -154,10 +158,22 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(ExchangeServiceServer::new(exchange).max_decoding_message_size(max_frame))
-        .add_service(AdminServiceServer::new(admin).max_decoding_message_size(max_frame))
-        .add_service(AuditServiceServer::new(auditing))
-        .add_service(MatchServiceServer::new(matching).max_decoding_message_size(max_frame))
+        .add_service(InterceptedService::new(
+            ExchangeServiceServer::new(exchange).max_decoding_message_size(max_frame),
+            rates.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServiceServer::new(admin).max_decoding_message_size(max_frame),
+            rates.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
+            AuditServiceServer::new(auditing),
+            rates.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
+            MatchServiceServer::new(matching).max_decoding_message_size(max_frame),
+            rates.interceptor(),
+        ))
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_timeout = config.drain_timeout();
     let drain_deadline = async move {
@@ -192,13 +208,7 @@ pub async fn run_echo(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let tls = load_tls(&config)?;
-    let incoming = accept_loop(
-        listener,
-        tls,
-        None,
-        config.trust_domain.clone(),
-        config.handshake_timeout(),
-    );
+    let incoming = accept_loop(listener, tls, None, &config);
     info!(trust_domain = %config.trust_domain, "serving the bench echo service");
     server_builder(&config)
         .add_service(EchoServiceServer::new(Echo).max_decoding_message_size(max_frame(&config)))
@@ -237,17 +247,21 @@ fn max_frame(config: &Config) -> usize {
 
 /// Accepts TCP connections and completes each TLS handshake in its own task, so a slow or silent
 /// client stalls nobody. Yields connections whose handshake succeeded. Refused handshakes are
-/// recorded in the audit log of `store`, when there is one.
+/// recorded in the audit log of `store`, when there is one. At most `config.max_connections`
+/// connections (handshakes included) are held at once; one more is closed as it is accepted.
 fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
     store: Option<Arc<Store>>,
-    trust_domain: String,
-    handshake_timeout: Duration,
+    config: &Config,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let trust_domain: Arc<str> = trust_domain.into();
+    let trust_domain: Arc<str> = config.trust_domain.as_str().into();
+    let handshake_timeout = config.handshake_timeout();
+    let max_connections = config.max_connections;
+    let connections = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
+        let mut full_reported_at: Option<tokio::time::Instant> = None;
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -261,6 +275,16 @@ fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                if full_reported_at
+                    .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
+                {
+                    full_reported_at = Some(tokio::time::Instant::now());
+                    warn!(%remote_addr, max_connections, "connection limit reached: closing new connections (raise max_connections if this load is legitimate)");
+                }
+                drop(tcp);
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             // The configuration in force now: a CRL or certificate applied later reaches the
@@ -278,7 +302,12 @@ fn accept_loop(
                             remote_addr: Some(remote_addr),
                             revocations,
                         };
-                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                        let connection = TlsConnection {
+                            stream,
+                            peer,
+                            _permit: permit,
+                        };
+                        let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(e)) => {
                         warn!(%remote_addr, error = %e, "TLS handshake refused");
@@ -380,6 +409,8 @@ fn identify(
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: Peer,
+    /// This connection's place under the connection limit, given back when it is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Connected for TlsConnection {

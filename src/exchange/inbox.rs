@@ -5,6 +5,7 @@
 //! from the store up to it. Nothing is pushed to readers, so a slow reader only delays itself:
 //! its task waits on a small bounded channel while senders and other readers go on.
 
+use crate::admission::StreamSlot;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -40,6 +41,8 @@ pub(super) struct Reader {
     pub caller: Arc<Caller>,
     /// Revocations in force; the stream ends when its certificate is revoked.
     pub revocations: Arc<Revocations>,
+    /// The agency's stream slot, held while the stream lives.
+    pub _slot: StreamSlot,
 }
 
 pub(super) fn spawn(
@@ -100,7 +103,8 @@ async fn follow(
             continue;
         }
         for (sequence, message_id) in entries {
-            // Inbox entries and messages commit in one batch: a dangling entry is corruption.
+            // Inbox entries and messages commit in one group, visible together once the
+            // watermark moves: a dangling entry is corruption.
             let record = service.store.message(&message_id)?.ok_or_else(|| {
                 warn!(agency = %agency, sequence, message_id, "inbox entry without its message");
                 ExchangeError::Store(crate::store::StoreError::NotFound)

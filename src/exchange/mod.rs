@@ -10,6 +10,7 @@ mod inbox;
 mod threads;
 pub mod validate;
 
+use crate::admission::StreamLimits;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -84,6 +85,14 @@ pub enum ExchangeError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The agency has as many inbox streams open as it may.
+    #[error("{agency} already has {limit} inbox streams open, the most allowed; close one (one stream per reader is enough: it replays the backlog, then follows)")]
+    TooManyStreams {
+        /// The agency.
+        agency: String,
+        /// Its stream limit.
+        limit: usize,
+    },
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -122,6 +131,9 @@ impl From<ExchangeError> for Status {
             }
             ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
             ExchangeError::IdempotencyConflict(_) => Status::already_exists(err.to_string()),
+            ExchangeError::TooManyStreams { .. } => {
+                crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
+            }
             ExchangeError::Store(StoreError::Closed) | ExchangeError::ShuttingDown => {
                 crate::errors::shutting_down()
             }
@@ -145,6 +157,7 @@ pub struct ExchangeService {
     store: Arc<Store>,
     directory: Arc<Directory>,
     limits: Limits,
+    streams: StreamLimits,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -159,6 +172,7 @@ impl ExchangeService {
         ExchangeService {
             store,
             directory,
+            streams: StreamLimits::new(&limits),
             limits,
             shutdown,
         }
@@ -567,6 +581,13 @@ impl ExchangeService {
             after_sequence,
             backlog_only,
         } = request.into_inner();
+        let slot =
+            self.streams
+                .open(agency.as_str())
+                .map_err(|full| ExchangeError::TooManyStreams {
+                    agency: full.agency,
+                    limit: full.limit,
+                })?;
         info!(agency = %agency, after_sequence, backlog_only, "inbox stream opened");
         Ok(inbox::spawn(
             self.clone(),
@@ -574,6 +595,7 @@ impl ExchangeService {
                 agency,
                 caller: Arc::clone(&caller),
                 revocations,
+                _slot: slot,
             },
             after_sequence,
             backlog_only,

@@ -1,0 +1,242 @@
+//! Admission control: how much of the exchange one certificate can take. Each caller identity
+//! has a token bucket of requests (refill `limits.requests_per_second`, capacity
+//! `limits.request_burst`), and each agency at most `limits.inbox_streams_per_agency` open
+//! inbox streams; a call over either limit is answered `RESOURCE_EXHAUSTED` with a retry delay,
+//! so a flood from one agency leaves the others their share. (The global connection limit is
+//! enforced where connections are accepted, in `server`.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tonic::service::Interceptor;
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::config::Limits;
+use crate::identity::Peer;
+
+/// How often a caller that keeps hitting its limit is logged.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a client should wait before opening another stream once at the limit.
+pub const STREAM_RETRY: Duration = Duration::from_secs(1);
+
+/// Per-caller request rates.
+pub struct RateLimits {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    warned: Option<Instant>,
+}
+
+impl RateLimits {
+    /// The rates of `limits`.
+    #[must_use]
+    pub fn new(limits: &Limits) -> Arc<RateLimits> {
+        Arc::new(RateLimits {
+            per_second: f64::from(limits.requests_per_second),
+            burst: f64::from(limits.request_burst),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes one request from `caller`'s bucket.
+    ///
+    /// # Errors
+    /// The bucket is empty: how long until it holds a request again.
+    pub fn admit(&self, caller: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = buckets.entry(caller.to_string()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+            warned: None,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second);
+        if bucket
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
+        {
+            bucket.warned = Some(now);
+            tracing::warn!(
+                caller,
+                per_second = self.per_second,
+                "caller over its request rate; calls refused with RESOURCE_EXHAUSTED"
+            );
+        }
+        Err(wait)
+    }
+
+    /// An interceptor admitting each call of an authenticated caller against its bucket. Calls
+    /// without a usable identity pass: the services refuse them.
+    #[must_use]
+    pub fn interceptor(self: &Arc<Self>) -> RateInterceptor {
+        RateInterceptor(Arc::clone(self))
+    }
+}
+
+/// The tonic interceptor of [`RateLimits`].
+#[derive(Clone)]
+pub struct RateInterceptor(Arc<RateLimits>);
+
+impl Interceptor for RateInterceptor {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(|peer| peer.caller.as_ref().ok())
+            .map(|caller| caller.id.to_string());
+        if let Some(caller) = caller {
+            if let Err(wait) = self.0.admit(&caller) {
+                return Err(exhausted(
+                    format!(
+                        "{caller} is over its limit of {} calls per second; retry after {} ms",
+                        self.0.per_second,
+                        wait.as_millis().max(1)
+                    ),
+                    wait,
+                ));
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// Open inbox streams per agency.
+#[derive(Clone)]
+pub struct StreamLimits {
+    per_agency: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl StreamLimits {
+    /// The stream limit of `limits`.
+    #[must_use]
+    pub fn new(limits: &Limits) -> StreamLimits {
+        StreamLimits {
+            per_agency: limits.inbox_streams_per_agency,
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Takes one of `agency`'s stream slots until the returned slot is dropped.
+    ///
+    /// # Errors
+    /// The agency has as many streams open as it may.
+    pub fn open(&self, agency: &str) -> Result<StreamSlot, StreamLimitReached> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(agency.to_string()).or_default();
+        if *count >= self.per_agency {
+            tracing::warn!(
+                agency,
+                limit = self.per_agency,
+                "inbox stream refused: agency at its stream limit"
+            );
+            return Err(StreamLimitReached {
+                agency: agency.to_string(),
+                limit: self.per_agency,
+            });
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            limits: self.clone(),
+            agency: agency.to_string(),
+        })
+    }
+}
+
+/// An agency asked for one stream more than it may have open.
+#[derive(Debug)]
+pub struct StreamLimitReached {
+    /// The agency.
+    pub agency: String,
+    /// Its limit.
+    pub limit: usize,
+}
+
+/// One open inbox stream of an agency; frees its slot when dropped.
+pub struct StreamSlot {
+    limits: StreamLimits,
+    agency: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.agency) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.agency);
+            }
+        }
+    }
+}
+
+/// `RESOURCE_EXHAUSTED` with a `RetryInfo` detail.
+#[must_use]
+pub fn exhausted(message: String, retry_after: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_second: u32, burst: u32, streams: usize) -> Limits {
+        Limits {
+            requests_per_second: per_second,
+            request_burst: burst,
+            inbox_streams_per_agency: streams,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_with_the_wait() {
+        let rates = RateLimits::new(&limits(10, 3, 1));
+        for _ in 0..3 {
+            rates.admit("ES-CNP").expect("within the burst");
+        }
+        let wait = rates.admit("ES-CNP").expect_err("over the burst");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // Another caller has its own bucket.
+        rates.admit("CO-DIJIN").expect("other caller");
+        std::thread::sleep(wait + Duration::from_millis(5));
+        rates.admit("ES-CNP").expect("refilled");
+    }
+
+    #[test]
+    fn stream_slots_are_counted_per_agency_and_freed_on_drop() {
+        let streams = StreamLimits::new(&limits(10, 10, 2));
+        let first = streams.open("ES-CNP").expect("first");
+        let _second = streams.open("ES-CNP").expect("second");
+        let refused = streams.open("ES-CNP").err().expect("third refused");
+        assert_eq!((refused.agency.as_str(), refused.limit), ("ES-CNP", 2));
+        streams.open("CO-DIJIN").expect("other agency");
+        drop(first);
+        streams.open("ES-CNP").expect("a slot was freed");
+    }
+}
