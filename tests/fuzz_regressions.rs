@@ -1,0 +1,29 @@
+//! Replays every input committed under `fuzz/regressions/<target>/` through the same code the
+//! cargo-fuzz target of that name runs (`fuzz/targets.rs`): inputs that once crashed or hung a
+//! parser stay fixed, and the seed inputs keep the targets exercised under plain `cargo test`.
+
+#[path = "../fuzz/targets.rs"]
+mod targets;
+
+use std::path::Path;
+
+#[test]
+fn every_committed_fuzz_input_is_handled() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut replayed = 0;
+    for (name, target) in targets::TARGETS {
+        let dir = root.join(name);
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e} (every target keeps its inputs)", dir.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            let input = std::fs::read(&path).expect("read input");
+            target(&input);
+            replayed += 1;
+        }
+    }
+    assert!(
+        replayed >= targets::TARGETS.len(),
+        "replayed {replayed} inputs"
+    );
+}
