@@ -2,8 +2,10 @@
 //! has a token bucket of requests (refill `limits.requests_per_second`, capacity
 //! `limits.request_burst`), and each agency at most `limits.inbox_streams_per_agency` open
 //! inbox streams; a call over either limit is answered `RESOURCE_EXHAUSTED` with a retry delay,
-//! so a flood from one agency leaves the others their share. (The global connection limit is
-//! enforced where connections are accepted, in `server`.)
+//! so a flood from one agency leaves the others their share. Refused TLS handshakes are
+//! recorded in the audit log one by one only up to a rate per remote address; the rest are
+//! counted into the next entry. (The global connection limit is enforced where connections are
+//! accepted, in `server`.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,10 +23,19 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a client should wait before opening another stream once at the limit.
 pub const STREAM_RETRY: Duration = Duration::from_secs(1);
 
-/// Per-caller request rates.
+/// Refused TLS handshakes recorded per second per remote address, after a burst of
+/// [`HANDSHAKE_RECORD_BURST`]: the others are counted and named in the next entry, so a flood
+/// of bad handshakes cannot fill the audit log.
+pub const HANDSHAKE_RECORDS_PER_SECOND: u32 = 1;
+/// Refused TLS handshakes from one address recorded one by one before the rate applies.
+pub const HANDSHAKE_RECORD_BURST: u32 = 20;
+
+/// Token buckets by key: per-caller request rates, or per-address handshake records.
 pub struct RateLimits {
     per_second: f64,
     burst: f64,
+    /// Logged (at most every [`WARN_INTERVAL`] per key) when a key runs out.
+    warning: &'static str,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -32,49 +43,69 @@ struct Bucket {
     tokens: f64,
     updated: Instant,
     warned: Option<Instant>,
+    /// Refusals since the last admitted one.
+    refused: u64,
 }
 
 impl RateLimits {
-    /// The rates of `limits`.
+    /// The per-caller request rates of `limits`.
     #[must_use]
     pub fn new(limits: &Limits) -> Arc<RateLimits> {
+        RateLimits::with_rate(
+            limits.requests_per_second,
+            limits.request_burst,
+            "caller over its request rate; calls refused with RESOURCE_EXHAUSTED",
+        )
+    }
+
+    /// The per-address rate of refused-handshake audit entries.
+    #[must_use]
+    pub fn handshake_records() -> Arc<RateLimits> {
+        RateLimits::with_rate(
+            HANDSHAKE_RECORDS_PER_SECOND,
+            HANDSHAKE_RECORD_BURST,
+            "refused TLS handshakes from this address are no longer recorded one by one",
+        )
+    }
+
+    fn with_rate(per_second: u32, burst: u32, warning: &'static str) -> Arc<RateLimits> {
         Arc::new(RateLimits {
-            per_second: f64::from(limits.requests_per_second),
-            burst: f64::from(limits.request_burst),
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+            warning,
             buckets: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Takes one request from `caller`'s bucket.
+    /// Takes one token from `key`'s bucket. Returns how many were refused since the last one
+    /// taken.
     ///
     /// # Errors
-    /// The bucket is empty: how long until it holds a request again.
-    pub fn admit(&self, caller: &str) -> Result<(), Duration> {
+    /// The bucket is empty: how long until it holds a token again.
+    pub fn admit(&self, key: &str) -> Result<u64, Duration> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = buckets.entry(caller.to_string()).or_insert(Bucket {
+        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
             warned: None,
+            refused: 0,
         });
         let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            return Ok(());
+            return Ok(std::mem::take(&mut bucket.refused));
         }
+        bucket.refused += 1;
         let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second);
         if bucket
             .warned
             .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
         {
             bucket.warned = Some(now);
-            tracing::warn!(
-                caller,
-                per_second = self.per_second,
-                "caller over its request rate; calls refused with RESOURCE_EXHAUSTED"
-            );
+            tracing::warn!(key, per_second = self.per_second, "{}", self.warning);
         }
         Err(wait)
     }
@@ -225,7 +256,7 @@ mod tests {
         // Another caller has its own bucket.
         rates.admit("CO-DIJIN").expect("other caller");
         std::thread::sleep(wait + Duration::from_millis(5));
-        rates.admit("ES-CNP").expect("refilled");
+        assert_eq!(rates.admit("ES-CNP"), Ok(1), "names the one refusal since");
     }
 
     #[test]

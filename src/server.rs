@@ -260,6 +260,7 @@ fn accept_loop(
     let handshake_timeout = config.handshake_timeout();
     let max_connections = config.max_connections;
     let connections = Arc::new(Semaphore::new(max_connections));
+    let handshake_records = RateLimits::handshake_records();
     tokio::spawn(async move {
         let mut full_reported_at: Option<tokio::time::Instant> = None;
         loop {
@@ -292,6 +293,7 @@ fn accept_loop(
             let acceptor = tls.acceptor();
             let revocations = tls.revocations();
             let (tx, trust_domain, store) = (tx.clone(), Arc::clone(&trust_domain), store.clone());
+            let handshake_records = Arc::clone(&handshake_records);
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -311,10 +313,15 @@ fn accept_loop(
                     }
                     Ok(Err(e)) => {
                         warn!(%remote_addr, error = %e, "TLS handshake refused");
-                        if let Some(store) = store {
+                        let record = handshake_records.admit(&remote_addr.ip().to_string());
+                        if let (Some(store), Ok(unrecorded)) = (store, record) {
                             let mut event = audit::event(AuditAction::HandshakeRefused, None);
                             event.remote_address = remote_addr.to_string();
-                            event.reason = e.to_string();
+                            event.reason = if unrecorded == 0 {
+                                e.to_string()
+                            } else {
+                                format!("{e} ({unrecorded} earlier refused handshakes from this address were not recorded one by one)")
+                            };
                             if store.record_later(event).await.is_err() {
                                 warn!("store closed: refused handshake not recorded");
                             }

@@ -453,3 +453,59 @@ fn leaves_decode_as_versioned_events() {
     let bytes = event.encode_to_vec();
     assert_eq!(AuditEvent::decode(bytes.as_slice()).expect("decode"), event);
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_handshakes_is_recorded_up_to_a_rate_then_counted() {
+    let pki = TestPki::new();
+    let server = server(&pki).await;
+    let stranger = TestPki::new();
+    let (cert, key) = stranger.issue(&agency_spiffe("ES-CNP"));
+    let bad_handshake = || async {
+        if let Ok(channel) = connect(&cert, &key, &pki.ca_pem, server.addr).await {
+            let _ = ExchangeServiceClient::new(channel)
+                .list_agencies(puente::pb::v1::ListAgenciesRequest {})
+                .await;
+        }
+    };
+    let burst = puente::admission::HANDSHAKE_RECORD_BURST as usize;
+    for _ in 0..burst + 10 {
+        bad_handshake().await;
+    }
+    // After the rate refills one record, the next refusal is recorded with the count.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    bad_handshake().await;
+
+    let mut audit = auditor(&pki, &server).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refused = loop {
+        let refused: Vec<AuditEvent> = entries(&mut audit, ListAuditEntriesRequest::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|e| action(e) == AuditAction::HandshakeRefused)
+            .map(|e| e.event.expect("event"))
+            .collect();
+        if refused
+            .iter()
+            .any(|e| e.reason.contains("not recorded one by one"))
+            || tokio::time::Instant::now() > deadline
+        {
+            break refused;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // The burst one by one, then the one entry that names the refusals left out.
+    assert!(
+        refused.len() > burst && refused.len() <= burst + 2,
+        "{} entries",
+        refused.len()
+    );
+    let summary = refused.last().expect("an entry");
+    assert!(
+        summary
+            .reason
+            .contains("earlier refused handshakes from this address were not recorded one by one"),
+        "{}",
+        summary.reason
+    );
+}
