@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use common::{agency_spiffe, auditor_spiffe, connect, message, ServerProcess, TestPki, WAIT};
@@ -27,16 +26,6 @@ const RECIPIENTS: [&str; 2] = ["CO-DIJIN", "MX-FGR"];
 const CLIENTS: usize = 32;
 /// Acknowledged sends to wait for before killing the server.
 const ACKED_BEFORE_KILL: usize = 400;
-
-fn write_tls_files(pki: &TestPki, dir: &Path) {
-    for (name, pem) in [
-        ("server.pem", &pki.server_cert_pem),
-        ("server.key", &pki.server_key_pem),
-        ("ca.pem", &pki.ca_pem),
-    ] {
-        std::fs::write(dir.join(name), pem).expect("write TLS file");
-    }
-}
 
 async fn agency(pki: &TestPki, id: &str, addr: SocketAddr) -> ExchangeServiceClient<Channel> {
     let (cert, key) = pki.issue(&agency_spiffe(id));
@@ -115,7 +104,7 @@ async fn inbox_of(client: &mut ExchangeServiceClient<Channel>) -> Vec<(u64, Stri
 async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("temporary directory");
-    write_tls_files(&pki, dir.path());
+    pki.write_server_files(dir.path());
 
     let server = ServerProcess::start(dir.path());
     let mut admin = pki.admin_client("root", server.addr).await;
@@ -354,7 +343,7 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
 async fn sigterm_ends_open_streams_and_exits_zero() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("temporary directory");
-    write_tls_files(&pki, dir.path());
+    pki.write_server_files(dir.path());
     let server = ServerProcess::start(dir.path());
     let mut admin = pki.admin_client("root", server.addr).await;
     admin

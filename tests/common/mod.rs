@@ -259,6 +259,18 @@ impl TestPki {
     pub async fn admin_client(&self, name: &str, addr: SocketAddr) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.client_for(&admin_spiffe(name), addr).await)
     }
+
+    /// Writes the files [`ServerProcess::start`] reads from `dir`: `server.pem`, `server.key`
+    /// and `ca.pem` (the client CA bundle).
+    pub fn write_server_files(&self, dir: &Path) {
+        for (name, pem) in [
+            ("server.pem", &self.server_cert_pem),
+            ("server.key", &self.server_key_pem),
+            ("ca.pem", &self.ca_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write TLS file");
+        }
+    }
 }
 
 impl Default for TestPki {
