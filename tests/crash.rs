@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::{agency_spiffe, auditor_spiffe, connect, message, ServerProcess, TestPki, WAIT};
+use common::{
+    agency_spiffe, auditor_spiffe, connect, message, register_agency, ServerProcess, TestPki, WAIT,
+};
 use puente::audit::merkle::{verify_consistency, Hash};
 use puente::audit::note::{Checkpoint, NoteVerifier};
 use puente::pb::v1::audit_service_client::AuditServiceClient;
@@ -107,24 +109,12 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
     pki.write_server_files(dir.path());
 
     let server = ServerProcess::start(dir.path());
-    let mut admin = pki.admin_client("root", server.addr).await;
     for (id, region) in SENDERS
         .iter()
         .map(|id| (*id, Region::Eu))
         .chain(RECIPIENTS.iter().map(|id| (*id, Region::Celac)))
     {
-        admin
-            .register_agency(puente::pb::v1::RegisterAgencyRequest {
-                agency: Some(puente::pb::v1::Agency {
-                    agency_id: id.into(),
-                    name: format!("Agency {id}"),
-                    country: id[..2].into(),
-                    region: region as i32,
-                    status: 0,
-                }),
-            })
-            .await
-            .expect("register agency");
+        register_agency(&pki, server.addr, id, region).await;
     }
 
     // 32 clients send until the server dies under them.

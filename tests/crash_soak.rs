@@ -28,18 +28,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_spiffe, agency_spiffe, auditor_spiffe, connect, is_transport_failure, text_message,
+    agency_spiffe, auditor_spiffe, connect, is_transport_failure, register_agency, text_message,
     ServerProcess, TestPki, WAIT,
 };
 use futures::stream::{self, StreamExt};
 use puente::audit::merkle::{verify_consistency, Hash};
 use puente::audit::note::{Checkpoint, NoteVerifier};
-use puente::pb::v1::admin_service_client::AdminServiceClient;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
-    message, Agency, GetCheckpointRequest, GetConsistencyProofRequest, GetLogInfoRequest,
-    GetMessageRequest, Region, RegisterAgencyRequest, SendMessageRequest, StreamInboxRequest,
+    message, GetCheckpointRequest, GetConsistencyProofRequest, GetLogInfoRequest,
+    GetMessageRequest, Region, SendMessageRequest, StreamInboxRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -267,7 +266,7 @@ impl Identities {
             .iter()
             .chain(&RECIPIENTS)
             .map(|id| agency_spiffe(id))
-            .chain([auditor_spiffe("ana"), admin_spiffe("root")]);
+            .chain([auditor_spiffe("ana")]);
         Identities {
             ca_pem: pki.ca_pem.clone(),
             certs: spiffe_ids.map(|id| (id.clone(), pki.issue(&id))).collect(),
@@ -287,10 +286,6 @@ impl Identities {
 
     async fn auditor(&self, addr: SocketAddr) -> AuditServiceClient<Channel> {
         AuditServiceClient::new(self.channel(&auditor_spiffe("ana"), addr).await)
-    }
-
-    async fn admin(&self, addr: SocketAddr) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel(&admin_spiffe("root"), addr).await)
     }
 }
 
@@ -669,24 +664,12 @@ async fn acknowledged_sends_survive_repeated_kill_9_under_load() {
     pki.write_server_files(dir.path());
 
     let mut server = ServerProcess::start(dir.path());
-    let mut admin = identities.admin(server.addr).await;
     for (id, region) in SENDERS
         .iter()
         .map(|id| (*id, Region::Eu))
         .chain(RECIPIENTS.iter().map(|id| (*id, Region::Celac)))
     {
-        admin
-            .register_agency(RegisterAgencyRequest {
-                agency: Some(Agency {
-                    agency_id: id.into(),
-                    name: format!("Agency {id}"),
-                    country: id[..2].into(),
-                    region: region as i32,
-                    status: 0,
-                }),
-            })
-            .await
-            .expect("register agency");
+        register_agency(&pki, server.addr, id, region).await;
     }
     let mut auditor = identities.auditor(server.addr).await;
     let (log_key, mut verified) = signed_checkpoint(&mut auditor).await;

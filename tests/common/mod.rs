@@ -439,30 +439,9 @@ impl TestServer {
             .expect("server task did not panic")
     }
 
-    /// Registers agency `id` in `region` through AdminService and returns it as stored. The
-    /// country is the id's first two letters, or `XX` for an international organisation.
+    /// Registers agency `id` in `region` through AdminService; see [`register_agency`].
     pub async fn register(&self, pki: &TestPki, id: &str, region: Region) -> Agency {
-        let country = match region {
-            Region::International => "XX".to_string(),
-            _ => id[..2].to_string(),
-        };
-        let agency = Agency {
-            agency_id: id.to_string(),
-            name: format!("Agency {id}"),
-            country,
-            region: region as i32,
-            status: AgencyStatus::Unspecified as i32,
-        };
-        pki.admin_client("root", self.addr)
-            .await
-            .register_agency(RegisterAgencyRequest {
-                agency: Some(agency),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("cannot register {id}: {s:?}"))
-            .into_inner()
-            .agency
-            .expect("registered agency")
+        register_agency(pki, self.addr, id, region).await
     }
 
     /// Sets the status of a registered agency, keeping its other fields.
@@ -649,6 +628,33 @@ pub fn text_of(message: &puente::pb::v1::Message) -> Option<&str> {
 }
 
 // === Inbox streams ===
+
+/// Registers agency `id` in `region` through the AdminService of the server at `addr` (as
+/// administrator `root`) and returns it as stored. The country is the id's first two letters,
+/// or `XX` for an international organisation.
+pub async fn register_agency(pki: &TestPki, addr: SocketAddr, id: &str, region: Region) -> Agency {
+    let country = match region {
+        Region::International => "XX".to_string(),
+        _ => id[..2].to_string(),
+    };
+    let agency = Agency {
+        agency_id: id.to_string(),
+        name: format!("Agency {id}"),
+        country,
+        region: region as i32,
+        status: AgencyStatus::Unspecified as i32,
+    };
+    pki.admin_client("root", addr)
+        .await
+        .register_agency(RegisterAgencyRequest {
+            agency: Some(agency),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("cannot register {id}: {s:?}"))
+        .into_inner()
+        .agency
+        .expect("registered agency")
+}
 
 /// A `StreamInbox` request resuming after `after_sequence`.
 pub fn inbox_request(after_sequence: u64) -> StreamInboxRequest {
