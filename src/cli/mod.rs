@@ -119,16 +119,18 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
 
 /// Turns a gRPC error into a message for the terminal, with `hint` on its own line. A refused
 /// connection (revoked or unknown certificate) surfaces as a transport error: its cause is
-/// printed, with a hint of what to check.
+/// printed, with a hint of what to check. An UNAVAILABLE the server itself sent (shutting
+/// down, storage full) already says what to do and gets no connection hint.
 pub(crate) fn rpc_error_with_hint(status: tonic::Status, hint: Option<&str>) -> anyhow::Error {
     let mut detail = status.message().to_string();
     let mut cause = std::error::Error::source(&status);
+    let transport_failure = cause.is_some();
     while let Some(err) = cause {
         detail = format!("{detail}: {err}");
         cause = err.source();
     }
     let hint = hint.or(match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown => Some(
+        tonic::Code::Unavailable | tonic::Code::Unknown if transport_failure => Some(
             "is the server running at that address, does it trust the CA of your certificate, and is the certificate unrevoked and unexpired?",
         ),
         _ => None,
