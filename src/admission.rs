@@ -18,6 +18,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::Limits;
 use crate::identity::Peer;
 
+/// Buckets kept before idle ones are dropped: a bucket refilled to its burst, with no refusal
+/// left to report, is the same as a new one.
+const MAX_TRACKED_KEYS: usize = 10_000;
 /// How often a caller that keeps hitting its limit is logged.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a client should wait before opening another stream once at the limit.
@@ -85,6 +88,13 @@ impl RateLimits {
     pub fn admit(&self, key: &str) -> Result<u64, Duration> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_TRACKED_KEYS && !buckets.contains_key(key) {
+            let (per_second, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, b| {
+                b.refused > 0
+                    || b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < burst
+            });
+        }
         let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
@@ -257,6 +267,18 @@ mod tests {
         rates.admit("CO-DIJIN").expect("other caller");
         std::thread::sleep(wait + Duration::from_millis(5));
         assert_eq!(rates.admit("ES-CNP"), Ok(1), "names the one refusal since");
+    }
+
+    #[test]
+    fn idle_buckets_are_dropped_once_many_keys_are_tracked() {
+        let rates = RateLimits::with_rate(1_000_000, 2, "test");
+        for n in 0..MAX_TRACKED_KEYS {
+            rates.admit(&n.to_string()).expect("fresh key");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        rates.admit("one more").expect("fresh key");
+        let tracked = rates.buckets.lock().expect("lock").len();
+        assert!(tracked < MAX_TRACKED_KEYS, "{tracked} buckets kept");
     }
 
     #[test]
