@@ -4,6 +4,8 @@
 use std::fmt::Display;
 
 use tonic::{Code, Status};
+
+use crate::store::StoreError;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// `INVALID_ARGUMENT` naming the field, with a `BadRequest` field violation in the details so
@@ -24,11 +26,21 @@ pub fn internal(error: &dyn Display) -> Status {
 
 /// `UNAVAILABLE` when the store cannot write (full disk, I/O error): the caller may retry, with
 /// the same `client_message_id` for a send; the detail is logged.
-pub fn storage_unavailable(error: &dyn Display) -> Status {
+fn storage_unavailable(error: &dyn Display) -> Status {
     tracing::error!(error = %error, "storage failure");
     Status::unavailable(
         "the exchange cannot write to its storage right now; retry later (a send with the same client_message_id is never stored twice)",
     )
+}
+
+/// The status of a store failure that reached a service: `UNAVAILABLE` while shutting down or
+/// when storage cannot be written, `INTERNAL` (detail logged) otherwise.
+pub fn store_failure(error: &StoreError) -> Status {
+    match error {
+        StoreError::Closed => shutting_down(),
+        StoreError::Io(_) | StoreError::Sled(_) => storage_unavailable(error),
+        _ => internal(error),
+    }
 }
 
 /// `UNAVAILABLE` while the server shuts down.

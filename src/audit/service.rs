@@ -75,11 +75,7 @@ impl From<AuditServiceError> for Status {
             AuditServiceError::OutOfRange(_) => Status::out_of_range(err.to_string()),
             AuditServiceError::NotFound(_) => Status::not_found(err.to_string()),
             AuditServiceError::NoCheckpoint(_) => Status::failed_precondition(err.to_string()),
-            AuditServiceError::Store(StoreError::Closed) => crate::errors::shutting_down(),
-            AuditServiceError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
-                crate::errors::storage_unavailable(&e)
-            }
-            AuditServiceError::Store(e) => crate::errors::internal(&e),
+            AuditServiceError::Store(e) => crate::errors::store_failure(&e),
             AuditServiceError::Merkle(e) => crate::errors::internal(&e),
             AuditServiceError::Log(e) => crate::errors::internal(&e),
         }

@@ -63,11 +63,7 @@ impl From<DirectoryError> for tonic::Status {
             DirectoryError::Unauthenticated(e) => e.into(),
             DirectoryError::NotAdmin(_) => tonic::Status::permission_denied(err.to_string()),
             DirectoryError::Crl(e) => e.into(),
-            DirectoryError::Store(StoreError::Closed) => crate::errors::shutting_down(),
-            DirectoryError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
-                crate::errors::storage_unavailable(&e)
-            }
-            DirectoryError::Store(e) => crate::errors::internal(&e),
+            DirectoryError::Store(e) => crate::errors::store_failure(&e),
         }
     }
 }

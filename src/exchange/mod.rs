@@ -134,13 +134,8 @@ impl From<ExchangeError> for Status {
             ExchangeError::TooManyStreams { .. } => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
-            ExchangeError::Store(StoreError::Closed) | ExchangeError::ShuttingDown => {
-                crate::errors::shutting_down()
-            }
-            ExchangeError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
-                crate::errors::storage_unavailable(&e)
-            }
-            ExchangeError::Store(e) => crate::errors::internal(&e),
+            ExchangeError::ShuttingDown => crate::errors::shutting_down(),
+            ExchangeError::Store(e) => crate::errors::store_failure(&e),
         }
     }
 }

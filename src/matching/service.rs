@@ -84,11 +84,7 @@ impl From<MatchError> for Status {
                 err.to_string(),
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            MatchError::Store(StoreError::Closed) => crate::errors::shutting_down(),
-            MatchError::Store(e @ (StoreError::Io(_) | StoreError::Sled(_))) => {
-                crate::errors::storage_unavailable(&e)
-            }
-            MatchError::Store(e) => crate::errors::internal(&e),
+            MatchError::Store(e) => crate::errors::store_failure(&e),
         }
     }
 }
