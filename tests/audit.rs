@@ -5,10 +5,11 @@
 mod common;
 
 use common::{
-    agency_spiffe, assert_code, auditor_spiffe, connect, message, TestPki, TestServer, WAIT,
+    agency_spiffe, assert_code, auditor_spiffe, connect, message, verify_checkpoint, TestPki,
+    TestServer, WAIT,
 };
 use puente::audit::merkle::{hash_leaf, verify_consistency, verify_inclusion, Hash};
-use puente::audit::note::{Checkpoint, NoteVerifier};
+use puente::audit::note::Checkpoint;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
@@ -61,18 +62,12 @@ async fn checkpoint(client: &mut AuditServiceClient<Channel>) -> Checkpoint {
         .await
         .expect("log info")
         .into_inner();
-    let verifier = NoteVerifier::parse(&info.verifier_key).expect("verifier key");
     let response = client
         .get_checkpoint(GetCheckpointRequest {})
         .await
         .expect("checkpoint")
         .into_inner();
-    let checkpoint = Checkpoint::parse(
-        verifier
-            .verify(&response.checkpoint)
-            .expect("signed by the log key"),
-    )
-    .expect("checkpoint body");
+    let checkpoint = verify_checkpoint(&info.verifier_key, &response.checkpoint);
     assert_eq!(checkpoint.origin, info.origin);
     assert_eq!(checkpoint.size, response.tree_size);
     assert_eq!(checkpoint.root.to_vec(), response.root_hash);

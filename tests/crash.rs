@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::{
-    agency_spiffe, auditor_spiffe, connect, message, register_agency, ServerProcess, TestPki, WAIT,
+    agency_spiffe, auditor_spiffe, connect, message, register_agency, verify_checkpoint,
+    ServerProcess, TestPki, WAIT,
 };
 use puente::audit::merkle::{verify_consistency, Hash};
-use puente::audit::note::{Checkpoint, NoteVerifier};
+use puente::audit::note::Checkpoint;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
@@ -55,9 +56,7 @@ async fn signed_checkpoint(client: &mut AuditServiceClient<Channel>) -> (String,
         .expect("checkpoint")
         .into_inner()
         .checkpoint;
-    let verifier = NoteVerifier::parse(&key).expect("verifier key");
-    let checkpoint = Checkpoint::parse(verifier.verify(&note).expect("signed by the log key"))
-        .expect("checkpoint body");
+    let checkpoint = verify_checkpoint(&key, &note);
     (key, checkpoint)
 }
 

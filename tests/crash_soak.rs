@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use common::{
     agency_spiffe, auditor_spiffe, connect, is_transport_failure, register_agency, text_message,
-    ServerProcess, TestPki, WAIT,
+    verify_checkpoint, ServerProcess, TestPki, WAIT,
 };
 use futures::stream::{self, StreamExt};
 use puente::audit::merkle::{verify_consistency, Hash};
-use puente::audit::note::{Checkpoint, NoteVerifier};
+use puente::audit::note::Checkpoint;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
@@ -352,9 +352,7 @@ async fn signed_checkpoint(client: &mut AuditServiceClient<Channel>) -> (String,
     .expect("GetCheckpoint")
     .into_inner()
     .checkpoint;
-    let verifier = NoteVerifier::parse(&key).expect("verifier key");
-    let checkpoint = Checkpoint::parse(verifier.verify(&note).expect("signed by the log key"))
-        .expect("checkpoint body");
+    let checkpoint = verify_checkpoint(&key, &note);
     (key, checkpoint)
 }
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
+use puente::audit::note::{Checkpoint, NoteVerifier};
 use puente::config::Config;
 use puente::pb::v1::admin_service_client::AdminServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -654,6 +655,14 @@ pub async fn register_agency(pki: &TestPki, addr: SocketAddr, id: &str, region: 
         .into_inner()
         .agency
         .expect("registered agency")
+}
+
+/// The checkpoint of a signed note, after checking its signature with the log's verifier key.
+/// Panics if the key, the signature or the body is bad.
+pub fn verify_checkpoint(verifier_key: &str, note: &str) -> Checkpoint {
+    let verifier = NoteVerifier::parse(verifier_key).expect("verifier key");
+    Checkpoint::parse(verifier.verify(note).expect("signed by the log key"))
+        .expect("checkpoint body")
 }
 
 /// A `StreamInbox` request resuming after `after_sequence`.
