@@ -10,14 +10,11 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{agency_spiffe, auditor_spiffe, message, ServerProcess, TestPki};
+use common::{agency_spiffe, auditor_spiffe, message, register_agency, ServerProcess, TestPki};
 use prost::Message as _;
 use puente::audit::note::LogKey;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
-use puente::pb::v1::{
-    Agency, AuditAction, AuditEvent, GetLogInfoRequest, Region, RegisterAgencyRequest,
-    SendMessageResponse,
-};
+use puente::pb::v1::{AuditAction, AuditEvent, GetLogInfoRequest, Region, SendMessageResponse};
 
 /// Environment variables the CLI reads; cleared so the caller's environment cannot leak in.
 const CLIENT_ENV: [&str; 7] = [
@@ -124,20 +121,8 @@ impl Workspace {
 
     /// Registers the agencies through AdminService.
     async fn register(&self, addr: SocketAddr) {
-        let mut admin = self.pki.admin_client("root", addr).await;
         for (id, region) in AGENCIES {
-            admin
-                .register_agency(RegisterAgencyRequest {
-                    agency: Some(Agency {
-                        agency_id: id.into(),
-                        name: format!("Agency {id}"),
-                        country: id[..2].into(),
-                        region: region as i32,
-                        status: 0,
-                    }),
-                })
-                .await
-                .expect("register agency");
+            register_agency(&self.pki, addr, id, region).await;
         }
     }
 

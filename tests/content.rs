@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{agency_spiffe, assert_bad_field, content_sha256, ServerProcess, TestPki, TestServer};
+use common::{
+    agency_spiffe, assert_bad_field, content_sha256, register_agency, ServerProcess, TestPki,
+    TestServer,
+};
 use puente::exchange::content::to_message_content;
 use puente::pb::json::{from_json, to_json};
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -430,20 +433,8 @@ async fn the_cli_sends_a_json_file_and_prints_the_inbox_as_json_lines() {
     let pki = TestPki::new();
     let ws = Workspace::new(&pki);
     let server = ServerProcess::start(ws.dir.path());
-    let mut admin = pki.admin_client("root", server.addr).await;
     for (id, region) in AGENCIES {
-        admin
-            .register_agency(puente::pb::v1::RegisterAgencyRequest {
-                agency: Some(puente::pb::v1::Agency {
-                    agency_id: id.into(),
-                    name: format!("Agency {id}"),
-                    country: id[..2].into(),
-                    region: region as i32,
-                    status: 0,
-                }),
-            })
-            .await
-            .expect("register agency");
+        register_agency(&pki, server.addr, id, region).await;
     }
 
     let file = example_path("financial-report.json");

@@ -334,19 +334,7 @@ async fn sigterm_ends_open_streams_and_exits_zero() {
     let dir = tempfile::tempdir().expect("temporary directory");
     pki.write_server_files(dir.path());
     let server = ServerProcess::start(dir.path());
-    let mut admin = pki.admin_client("root", server.addr).await;
-    admin
-        .register_agency(puente::pb::v1::RegisterAgencyRequest {
-            agency: Some(puente::pb::v1::Agency {
-                agency_id: "CO-DIJIN".into(),
-                name: "DIJIN".into(),
-                country: "CO".into(),
-                region: Region::Celac as i32,
-                status: 0,
-            }),
-        })
-        .await
-        .expect("register agency");
+    register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
     let mut client = agency(&pki, "CO-DIJIN", server.addr).await;
     let mut stream = client
         .stream_inbox(StreamInboxRequest {

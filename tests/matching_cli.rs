@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{agency_spiffe, ServerProcess, TestPki};
-use puente::pb::v1::{Agency, Region, RegisterAgencyRequest};
+use common::{agency_spiffe, register_agency, ServerProcess, TestPki};
+use puente::pb::v1::Region;
 
 const AGENCIES: [(&str, Region); 2] = [("ES-CNP", Region::Eu), ("CO-DIJIN", Region::Celac)];
 
@@ -214,20 +214,8 @@ fn a_file_with_an_invalid_line_is_refused_before_connecting() {
 fn register_agencies(pki: &TestPki, addr: SocketAddr) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let mut admin = pki.admin_client("root", addr).await;
         for (id, region) in AGENCIES {
-            admin
-                .register_agency(RegisterAgencyRequest {
-                    agency: Some(Agency {
-                        agency_id: id.into(),
-                        name: format!("Agency {id}"),
-                        country: id[..2].into(),
-                        region: region as i32,
-                        status: 0,
-                    }),
-                })
-                .await
-                .expect("register agency");
+            register_agency(pki, addr, id, region).await;
         }
     });
 }

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agency_spiffe, connect, ServerProcess, TestPki, WAIT};
+use common::{agency_spiffe, connect, register_agency, ServerProcess, TestPki, WAIT};
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
-use puente::pb::v1::{Agency, ListAgenciesRequest, Region, RegisterAgencyRequest};
+use puente::pb::v1::{ListAgenciesRequest, Region};
 
 #[tokio::test]
 async fn sighup_reloads_certificates_without_dropping_open_connections() {
@@ -20,20 +20,8 @@ async fn sighup_reloads_certificates_without_dropping_open_connections() {
     write("ca.pem", &old.ca_pem);
     let server = ServerProcess::start(dir.path());
 
-    let mut admin = old.admin_client("root", server.addr).await;
     for (id, region) in [("ES-CNP", Region::Eu), ("CO-DIJIN", Region::Celac)] {
-        admin
-            .register_agency(RegisterAgencyRequest {
-                agency: Some(Agency {
-                    agency_id: id.into(),
-                    name: id.into(),
-                    country: id[..2].into(),
-                    region: region as i32,
-                    status: 0,
-                }),
-            })
-            .await
-            .expect("register");
+        register_agency(&old, server.addr, id, region).await;
     }
     let mut open = old.agency_client("ES-CNP", server.addr).await;
     open.list_agencies(ListAgenciesRequest {})
