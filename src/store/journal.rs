@@ -72,8 +72,7 @@ impl Journal {
             }
         }
         if replayed > 0 {
-            db.flush()?;
-            db_file.sync_data()?;
+            super::flush_sled(db, db_file)?;
         }
         let next = generations.last().map_or(0, |last| last + 1);
         remove_before(dir, next)?;

@@ -160,10 +160,7 @@ impl Flusher {
                         let Ok(generation) = received.recv() else {
                             return;
                         };
-                        let flushed = db
-                            .flush()
-                            .map_err(std::io::Error::from)
-                            .and_then(|_| db_file.sync_data())
+                        let flushed = super::flush_sled(&db, &db_file)
                             .and_then(|()| journal::remove_before(&dir, generation));
                         if let Err(e) = flushed {
                             tracing::warn!(error = %e, "background sled flush failed; the journal is kept and will be replayed at the next start");
@@ -211,8 +208,7 @@ impl Flusher {
 
     /// Flushes sled and `fdatasync`s its file, on the calling thread.
     fn flush_sled(&self) -> std::io::Result<()> {
-        self.db.flush()?;
-        self.db_file.sync_data()
+        super::flush_sled(&self.db, &self.db_file)
     }
 }
 
