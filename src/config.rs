@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pb::v1::Topic;
+
 /// Address `puente serve` listens on when none is given.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 50051));
@@ -35,6 +37,8 @@ pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// Longest life of a connection, so none lives on an old handshake forever.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 3_600;
+/// How often the retention sweeper looks for messages to erase.
+pub const DEFAULT_RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything `puente serve` needs. Paths point at key material; no key bytes are held here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,9 @@ pub struct Config {
     pub client_ca: PathBuf,
     /// PEM certificate revocation list(s) applied to client certificates, if any.
     pub crl: Option<PathBuf>,
+    /// Keyring of the data keys that encrypt message bodies at rest (`puente data-key new`);
+    /// the last key encrypts, every key decrypts. Keep it off the data disk and its backups.
+    pub data_key: PathBuf,
     /// SPIFFE trust domain of accepted client identities.
     pub trust_domain: String,
     /// Message and request limits.
@@ -67,6 +74,68 @@ pub struct Config {
     pub match_query_quota_per_hour: u64,
     /// TLS connections held at once (handshakes included); more are closed on accept.
     pub max_connections: usize,
+    /// When message content is erased.
+    pub retention: Retention,
+}
+
+/// Retention periods per topic: once a message is older than its topic's period, its record
+/// and body are erased (the audit entries stay, and the erasure is logged). A topic without a
+/// period keeps its messages. Periods are written like `"90d"`, `"5years"`, `"12h"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// How often the sweeper looks for expired messages (default one minute).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub sweep_interval: Option<Duration>,
+    /// TOPIC_FIREARMS_TRAFFICKING.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub firearms_trafficking: Option<Duration>,
+    /// TOPIC_MONEY_LAUNDERING.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub money_laundering: Option<Duration>,
+    /// TOPIC_DRUG_EARLY_WARNING.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub drug_early_warning: Option<Duration>,
+    /// TOPIC_DRUG_TRAFFICKING.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub drug_trafficking: Option<Duration>,
+    /// TOPIC_OTHER.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub other: Option<Duration>,
+}
+
+impl Retention {
+    /// The retention period of a topic, if it has one.
+    pub fn period(&self, topic: Topic) -> Option<Duration> {
+        match topic {
+            Topic::Unspecified => None,
+            Topic::FirearmsTrafficking => self.firearms_trafficking,
+            Topic::MoneyLaundering => self.money_laundering,
+            Topic::DrugEarlyWarning => self.drug_early_warning,
+            Topic::DrugTrafficking => self.drug_trafficking,
+            Topic::Other => self.other,
+        }
+    }
+
+    /// Every topic with a retention period, and the period.
+    pub fn periods(&self) -> Vec<(Topic, Duration)> {
+        [
+            Topic::FirearmsTrafficking,
+            Topic::MoneyLaundering,
+            Topic::DrugEarlyWarning,
+            Topic::DrugTrafficking,
+            Topic::Other,
+        ]
+        .into_iter()
+        .filter_map(|topic| Some((topic, self.period(topic)?)))
+        .collect()
+    }
+
+    /// How often the sweeper runs.
+    pub fn sweep_interval(&self) -> Duration {
+        self.sweep_interval
+            .unwrap_or(DEFAULT_RETENTION_SWEEP_INTERVAL)
+    }
 }
 
 /// Bounds on what one request may carry.
@@ -151,6 +220,7 @@ impl Default for Config {
             tls_key: PathBuf::new(),
             client_ca: PathBuf::new(),
             crl: None,
+            data_key: PathBuf::new(),
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             limits: Limits::default(),
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -158,6 +228,7 @@ impl Default for Config {
             max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
             match_query_quota_per_hour: DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            retention: Retention::default(),
         }
     }
 }
@@ -188,6 +259,7 @@ impl Config {
             ("tls_cert (--tls-cert)", &self.tls_cert),
             ("tls_key (--tls-key)", &self.tls_key),
             ("client_ca (--client-ca)", &self.client_ca),
+            ("data_key (--data-key; create one with `puente data-key new`)", &self.data_key),
         ] {
             if path.as_os_str().is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -222,6 +294,20 @@ impl Config {
         if self.handshake_timeout_ms == 0 {
             return invalid("handshake_timeout_ms must be positive");
         }
+        if self.retention.sweep_interval() < Duration::from_secs(1) {
+            return invalid("retention.sweep_interval must be at least 1s");
+        }
+        if let Some((topic, _)) = self
+            .retention
+            .periods()
+            .into_iter()
+            .find(|(_, period)| *period < Duration::from_secs(1))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the retention period of {} must be at least 1s",
+                topic.as_str_name()
+            )));
+        }
         Ok(())
     }
 
@@ -253,6 +339,24 @@ mod tests {
         assert_eq!(config.trust_domain, "exchange.example");
         assert_eq!(config.limits.max_recipients, 5);
         assert_eq!(config.limits.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn retention_periods_are_read_per_topic() {
+        let config: Config = toml::from_str(
+            "[retention]\nsweep_interval = \"10s\"\nmoney_laundering = \"5years\"\nother = \"90d\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.retention.sweep_interval(), Duration::from_secs(10));
+        assert_eq!(
+            config.retention.periods(),
+            vec![
+                (Topic::MoneyLaundering, Duration::from_secs(5 * 31_557_600)),
+                (Topic::Other, Duration::from_secs(90 * 86_400)),
+            ]
+        );
+        assert_eq!(config.retention.period(Topic::FirearmsTrafficking), None);
+        assert!(toml::from_str::<Config>("[retention]\nnarcotics = \"1d\"\n").is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`server`]: `run(listener, config, shutdown)`: accept loop, handshakes, tonic router.
 //! - [`exchange`]: `ExchangeService`: validation, recipient expansion, inbox streams.
 //! - [`directory`]: the agency registry and `AdminService`.
-//! - [`store`]: sled records, the sequencing writer and group commit.
+//! - [`store`]: sled records, the sequencing writer and group commit, the commit journal, and
+//!   the sealing of message bodies at rest.
 //! - [`audit`]: the verifiable audit log: Merkle tree, signed checkpoints, `AuditService`.
 //! - [`pki`]: the CA: issuing, CSRs, CRLs, the ledger, the development PKI.
 //! - [`cli`]: the `puente` command line (server, agency, administrator and auditor clients).
@@ -18,6 +19,7 @@
 //!   `MatchService` (server side).
 //! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
 //! - [`admission`]: per-caller request rates and per-agency inbox stream limits.
+//! - [`retention`]: erasure of messages whose topic's retention period ran out.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 //! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
 //!   bare-tonic bound.
@@ -34,6 +36,7 @@ pub mod identity;
 pub mod matching;
 pub mod pb;
 pub mod pki;
+pub mod retention;
 pub mod server;
 pub mod stix;
 pub mod store;

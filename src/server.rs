@@ -41,7 +41,7 @@ use crate::pb::v1::audit_service_server::AuditServiceServer;
 use crate::pb::v1::exchange_service_server::ExchangeServiceServer;
 use crate::pb::v1::match_service_server::MatchServiceServer;
 use crate::pb::v1::AuditAction;
-use crate::store::{Store, StoreError};
+use crate::store::{DataKeys, SealingError, Store, StoreError};
 use crate::tls::{TlsError, TlsFiles, TlsState};
 
 /// Room for a request's other fields on top of `limits.max_message_bytes`: a gRPC frame larger
@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data keyring cannot be used.
+    #[error(transparent)]
+    DataKeys(#[from] SealingError),
     /// The directory cannot be loaded.
     #[error(transparent)]
     Directory(#[from] DirectoryError),
@@ -99,7 +102,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let store = Store::open(&config.data_dir)?;
+    let data_keys = DataKeys::load(&config.data_key)?;
+    info!(key_id = data_keys.current_id(), "message bodies are sealed with data key");
+    let store = Store::open(&config.data_dir, Arc::new(data_keys))?;
     let tls = load_tls(&config)?;
     let directory = Arc::new(Directory::load(Arc::clone(&store))?);
     let audit = AuditLog::open(Arc::clone(&store), &config.data_dir, &config.trust_domain)?;
@@ -119,6 +124,11 @@ pub async fn run(
         config.match_query_quota_per_hour,
     );
     audit.spawn_signer(stopping.clone());
+    crate::retention::spawn(
+        Arc::clone(&store),
+        config.retention.clone(),
+        stopping.clone(),
+    );
     tokio::spawn(watch_tls_files(
         Arc::clone(&tls),
         Arc::clone(&store),

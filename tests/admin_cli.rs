@@ -99,13 +99,19 @@ impl Workspace {
 
     /// `puente serve` on this directory's data, server certificate and CA.
     fn serve(&self) -> ServerProcess {
-        let (data, cert, key, ca) = (
+        let (data, cert, key, ca, data_key) = (
             self.path("data"),
             self.path("server.pem"),
             self.path("server.key"),
             self.path("ca/ca.pem"),
+            self.path("data.keys"),
         );
+        if !data_key.exists() {
+            self.ok(&["data-key", "new", "--keyring", "data.keys"]);
+        }
         ServerProcess::start_with([
+            "--data-key".as_ref(),
+            data_key.as_os_str(),
             "--data-dir".as_ref(),
             data.as_os_str(),
             "--tls-cert".as_ref(),

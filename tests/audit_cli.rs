@@ -45,13 +45,7 @@ impl Workspace {
         let pki = TestPki::new();
         let dir = tempfile::tempdir().expect("temporary directory");
         let ws = Workspace { pki, dir };
-        for (name, pem) in [
-            ("server.pem", &ws.pki.server_cert_pem),
-            ("server.key", &ws.pki.server_key_pem),
-            ("ca.pem", &ws.pki.ca_pem),
-        ] {
-            std::fs::write(ws.path(name), pem).expect("write TLS file");
-        }
+        ws.pki.write_server_files(ws.dir.path());
         ws.identity("auditor", &auditor_spiffe("ana"));
         for (id, _) in AGENCIES {
             ws.identity(&id.to_ascii_lowercase(), &agency_spiffe(id));

@@ -386,9 +386,7 @@ impl Workspace {
         let write = |name: &str, text: &str| {
             std::fs::write(dir.path().join(name), text).expect("write file");
         };
-        write("server.pem", &pki.server_cert_pem);
-        write("server.key", &pki.server_key_pem);
-        write("ca.pem", &pki.ca_pem);
+        pki.write_server_files(dir.path());
         for (id, _) in AGENCIES {
             let (cert, key) = pki.issue(&agency_spiffe(id));
             write(&format!("{id}.pem"), &cert);

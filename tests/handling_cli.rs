@@ -34,9 +34,7 @@ impl Exchange {
         let write = |name: &str, contents: &str| {
             std::fs::write(dir.path().join(name), contents).expect("write test file");
         };
-        write("server.pem", &pki.server_cert_pem);
-        write("server.key", &pki.server_key_pem);
-        write("ca.pem", &pki.ca_pem);
+        pki.write_server_files(dir.path());
         let mut holders = vec![("admin".to_string(), admin_spiffe("root"))];
         for id in ["ES-CNP", "CO-DIJIN", "BE-FPJ", "MX-FGR"] {
             holders.push((id.to_lowercase(), agency_spiffe(id)));

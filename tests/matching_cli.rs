@@ -43,9 +43,7 @@ impl Workspace {
     fn new(pki: &TestPki) -> Workspace {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ws = Workspace { dir };
-        ws.write("server.pem", &pki.server_cert_pem);
-        ws.write("server.key", &pki.server_key_pem);
-        ws.write("ca.pem", &pki.ca_pem);
+        pki.write_server_files(ws.dir.path());
         for (id, _) in AGENCIES {
             let (cert, key) = pki.issue(&agency_spiffe(id));
             ws.write(&format!("{id}.pem"), &cert);

@@ -15,9 +15,7 @@ async fn sighup_reloads_certificates_without_dropping_open_connections() {
     let new = TestPki::new();
     let dir = tempfile::tempdir().expect("temporary directory");
     let write = |name: &str, pem: &str| std::fs::write(dir.path().join(name), pem).expect("write");
-    write("server.pem", &old.server_cert_pem);
-    write("server.key", &old.server_key_pem);
-    write("ca.pem", &old.ca_pem);
+    old.write_server_files(dir.path());
     let server = ServerProcess::start(dir.path());
 
     for (id, region) in [("ES-CNP", Region::Eu), ("CO-DIJIN", Region::Celac)] {

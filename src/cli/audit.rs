@@ -132,6 +132,8 @@ enum ActionArg {
     MatchQueried,
     /// A query matched another agency's identifier.
     MatchHit,
+    /// The exchange erased a message whose retention period ran out.
+    MessageErased,
 }
 
 impl From<ActionArg> for AuditAction {
@@ -158,6 +160,7 @@ impl From<ActionArg> for AuditAction {
             ActionArg::IdentifiersWithdrawn => AuditAction::IdentifiersWithdrawn,
             ActionArg::MatchQueried => AuditAction::MatchQueried,
             ActionArg::MatchHit => AuditAction::MatchHit,
+            ActionArg::MessageErased => AuditAction::MessageErased,
             ActionArg::AuditQueried => AuditAction::AuditQueried,
         }
     }

@@ -51,7 +51,7 @@ use crate::pb::v1::{
 };
 use crate::pki::{self, CertificateAuthority, Subject};
 use crate::server::{self, ServerError};
-use crate::store::{commit_stats, Store, StoreError, MAX_GROUP_COMMIT};
+use crate::store::{commit_stats, DataKeys, Store, StoreError, MAX_GROUP_COMMIT};
 
 /// The sending agencies, reused round-robin by the sender connections.
 const SENDER_AGENCIES: [&str; 4] = ["ES-CNP", "BE-FPJ", "FR-OCLCO", "PT-PJ"];
@@ -190,7 +190,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         server.stop().await?;
         if let Some(proofs) = &mut report.proofs {
             proofs.computed =
-                Some(time_computed_proofs(&data_dir, proofs.tree_size, args.proofs).await?);
+                Some(time_computed_proofs(&data_dir, &pki.data_key, proofs.tree_size, args.proofs).await?);
         }
     }
 
@@ -252,6 +252,7 @@ struct Pki {
     crl: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    data_key: PathBuf,
     trust_domain: String,
 }
 
@@ -268,8 +269,11 @@ impl Pki {
             .crl(&[], 1, CERT_DAYS)
             .context("cannot sign the bench's CRL")?;
         pki::write_public(&crl, &crl_pem)?;
+        let data_key = dir.join("data.keys");
+        DataKeys::add_new(&data_key).context("cannot create the bench's data key")?;
         let pki = Pki {
             ca,
+            data_key,
             dir,
             ca_cert,
             crl,
@@ -318,6 +322,7 @@ impl Pki {
             tls_key: self.server_key.clone(),
             client_ca: self.ca_cert.clone(),
             crl: Some(self.crl.clone()),
+            data_key: self.data_key.clone(),
             trust_domain: self.trust_domain.clone(),
             // The bench measures capacity: a few sender identities carry every call, so the
             // per-caller rate limit is lifted.
@@ -643,7 +648,7 @@ async fn prepare(
     data_dir: &Path,
 ) -> anyhow::Result<Option<Preload>> {
     let config = pki.config(data_dir.to_path_buf());
-    let store = Store::open(data_dir)
+    let store = Store::open(data_dir, open_data_keys(&pki.data_key)?)
         .with_context(|| format!("cannot open a store in {}", data_dir.display()))?;
     let directory = Arc::new(Directory::load(Arc::clone(&store))?);
     let unread = (AgencyId::parse(UNREAD_AGENCY)?, Region::Celac);
@@ -1063,15 +1068,21 @@ async fn time_proofs(
     })
 }
 
+/// The run's data keyring, for opening the store outside the server.
+fn open_data_keys(path: &Path) -> anyhow::Result<Arc<DataKeys>> {
+    Ok(Arc::new(DataKeys::load(path)?))
+}
+
 /// Times `count` inclusion and consistency proofs computed straight from the stored hashes of a
 /// log of `tree_size` entries, without RPC or the audit entry the service records for each
 /// query: the cost of the proof itself. The server must be stopped.
 async fn time_computed_proofs(
     data_dir: &Path,
+    data_key: &Path,
     tree_size: u64,
     count: usize,
 ) -> anyhow::Result<ComputedProofs> {
-    let store = Store::open(data_dir)
+    let store = Store::open(data_dir, open_data_keys(data_key)?)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let below = |n: u64| OsRng.next_u64() % n;
     let hashes = store.audit_hashes();

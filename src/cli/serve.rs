@@ -13,7 +13,7 @@ use crate::directory::{AgencyEntry, Directory};
 use crate::identity::AgencyId;
 use crate::pb::v1::AgencyStatus;
 use crate::pki::dev::{self, DEMO_AGENCIES, DEV_PKI_DIR};
-use crate::store::Store;
+use crate::store::{DataKeys, Store};
 
 /// Flags of `puente serve`; each overrides the same key of `--config`.
 #[derive(Debug, Args)]
@@ -42,9 +42,12 @@ pub struct ServeArgs {
     /// PEM certificate revocation list applied to client certificates.
     #[arg(long, env = "PUENTE_CRL")]
     crl: Option<PathBuf>,
+    /// Keyring of the data keys that seal message bodies at rest (`puente data-key new`).
+    #[arg(long, env = "PUENTE_DATA_KEY")]
+    data_key: Option<PathBuf>,
     /// Development mode: create a development PKI under certs/dev/ on first run (CA, server
-    /// certificate, three demo agencies, an auditor, an administrator, client profiles), use it
-    /// unless TLS flags say otherwise, and register the demo agencies.
+    /// certificate, three demo agencies, an auditor, an administrator, client profiles, a data
+    /// key), use it unless flags say otherwise, and register the demo agencies.
     #[arg(long)]
     dev: bool,
 }
@@ -71,7 +74,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.tls_cert = args.tls_cert.clone().unwrap_or(pki.server_cert);
         config.tls_key = args.tls_key.clone().unwrap_or(pki.server_key);
         config.client_ca = args.client_ca.clone().unwrap_or(pki.ca_cert);
-        register_demo_agencies(&config.data_dir).await?;
+        config.data_key = args.data_key.clone().unwrap_or(pki.data_key);
+        register_demo_agencies(&config).await?;
         eprintln!(
             "development mode: PKI in {DEV_PKI_DIR}/, client profiles in {}",
             pki.profiles.display()
@@ -106,11 +110,15 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) {
     if let Some(path) = &args.crl {
         config.crl = Some(path.clone());
     }
+    if let Some(path) = &args.data_key {
+        config.data_key = path.clone();
+    }
 }
 
 /// Registers the demo agencies that are not in the directory yet.
-async fn register_demo_agencies(data_dir: &Path) -> anyhow::Result<()> {
-    let store = Store::open(data_dir)?;
+async fn register_demo_agencies(config: &Config) -> anyhow::Result<()> {
+    let data_keys = DataKeys::load(&config.data_key)?;
+    let store = Store::open(&config.data_dir, std::sync::Arc::new(data_keys))?;
     let directory = Directory::load(std::sync::Arc::clone(&store))?;
     for (id, name, country, region) in DEMO_AGENCIES {
         if directory.get(id).is_none() {

@@ -1,5 +1,5 @@
 //! `StreamInbox`: the backlog after the client's resume point, then live messages, in sequence
-//! order without gaps.
+//! order without gaps (but for messages erased at the end of their retention period).
 //!
 //! Each stream has its own task that follows the inbox's durable watermark and reads entries
 //! from the store up to it. Nothing is pushed to readers, so a slow reader only delays itself:
@@ -103,12 +103,13 @@ async fn follow(
             continue;
         }
         for (sequence, message_id) in entries {
-            // Inbox entries and messages commit in one group, visible together once the
-            // watermark moves: a dangling entry is corruption.
-            let record = service.store.message(&message_id)?.ok_or_else(|| {
-                warn!(agency = %agency, sequence, message_id, "inbox entry without its message");
-                ExchangeError::Store(crate::store::StoreError::NotFound)
-            })?;
+            // Inbox entries and messages commit together; a message missing now was erased
+            // when its retention period ran out, and is passed over.
+            let Some(record) = service.store.message(&message_id)? else {
+                debug!(agency = %agency, sequence, message_id, "inbox entry of an erased message skipped");
+                last = sequence;
+                continue;
+            };
             let event =
                 audit::message_event(AuditAction::MessageDelivered, Some(&reader.caller), &record);
             let message = service.to_message(record)?;

@@ -477,7 +477,12 @@ impl ExchangeService {
                 event.delivery_state = state as i32;
                 event
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Erased (retention) between the check above and the write.
+                StoreError::NotFound => ExchangeError::MessageNotFound(id.clone()),
+                e => e.into(),
+            })?;
         info!(agency = %agency, message_id = %id, state = state.as_str_name(), "message acknowledged");
         Ok(AcknowledgeMessageResponse {
             state: delivery.state,

@@ -1,5 +1,6 @@
 //! The development PKI of `puente serve --dev`: a CA, a server certificate for localhost, three
-//! demo agencies, an auditor and an administrator, plus client profiles, under `certs/dev/`.
+//! demo agencies, an auditor and an administrator, client profiles, and a data key for sealing
+//! message bodies, under `certs/dev/`.
 //! For trying Puente on one machine only: the CA key sits unencrypted next to everything else.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use super::{check_person_name, write_private, write_public, PkiError, Subject};
 use crate::config::ClientProfile;
 use crate::identity::AgencyId;
 use crate::pb::v1::Region;
+use crate::store::DataKeys;
 
 /// Where `--dev` keeps its PKI, relative to the working directory.
 pub const DEV_PKI_DIR: &str = "certs/dev";
@@ -55,6 +57,8 @@ pub struct DevPki {
     pub server_key: PathBuf,
     /// Client profiles, one per demo identity.
     pub profiles: PathBuf,
+    /// The keyring of data keys that seal message bodies at rest.
+    pub data_key: PathBuf,
 }
 
 /// The file stem and subject of each demo client identity.
@@ -105,6 +109,12 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
             &server_key,
         )?;
     }
+    let data_key = dir.join("data.keys");
+    if !data_key.exists() {
+        let id = DataKeys::add_new(&data_key)
+            .map_err(|e| PkiError::Invalid(format!("development data key: {e}")))?;
+        tracing::info!(key_id = id, "created a development data key");
+    }
     let mut profiles = BTreeMap::new();
     for (stem, subject) in identities()? {
         let (cert, key) = (
@@ -141,5 +151,6 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
         server_cert,
         server_key,
         profiles: profiles_path,
+        data_key,
     })
 }

@@ -1,5 +1,6 @@
 //! The durable store: one sled tree, one sequencing writer thread with group commit, a commit
-//! journal, and a directory of large message bodies.
+//! journal, and a directory of large message bodies. Message bodies are sealed (AEAD) before
+//! any of these sees them.
 //!
 //! Every write goes through the writer. It collects the writes of the operations queued
 //! meanwhile into one group, appends the group to the commit journal as one record and
@@ -11,6 +12,7 @@
 mod journal;
 mod objects;
 pub mod records;
+mod sealing;
 mod stats;
 mod writer;
 
@@ -25,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
+pub use sealing::{DataKeys, Sealed, SealingError};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 pub use stats::{commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
@@ -32,6 +35,9 @@ use writer::{Flusher, LogState, Op, Writer};
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
 use crate::pb::v1::AuditEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes sealing adds to a body (the Poly1305 tag).
+const SEAL_OVERHEAD: usize = 16;
 
 /// How many queued operations the writer takes into one group commit at most.
 pub const MAX_GROUP_COMMIT: usize = 512;
@@ -65,12 +71,16 @@ pub enum StoreError {
     /// The writer has stopped (the server is shutting down).
     #[error("store is closed")]
     Closed,
+    /// A message body cannot be sealed or opened.
+    #[error(transparent)]
+    Sealing(#[from] SealingError),
 }
 
 /// A message ready to be committed.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    /// The record; its body is inline, or will be written to the object directory by `send`.
+    /// The record with its plain body; `send` seals the body and keeps it inline or writes it
+    /// to the object directory.
     pub record: MessageRecord,
     /// The sender's idempotency key.
     pub client_message_id: String,
@@ -97,6 +107,14 @@ pub struct Accepted {
     pub created: bool,
 }
 
+/// A message's place in its topic's retention order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionEntry {
+    /// The message.
+    pub message_id: String,
+    key: Vec<u8>,
+}
+
 /// Whether `put_agency` creates or replaces a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
@@ -110,6 +128,7 @@ pub enum PutMode {
 pub struct Store {
     db: sled::Db,
     objects: Objects,
+    data_keys: Arc<DataKeys>,
     ops: mpsc::Sender<Op>,
     inboxes: Arc<Inboxes>,
     durable_log_size: Arc<AtomicU64>,
@@ -205,10 +224,11 @@ impl Inboxes {
 impl Store {
     /// Opens the store in `data_dir` (created if missing), replays the commit journal a crash
     /// left, removes bodies of messages a crash left uncommitted, and starts the writer thread.
+    /// Message bodies are sealed with `data_keys`.
     ///
     /// # Errors
     /// The directory or sled cannot be opened, or a directory record is corrupt.
-    pub fn open(data_dir: &Path) -> Result<Arc<Store>, StoreError> {
+    pub fn open(data_dir: &Path, data_keys: Arc<DataKeys>) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let db_dir = data_dir.join("store");
         let db = sled::Config::new()
@@ -259,6 +279,7 @@ impl Store {
         Ok(Arc::new(Store {
             db,
             objects,
+            data_keys,
             ops,
             inboxes,
             durable_log_size,
@@ -279,8 +300,9 @@ impl Store {
     }
 
     /// Commits a message durably: its record, an inbox entry per recipient (each PENDING until a
-    /// delivery record says otherwise) and its idempotency key, atomically. A body larger than
-    /// [`INLINE_BODY_MAX`] is first written to its own fsynced file.
+    /// delivery record says otherwise) and its idempotency key, atomically. The body is sealed
+    /// with the current data key; sealed, if larger than [`INLINE_BODY_MAX`], it is first written
+    /// to its own fsynced file.
     ///
     /// A retry (same sender and `client_message_id`, same `request_sha256`) returns the original
     /// acceptance with `created == false` and writes nothing.
@@ -292,17 +314,27 @@ impl Store {
         mut message: NewMessage,
         event: AuditEvent,
     ) -> Result<Accepted, StoreError> {
-        let external = message.record.body.len() > INLINE_BODY_MAX;
-        if external {
-            let body = std::mem::take(&mut message.record.body);
-            let objects = self.objects.clone();
-            let id = message.record.message_id.clone();
-            tokio::task::spawn_blocking(move || objects.put(&id, &body))
-                .await
-                .map_err(|_| StoreError::Closed)??;
-            message.record.body_external = true;
-        }
         let id = message.record.message_id.clone();
+        let body = std::mem::take(&mut message.record.body);
+        let external = body.len() + SEAL_OVERHEAD > INLINE_BODY_MAX;
+        let sealed = if external {
+            // Sealing and writing megabytes would hold up a runtime thread.
+            let (keys, objects, id) = (Arc::clone(&self.data_keys), self.objects.clone(), id.clone());
+            tokio::task::spawn_blocking(move || -> Result<Sealed, StoreError> {
+                let mut sealed = keys.seal(&id, body)?;
+                objects.put(&id, &sealed.ciphertext)?;
+                sealed.ciphertext = Vec::new();
+                Ok(sealed)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)??
+        } else {
+            self.data_keys.seal(&id, body)?
+        };
+        message.record.body = sealed.ciphertext;
+        message.record.body_key_id = sealed.key_id;
+        message.record.body_nonce = sealed.nonce;
+        message.record.body_external = external;
         let result = self
             .submit(|reply| Op::Send {
                 message: Box::new(message),
@@ -424,6 +456,69 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` messages of `topic` accepted before `before_micros`, oldest first, starting
+    /// after `after` (a position returned earlier) or at the oldest.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn accepted_before(
+        &self,
+        topic: i32,
+        before_micros: i64,
+        after: Option<&RetentionEntry>,
+        limit: usize,
+    ) -> Result<Vec<RetentionEntry>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(position) => Bound::Excluded(position.key.clone()),
+            None => Bound::Included(keys::retention_prefix(topic)),
+        };
+        let end = Bound::Excluded(keys::retention(topic, before_micros, ""));
+        self.db
+            .range::<Vec<u8>, _>((start, end))
+            .take(limit)
+            .map(|item| {
+                let (key, _) = item?;
+                Ok(RetentionEntry {
+                    message_id: keys::retention_message_id(&key)
+                        .unwrap_or_default()
+                        .to_string(),
+                    key: key.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Erases messages durably, each with its audit entry (see `records::keys` for what stays):
+    /// the record with its inline body, delivery records, retention entry, then the body file.
+    /// Messages already gone are skipped. Returns how many were erased.
+    ///
+    /// # Errors
+    /// I/O and sled errors; `Closed` when shutting down. A body file that cannot be removed is
+    /// logged and removed at the next start.
+    pub async fn erase(&self, messages: Vec<(String, AuditEvent)>) -> Result<usize, StoreError> {
+        let erased = self
+            .submit(|reply| Op::Erase { messages, reply })
+            .await?;
+        let files: Vec<String> = erased
+            .iter()
+            .filter(|record| record.body_external)
+            .map(|record| record.message_id.clone())
+            .collect();
+        if !files.is_empty() {
+            let objects = self.objects.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                files.iter().try_for_each(|id| objects.remove(id))
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "cannot remove the body file of an erased message; the next start removes it");
+            }
+        }
+        Ok(erased.len())
+    }
+
     /// Stores a signed checkpoint durably.
     ///
     /// # Errors
@@ -537,16 +632,23 @@ impl Store {
         get_record(&self.db, &keys::message(message_id))
     }
 
-    /// The body of a message, read from its own file when it is external.
+    /// The plain body of a message: read from its own file when it is external, then opened
+    /// with the data key that sealed it.
     ///
     /// # Errors
-    /// The body file cannot be read.
+    /// The body file cannot be read; the key is not in the keyring; the sealed body was altered.
     pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-        if record.body_external {
-            Ok(self.objects.get(&record.message_id)?)
+        let ciphertext = if record.body_external {
+            self.objects.get(&record.message_id)?
         } else {
-            Ok(record.body.clone())
-        }
+            record.body.clone()
+        };
+        let sealed = Sealed {
+            key_id: record.body_key_id.clone(),
+            nonce: record.body_nonce.clone(),
+            ciphertext,
+        };
+        Ok(self.data_keys.open(&record.message_id, sealed)?)
     }
 
     /// The delivery record of each recipient of a message, ordered by agency id; empty if the
@@ -778,7 +880,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn full_journal_files_are_flushed_into_sled_and_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = Store::open(dir.path(), test_keys(dir.path())).expect("open");
         let mut event = crate::audit::event(AuditAction::CrlApplied, None);
         event.reason = "x".repeat(400);
         let mut recorded = 0u64;
@@ -808,13 +910,154 @@ mod tests {
         drop(store);
         assert!(journal_files(dir.path()).is_empty());
 
-        let store = retry_while_locked(|| Store::open(dir.path()));
+        let store = retry_while_locked(|| Store::open(dir.path(), test_keys(dir.path())));
         assert_eq!(store.audit_size(), recorded);
         assert_eq!(
             merkle::root(&store.audit_hashes(), recorded).expect("root"),
             root
         );
         assert!(store.audit_leaf(recorded - 1).expect("leaf").is_some());
+        store.close().await;
+    }
+
+    /// The keyring `data.keys` in `dir`, created on first use.
+    fn test_keys(dir: &Path) -> Arc<DataKeys> {
+        let path = dir.join("data.keys");
+        if !path.exists() {
+            DataKeys::add_new(&path).expect("data key");
+        }
+        Arc::new(DataKeys::load(&path).expect("keyring"))
+    }
+
+    fn message(id: &str, topic: i32, created_at_micros: i64, body: Vec<u8>) -> NewMessage {
+        NewMessage {
+            record: MessageRecord {
+                message_id: id.to_string(),
+                sender: "ES-CNP".into(),
+                recipients: vec!["CO-DIJIN".into()],
+                topic,
+                created_at_micros,
+                body_len: body.len() as u64,
+                body,
+                ..MessageRecord::default()
+            },
+            client_message_id: format!("c-{id}"),
+            request_sha256: vec![1; 32],
+            index_entries: Vec::new(),
+        }
+    }
+
+    /// Every file under `dir`, recursively, that contains `needle`.
+    fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                found.extend(files_containing(&path, needle));
+            } else if std::fs::read(&path)
+                .expect("read file")
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(path.display().to_string());
+            }
+        }
+        found
+    }
+
+    /// Inline and external bodies reach the journal, sled and the object directory sealed, and
+    /// read back in the clear through the store, also after a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bodies_are_sealed_on_disk_and_open_through_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let store = Store::open(&data, test_keys(dir.path())).expect("open");
+        let marker = b"CARTEL-LEDGER-7731";
+        let small = [marker.as_slice(), b" small"].concat();
+        let large = marker.repeat(2 * INLINE_BODY_MAX / marker.len());
+        let event = crate::audit::event(AuditAction::MessageAccepted, None);
+        for (id, body) in [("m-small", &small), ("m-large", &large)] {
+            store
+                .send(message(id, 5, now_micros(), body.clone()), event.clone())
+                .await
+                .expect("send");
+        }
+        assert_eq!(files_containing(&data, marker), Vec::<String>::new());
+        for (id, body) in [("m-small", &small), ("m-large", &large)] {
+            let record = store.message(id).expect("read").expect("stored");
+            assert_eq!(&store.body(&record).expect("open body"), body);
+        }
+        store.close().await;
+        drop(store);
+        assert_eq!(files_containing(&data, marker), Vec::<String>::new());
+        let store = retry_while_locked(|| Store::open(&data, test_keys(dir.path())));
+        let record = store.message("m-large").expect("read").expect("stored");
+        assert!(record.body_external);
+        assert_eq!(store.body(&record).expect("open body"), large);
+        store.close().await;
+    }
+
+    /// Erasure removes the record, its delivery records, its retention entry and its body
+    /// file, with one audit entry each, and keeps the inbox entries.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn erased_messages_leave_only_their_audit_entries_and_inbox_slots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), test_keys(dir.path())).expect("open");
+        let event = crate::audit::event(AuditAction::MessageAccepted, None);
+        let old = now_micros() - 10_000_000;
+        let bodies = [vec![1u8; 10], vec![2u8; 2 * INLINE_BODY_MAX]];
+        for (i, body) in bodies.iter().enumerate() {
+            store
+                .send(message(&format!("m-{i}"), 5, old + i as i64, body.clone()), event.clone())
+                .await
+                .expect("send");
+        }
+        store
+            .send(message("m-new", 5, now_micros(), vec![3]), event.clone())
+            .await
+            .expect("send");
+        store
+            .send(message("m-other-topic", 2, old, vec![4]), event.clone())
+            .await
+            .expect("send");
+        store
+            .advance_delivery("m-0", "CO-DIJIN", 3, event.clone())
+            .await
+            .expect("ack");
+        let expired = store
+            .accepted_before(5, now_micros() - 5_000_000, None, 10)
+            .expect("expired");
+        let ids: Vec<&str> = expired.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, ["m-0", "m-1"]);
+        let after_first = store
+            .accepted_before(5, now_micros() - 5_000_000, Some(&expired[0]), 10)
+            .expect("expired");
+        assert_eq!(after_first, expired[1..]);
+
+        let size = store.audit_size();
+        let erase = |id: &str| {
+            let mut event = crate::audit::event(AuditAction::MessageErased, None);
+            event.message_id = id.to_string();
+            (id.to_string(), event)
+        };
+        assert_eq!(store.erase(vec![erase("m-0"), erase("m-1")]).await.expect("erase"), 2);
+        assert_eq!(store.audit_size(), size + 2);
+        assert_eq!(store.erase(vec![erase("m-0")]).await.expect("erase again"), 0);
+        assert_eq!(store.audit_size(), size + 2);
+        for id in ["m-0", "m-1"] {
+            assert!(store.message(id).expect("read").is_none());
+            assert!(store.deliveries(id).expect("deliveries").is_empty());
+        }
+        assert!(store.index_value(&keys::delivery("m-0", "CO-DIJIN")).expect("read").is_none());
+        assert!(!dir.path().join("objects").join("m-1").exists());
+        assert!(store
+            .accepted_before(5, now_micros() - 5_000_000, None, 10)
+            .expect("expired")
+            .is_empty());
+        assert!(store.message("m-new").expect("read").is_some());
+        assert!(store.message("m-other-topic").expect("read").is_some());
+        let inbox = store.inbox_range("CO-DIJIN", 0, 4, 10).expect("inbox");
+        assert_eq!(inbox.len(), 4, "inbox slots stay: {inbox:?}");
         store.close().await;
     }
 

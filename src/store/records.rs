@@ -44,13 +44,14 @@ pub struct MessageRecord {
     /// Serial (hex) of the certificate the message was sent with.
     #[prost(string, tag = "13")]
     pub sender_serial: String,
-    /// The body, when small enough to keep inline; empty when `body_external`.
+    /// The body, sealed (see `store::sealing`), when small enough to keep inline; empty when
+    /// `body_external`. Callers hand the store the plain body; `Store::body` opens it.
     #[prost(bytes = "vec", tag = "14")]
     pub body: Vec<u8>,
-    /// The body lives in the object directory under the message id.
+    /// The sealed body lives in the object directory under the message id.
     #[prost(bool, tag = "15")]
     pub body_external: bool,
-    /// Length of the body in bytes.
+    /// Length of the plain body in bytes.
     #[prost(uint64, tag = "16")]
     pub body_len: u64,
     /// The originator's conditions of use.
@@ -89,6 +90,12 @@ pub struct MessageRecord {
     /// For MATCH_HIT entries: the encoded `puente.v1.MatchHitNotice`.
     #[prost(bytes = "vec", tag = "28")]
     pub match_hit: Vec<u8>,
+    /// Id of the data key that sealed the body.
+    #[prost(string, tag = "29")]
+    pub body_key_id: String,
+    /// Nonce the body was sealed with.
+    #[prost(bytes = "vec", tag = "30")]
+    pub body_nonce: Vec<u8>,
 }
 
 /// One published blinded identifier of one agency.
@@ -227,6 +234,29 @@ pub mod keys {
     /// PENDING.
     pub fn delivery(message_id: &str, agency: &str) -> Vec<u8> {
         [b"d/", message_id.as_bytes(), b"/", agency.as_bytes()].concat()
+    }
+
+    /// `r/<topic, 4 bytes big-endian>/` prefix of one topic's retention index.
+    pub fn retention_prefix(topic: i32) -> Vec<u8> {
+        [b"r/".as_slice(), &topic.to_be_bytes(), b"/"].concat()
+    }
+
+    /// `r/<topic>/<created_at_micros, 8 bytes big-endian>/<message_id>` → empty: messages in
+    /// the order their retention period runs out.
+    pub fn retention(topic: i32, created_at_micros: i64, message_id: &str) -> Vec<u8> {
+        [
+            retention_prefix(topic).as_slice(),
+            &created_at_micros.max(0).to_be_bytes(),
+            b"/",
+            message_id.as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// The message id at the end of a retention key.
+    pub fn retention_message_id(key: &[u8]) -> Option<&str> {
+        // "r/" + topic (4) + "/" + time (8) + "/" before the id.
+        std::str::from_utf8(key.get(16..)?).ok()
     }
 
     /// `a/` prefix of the directory.

@@ -59,6 +59,10 @@ pub(super) enum Op {
         events: Vec<AuditEvent>,
         reply: Reply<()>,
     },
+    Erase {
+        messages: Vec<(String, AuditEvent)>,
+        reply: Reply<Vec<MessageRecord>>,
+    },
     Close,
 }
 
@@ -73,6 +77,7 @@ enum Pending {
     Audit(Option<Reply<Vec<u64>>>, Result<Vec<u64>, StoreError>),
     Checkpoint(Reply<()>, Result<(), StoreError>),
     Index(Reply<()>, Result<(), StoreError>),
+    Erase(Reply<Vec<MessageRecord>>, Result<Vec<MessageRecord>, StoreError>),
 }
 
 /// The writer's view of the audit log: assigned (maybe not yet durable) size, the right edge of
@@ -403,6 +408,7 @@ impl Writer {
                 events,
                 reply,
             } => Pending::Index(reply, self.index(puts, removes, events)),
+            Op::Erase { messages, reply } => Pending::Erase(reply, self.erase(messages)),
             Op::Close => return None,
         })
     }
@@ -498,6 +504,10 @@ impl Writer {
                 audit_index,
             }),
         );
+        self.group.insert(
+            keys::retention(record.topic, record.created_at_micros, &record.message_id),
+            [],
+        );
         self.group
             .insert(keys::message(&record.message_id), encode(&record));
         Ok(Accepted {
@@ -506,6 +516,34 @@ impl Writer {
             audit_index,
             created: true,
         })
+    }
+
+    /// Erases messages: record, delivery records and retention entry go, each with its audit
+    /// entry; inbox entries, idempotency keys and thread indexes stay (ids only, no content).
+    /// Returns the records erased; a message already gone is skipped without an entry.
+    fn erase(
+        &mut self,
+        messages: Vec<(String, AuditEvent)>,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut erased = Vec::with_capacity(messages.len());
+        for (message_id, event) in messages {
+            let key = keys::message(&message_id);
+            let Some(record) = self.group.get_record::<MessageRecord>(&self.db, &key)? else {
+                continue;
+            };
+            for agency in &record.recipients {
+                self.group.remove(keys::delivery(&message_id, agency));
+            }
+            self.group.remove(keys::retention(
+                record.topic,
+                record.created_at_micros,
+                &message_id,
+            ));
+            self.group.remove(key);
+            self.append_audit(vec![event]);
+            erased.push(record);
+        }
+        Ok(erased)
     }
 
     fn advance_delivery(
@@ -591,6 +629,7 @@ impl Pending {
             Pending::Audit(reply, result) => answer(reply, result, durable),
             Pending::Checkpoint(reply, result) => answer(Some(reply), result, durable),
             Pending::Index(reply, result) => answer(Some(reply), result, durable),
+            Pending::Erase(reply, result) => answer(Some(reply), result, durable),
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct TestPki {
     pub server_cert_pem: String,
     /// PEM of the server key.
     pub server_key_pem: String,
+    /// The server's data keyring (`puente data-key new`), the same for every server of this
+    /// PKI so that a restarted server opens the bodies the first one sealed.
+    pub data_keys: String,
 }
 
 /// Serial numbers unique within the test process.
@@ -122,12 +125,30 @@ impl TestPki {
             .signed_by(&server_key, &issuer)
             .expect("server certificate");
 
+        let keyring = tempfile::tempdir().expect("temporary directory");
+        let keyring_path = keyring.path().join("data.keys");
+        puente::store::DataKeys::add_new(&keyring_path).expect("data key");
         TestPki {
             issuer,
             ca_pem: ca_cert.pem(),
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
+            data_keys: std::fs::read_to_string(&keyring_path).expect("read data keyring"),
         }
+    }
+
+    /// Writes the data keyring as `path`, readable by its owner only.
+    pub fn write_data_keys(&self, path: &Path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut file| file.write_all(self.data_keys.as_bytes()))
+            .expect("write data keyring");
     }
 
     /// The parameters of a normal client certificate for `spiffe_uri`: that one URI SAN, the
@@ -261,8 +282,8 @@ impl TestPki {
         AdminServiceClient::new(self.client_for(&admin_spiffe(name), addr).await)
     }
 
-    /// Writes the files [`ServerProcess::start`] reads from `dir`: `server.pem`, `server.key`
-    /// and `ca.pem` (the client CA bundle).
+    /// Writes the files [`ServerProcess::start`] reads from `dir`: `server.pem`, `server.key`,
+    /// `ca.pem` (the client CA bundle) and `data.keys`.
     pub fn write_server_files(&self, dir: &Path) {
         for (name, pem) in [
             ("server.pem", &self.server_cert_pem),
@@ -271,6 +292,7 @@ impl TestPki {
         ] {
             std::fs::write(dir.join(name), pem).expect("write TLS file");
         }
+        self.write_data_keys(&dir.join("data.keys"));
     }
 }
 
@@ -385,6 +407,8 @@ impl TestServer {
         let tls_cert = write("server.pem", &pki.server_cert_pem);
         let tls_key = write("server.key", &pki.server_key_pem);
         let client_ca = write("ca.pem", &pki.ca_pem);
+        let data_key = dir.path().join("data.keys");
+        pki.write_data_keys(&data_key);
         let data_dir = dir.path().join("data");
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -397,6 +421,7 @@ impl TestServer {
             tls_cert,
             tls_key,
             client_ca,
+            data_key,
             ..Default::default()
         };
         edit(&mut config);
@@ -491,14 +516,15 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary with `dir/server.pem`, `dir/server.key`, client CA `dir/ca.pem` and
-    /// data directory `dir/data`.
+    /// Starts the binary with `dir/server.pem`, `dir/server.key`, client CA `dir/ca.pem`, data
+    /// keyring `dir/data.keys` and data directory `dir/data`.
     pub fn start(dir: &Path) -> ServerProcess {
-        let (data, cert, key, ca) = (
+        let (data, cert, key, ca, data_key) = (
             dir.join("data"),
             dir.join("server.pem"),
             dir.join("server.key"),
             dir.join("ca.pem"),
+            dir.join("data.keys"),
         );
         ServerProcess::start_with([
             OsStr::new("--data-dir"),
@@ -509,6 +535,8 @@ impl ServerProcess {
             key.as_os_str(),
             OsStr::new("--client-ca"),
             ca.as_os_str(),
+            OsStr::new("--data-key"),
+            data_key.as_os_str(),
         ])
     }
 
