@@ -259,7 +259,10 @@ impl Config {
             ("tls_cert (--tls-cert)", &self.tls_cert),
             ("tls_key (--tls-key)", &self.tls_key),
             ("client_ca (--client-ca)", &self.client_ca),
-            ("data_key (--data-key; create one with `puente data-key new`)", &self.data_key),
+            (
+                "data_key (--data-key; create one with `puente data-key new`)",
+                &self.data_key,
+            ),
         ] {
             if path.as_os_str().is_empty() {
                 return Err(ConfigError::Invalid(format!(

@@ -62,7 +62,8 @@ pub async fn sweep(
         let cutoff = now_micros.saturating_sub(micros(period));
         let mut after = None;
         loop {
-            let expired = store.accepted_before(topic as i32, cutoff, after.as_ref(), ERASE_BATCH)?;
+            let expired =
+                store.accepted_before(topic as i32, cutoff, after.as_ref(), ERASE_BATCH)?;
             let Some(last) = expired.last().cloned() else {
                 break;
             };

@@ -103,7 +103,10 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let data_keys = DataKeys::load(&config.data_key)?;
-    info!(key_id = data_keys.current_id(), "message bodies are sealed with data key");
+    info!(
+        key_id = data_keys.current_id(),
+        "message bodies are sealed with data key"
+    );
     let store = Store::open(&config.data_dir, Arc::new(data_keys))?;
     let tls = load_tls(&config)?;
     let directory = Arc::new(Directory::load(Arc::clone(&store))?);

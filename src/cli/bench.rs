@@ -189,8 +189,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         server.stop().await?;
         if let Some(proofs) = &mut report.proofs {
-            proofs.computed =
-                Some(time_computed_proofs(&data_dir, &pki.data_key, proofs.tree_size, args.proofs).await?);
+            proofs.computed = Some(
+                time_computed_proofs(&data_dir, &pki.data_key, proofs.tree_size, args.proofs)
+                    .await?,
+            );
         }
     }
 

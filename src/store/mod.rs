@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-pub use sealing::{DataKeys, Sealed, SealingError};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
+pub use sealing::{DataKeys, Sealed, SealingError};
 pub use stats::{commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
 
@@ -319,7 +319,11 @@ impl Store {
         let external = body.len() + SEAL_OVERHEAD > INLINE_BODY_MAX;
         let sealed = if external {
             // Sealing and writing megabytes would hold up a runtime thread.
-            let (keys, objects, id) = (Arc::clone(&self.data_keys), self.objects.clone(), id.clone());
+            let (keys, objects, id) = (
+                Arc::clone(&self.data_keys),
+                self.objects.clone(),
+                id.clone(),
+            );
             tokio::task::spawn_blocking(move || -> Result<Sealed, StoreError> {
                 let mut sealed = keys.seal(&id, body)?;
                 objects.put(&id, &sealed.ciphertext)?;
@@ -497,9 +501,7 @@ impl Store {
     /// I/O and sled errors; `Closed` when shutting down. A body file that cannot be removed is
     /// logged and removed at the next start.
     pub async fn erase(&self, messages: Vec<(String, AuditEvent)>) -> Result<usize, StoreError> {
-        let erased = self
-            .submit(|reply| Op::Erase { messages, reply })
-            .await?;
+        let erased = self.submit(|reply| Op::Erase { messages, reply }).await?;
         let files: Vec<String> = erased
             .iter()
             .filter(|record| record.body_external)
@@ -1008,7 +1010,10 @@ mod tests {
         let bodies = [vec![1u8; 10], vec![2u8; 2 * INLINE_BODY_MAX]];
         for (i, body) in bodies.iter().enumerate() {
             store
-                .send(message(&format!("m-{i}"), 5, old + i as i64, body.clone()), event.clone())
+                .send(
+                    message(&format!("m-{i}"), 5, old + i as i64, body.clone()),
+                    event.clone(),
+                )
                 .await
                 .expect("send");
         }
@@ -1040,15 +1045,27 @@ mod tests {
             event.message_id = id.to_string();
             (id.to_string(), event)
         };
-        assert_eq!(store.erase(vec![erase("m-0"), erase("m-1")]).await.expect("erase"), 2);
+        assert_eq!(
+            store
+                .erase(vec![erase("m-0"), erase("m-1")])
+                .await
+                .expect("erase"),
+            2
+        );
         assert_eq!(store.audit_size(), size + 2);
-        assert_eq!(store.erase(vec![erase("m-0")]).await.expect("erase again"), 0);
+        assert_eq!(
+            store.erase(vec![erase("m-0")]).await.expect("erase again"),
+            0
+        );
         assert_eq!(store.audit_size(), size + 2);
         for id in ["m-0", "m-1"] {
             assert!(store.message(id).expect("read").is_none());
             assert!(store.deliveries(id).expect("deliveries").is_empty());
         }
-        assert!(store.index_value(&keys::delivery("m-0", "CO-DIJIN")).expect("read").is_none());
+        assert!(store
+            .index_value(&keys::delivery("m-0", "CO-DIJIN"))
+            .expect("read")
+            .is_none());
         assert!(!dir.path().join("objects").join("m-1").exists());
         assert!(store
             .accepted_before(5, now_micros() - 5_000_000, None, 10)

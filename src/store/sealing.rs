@@ -199,7 +199,10 @@ impl DataKeys {
 
     /// Id of the key that seals new bodies.
     pub fn current_id(&self) -> &str {
-        self.keys.last().map(|(id, _)| id.as_str()).unwrap_or_default()
+        self.keys
+            .last()
+            .map(|(id, _)| id.as_str())
+            .unwrap_or_default()
     }
 
     /// Seals the body of `message_id` with the current key and a fresh random nonce.
@@ -269,12 +272,11 @@ mod tests {
         let (_dir, path) = keyring();
         DataKeys::add_new(&path).expect("new key");
         let keys = DataKeys::load(&path).expect("load");
-        let sealed = keys.seal("m-1", b"seized: 3 pistols".to_vec()).expect("seal");
+        let sealed = keys
+            .seal("m-1", b"seized: 3 pistols".to_vec())
+            .expect("seal");
         assert_eq!(sealed.key_id, keys.current_id());
-        assert!(!sealed
-            .ciphertext
-            .windows(7)
-            .any(|w| w == b"pistols"));
+        assert!(!sealed.ciphertext.windows(7).any(|w| w == b"pistols"));
         assert_eq!(
             keys.open("m-1", sealed.clone()).expect("open"),
             b"seized: 3 pistols"

@@ -77,7 +77,10 @@ enum Pending {
     Audit(Option<Reply<Vec<u64>>>, Result<Vec<u64>, StoreError>),
     Checkpoint(Reply<()>, Result<(), StoreError>),
     Index(Reply<()>, Result<(), StoreError>),
-    Erase(Reply<Vec<MessageRecord>>, Result<Vec<MessageRecord>, StoreError>),
+    Erase(
+        Reply<Vec<MessageRecord>>,
+        Result<Vec<MessageRecord>, StoreError>,
+    ),
 }
 
 /// The writer's view of the audit log: assigned (maybe not yet durable) size, the right edge of

@@ -139,8 +139,8 @@ impl TestPki {
 
     /// Writes the data keyring as `path`, readable by its owner only.
     pub fn write_data_keys(&self, path: &Path) {
-        use std::os::unix::fs::OpenOptionsExt;
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)

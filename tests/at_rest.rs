@@ -1,0 +1,191 @@
+//! Message bodies at rest: content and attachments never reach the data directory in the
+//! clear, keys rotate without re-encryption, and an unusable keyring stops the server.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use puente::pb::v1::{Attachment, GetMessageRequest, Region};
+use puente::server::ServerError;
+use puente::store::{DataKeys, SealingError};
+use tonic::Code;
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+const MARKER: &str = "VESSEL-SANTA-MARTA-4471";
+
+/// A message whose text and two attachments (one small, one stored in its own file) carry
+/// [`MARKER`].
+fn marked_message(client_message_id: &str) -> puente::pb::v1::SendMessageRequest {
+    let mut request = text_message(
+        client_message_id,
+        &["CO-DIJIN"],
+        &format!("Container on {MARKER}, 40 kg declared as coffee."),
+    );
+    request.attachments = vec![
+        Attachment {
+            filename: "note.txt".into(),
+            media_type: "text/plain".into(),
+            data: MARKER.as_bytes().to_vec(),
+        },
+        Attachment {
+            filename: "manifest.csv".into(),
+            media_type: "text/csv".into(),
+            data: MARKER.repeat(4096).into_bytes(),
+        },
+    ];
+    request
+}
+
+async fn read(
+    pki: &TestPki,
+    server: &TestServer,
+    id: &str,
+) -> Result<puente::pb::v1::Message, tonic::Status> {
+    let mut client = pki.agency_client("CO-DIJIN", server.addr).await;
+    client
+        .get_message(GetMessageRequest {
+            message_id: id.to_string(),
+        })
+        .await
+        .map(|response| response.into_inner().message.expect("message"))
+}
+
+#[tokio::test]
+async fn content_and_attachments_are_never_on_disk_in_the_clear() {
+    let pki = TestPki::new();
+    // Outside the server's own temporary directory, which goes when it stops.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let server = {
+        let data_dir = data_dir.clone();
+        TestServer::spawn_with(&pki, move |config| config.data_dir = data_dir).await
+    };
+    server.register(&pki, "ES-CNP", Region::Eu).await;
+    server.register(&pki, "CO-DIJIN", Region::Celac).await;
+    let request = marked_message("at-rest-1");
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let sent = es
+        .send_message(request.clone())
+        .await
+        .expect("send")
+        .into_inner();
+
+    let entry = first_inbox_entry(&pki, &server, "CO-DIJIN").await;
+    let delivered = entry.message.expect("message");
+    assert_eq!(delivered.message_id, sent.message_id);
+    assert_eq!(delivered.attachments, request.attachments);
+    assert_eq!(delivered.content_sha256, content_sha256(&request));
+    assert_eq!(
+        files_containing(&data_dir, MARKER.as_bytes()),
+        Vec::<String>::new(),
+        "plain content in the data directory while serving"
+    );
+
+    drop(es);
+    server
+        .stop(Duration::from_secs(1))
+        .await
+        .expect("clean stop");
+    assert_eq!(
+        files_containing(&data_dir, MARKER.as_bytes()),
+        Vec::<String>::new(),
+        "plain content in the data directory after the final flush"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_keyring_opens_old_bodies_and_seals_new_ones_with_the_new_key() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data_dir, keyring) = (dir.path().join("data"), dir.path().join("data.keys"));
+    DataKeys::add_new(&keyring).expect("first key");
+    let start = |data_dir: std::path::PathBuf, keyring: std::path::PathBuf| {
+        TestServer::spawn_with(&pki, move |config| {
+            config.data_dir = data_dir;
+            config.data_key = keyring;
+        })
+    };
+
+    let server = start(data_dir.clone(), keyring.clone()).await;
+    server.register(&pki, "ES-CNP", Region::Eu).await;
+    server.register(&pki, "CO-DIJIN", Region::Celac).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let old = es
+        .send_message(marked_message("before-rotation"))
+        .await
+        .expect("send")
+        .into_inner();
+    drop(es);
+    server.stop(Duration::from_secs(1)).await.expect("stop");
+
+    let new_key = DataKeys::add_new(&keyring).expect("rotate");
+    let server = start(data_dir.clone(), keyring.clone()).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let new = es
+        .send_message(marked_message("after-rotation"))
+        .await
+        .expect("send")
+        .into_inner();
+    drop(es);
+    for id in [&old.message_id, &new.message_id] {
+        read(&pki, &server, id)
+            .await
+            .expect("readable after rotation");
+    }
+    server.stop(Duration::from_secs(1)).await.expect("stop");
+
+    // With only the new key left, the new body opens and the old one cannot: each record
+    // names the key that sealed it.
+    let text = std::fs::read_to_string(&keyring).expect("keyring");
+    let only_new: String = text
+        .lines()
+        .filter(|line| line.starts_with('#') || line.starts_with(&new_key))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&keyring, only_new).expect("write keyring");
+    let server = start(data_dir, keyring).await;
+    read(&pki, &server, &new.message_id)
+        .await
+        .expect("sealed with the new key");
+    assert_code(read(&pki, &server, &old.message_id).await, Code::Internal);
+}
+
+#[tokio::test]
+async fn the_server_refuses_to_start_with_an_exposed_or_missing_keyring() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exposed = dir.path().join("exposed.keys");
+    DataKeys::add_new(&exposed).expect("key");
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let missing = dir.path().join("missing.keys");
+
+    let server = TestServer::spawn_with(&pki, |config| config.data_key = exposed).await;
+    assert!(matches!(
+        server.stop(Duration::from_secs(1)).await,
+        Err(ServerError::DataKeys(SealingError::Exposed(_)))
+    ));
+    let server = TestServer::spawn_with(&pki, |config| config.data_key = missing).await;
+    assert!(matches!(
+        server.stop(Duration::from_secs(1)).await,
+        Err(ServerError::DataKeys(SealingError::Io { .. }))
+    ));
+}
