@@ -81,12 +81,12 @@ pub struct Config {
 /// Retention periods per topic: once a message is older than its topic's period, its record
 /// and body are erased (the audit entries stay, and the erasure is logged). A topic without a
 /// period keeps its messages. Periods are written like `"90d"`, `"5years"`, `"12h"`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
-    /// How often the sweeper looks for expired messages (default one minute).
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub sweep_interval: Option<Duration>,
+    /// How often the sweeper looks for expired messages.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
     /// TOPIC_FIREARMS_TRAFFICKING.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub firearms_trafficking: Option<Duration>,
@@ -130,11 +130,18 @@ impl Retention {
         .filter_map(|topic| Some((topic, self.period(topic)?)))
         .collect()
     }
+}
 
-    /// How often the sweeper runs.
-    pub fn sweep_interval(&self) -> Duration {
-        self.sweep_interval
-            .unwrap_or(DEFAULT_RETENTION_SWEEP_INTERVAL)
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            sweep_interval: DEFAULT_RETENTION_SWEEP_INTERVAL,
+            firearms_trafficking: None,
+            money_laundering: None,
+            drug_early_warning: None,
+            drug_trafficking: None,
+            other: None,
+        }
     }
 }
 
@@ -297,7 +304,7 @@ impl Config {
         if self.handshake_timeout_ms == 0 {
             return invalid("handshake_timeout_ms must be positive");
         }
-        if self.retention.sweep_interval() < Duration::from_secs(1) {
+        if self.retention.sweep_interval < Duration::from_secs(1) {
             return invalid("retention.sweep_interval must be at least 1s");
         }
         if let Some((topic, _)) = self
@@ -350,7 +357,7 @@ mod tests {
             "[retention]\nsweep_interval = \"10s\"\nmoney_laundering = \"5years\"\nother = \"90d\"\n",
         )
         .unwrap();
-        assert_eq!(config.retention.sweep_interval(), Duration::from_secs(10));
+        assert_eq!(config.retention.sweep_interval, Duration::from_secs(10));
         assert_eq!(
             config.retention.periods(),
             vec![
@@ -360,6 +367,55 @@ mod tests {
         );
         assert_eq!(config.retention.period(Topic::FirearmsTrafficking), None);
         assert!(toml::from_str::<Config>("[retention]\nnarcotics = \"1d\"\n").is_err());
+    }
+
+    /// `puente.example.toml` sets every key to its default (but the required paths) and names
+    /// every key there is, at least in a comment.
+    #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let text = include_str!("../puente.example.toml");
+        let mut example: Config = toml::from_str(text).expect("the example parses");
+        example.validate().expect("the example is valid");
+        example.tls_cert = PathBuf::new();
+        example.tls_key = PathBuf::new();
+        example.client_ca = PathBuf::new();
+        example.data_key = PathBuf::new();
+        assert_eq!(example, Config::default());
+
+        let mut every = Config {
+            crl: Some(PathBuf::from("crl.pem")),
+            ..Config::default()
+        };
+        for topic in [
+            &mut every.retention.firearms_trafficking,
+            &mut every.retention.money_laundering,
+            &mut every.retention.drug_early_warning,
+            &mut every.retention.drug_trafficking,
+            &mut every.retention.other,
+        ] {
+            *topic = Some(Duration::from_secs(1));
+        }
+        let table = toml::Table::try_from(&every).expect("serialise");
+        let mut missing = Vec::new();
+        for (key, value) in &table {
+            let keys: Vec<String> = match value.as_table() {
+                Some(section) => section.keys().cloned().collect(),
+                None => vec![key.clone()],
+            };
+            for name in keys {
+                let set = text.lines().any(|line| {
+                    let line = line.trim_start_matches('#').trim_start();
+                    line.starts_with(&format!("{name} ="))
+                });
+                if !set {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "keys missing from puente.example.toml: {missing:?}"
+        );
     }
 
     #[test]

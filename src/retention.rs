@@ -26,7 +26,7 @@ pub fn spawn(store: Arc<Store>, retention: Retention, mut stopping: watch::Recei
         return;
     }
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(retention.sweep_interval());
+        let mut ticks = tokio::time::interval(retention.sweep_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -18,7 +18,7 @@ async fn messages_past_their_topics_retention_period_are_erased_and_the_erasure_
     let pki = TestPki::new();
     let server = TestServer::spawn_with(&pki, |config| {
         config.retention.other = Some(Duration::from_secs(2));
-        config.retention.sweep_interval = Some(Duration::from_secs(1));
+        config.retention.sweep_interval = Duration::from_secs(1);
     })
     .await;
     server.register(&pki, "ES-CNP", Region::Eu).await;

@@ -3,7 +3,8 @@
 //! `consent`, `retract`, `correct` and `thread` for the handling rules; `admin` runs the
 //! certificate authority and manages the agency directory; `audit` reviews, verifies, proves
 //! and exports the audit log; `match` blinds identifiers locally and publishes, withdraws and
-//! queries them for hit/no-hit matching; `data-key` keeps the keyring that seals message bodies
+//! queries them for hit/no-hit matching; `config check` validates a server configuration;
+//! `data-key` keeps the keyring that seals message bodies
 //! at rest; `bench` measures the exchange's durable send rate
 //! against the bare-tonic bound.
 
@@ -11,6 +12,7 @@ mod admin;
 mod agency;
 mod audit;
 mod bench;
+mod config;
 mod connect;
 mod data_key;
 mod handling;
@@ -69,6 +71,8 @@ pub enum Command {
     /// Hit/no-hit matching: publish, withdraw and query identifiers, blinded on this machine
     /// with the matching key the agencies share.
     Match(matching::MatchArgs),
+    /// Check a server configuration and the files it names; print the effective configuration.
+    Config(config::ConfigArgs),
     /// Create or rotate the keyring of data keys that seal message bodies at rest.
     DataKey(data_key::DataKeyArgs),
     /// Measure the durable send rate of a server started in this process on a temporary
@@ -112,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Match(args) => matching::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::DataKey(args) => data_key::run(args),
+        Command::Config(args) => config::run(args),
     }
 }
 

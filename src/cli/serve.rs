@@ -57,11 +57,7 @@ pub struct ServeArgs {
 /// # Errors
 /// Invalid configuration, unusable key material, a port in use, or a store that cannot open.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    apply_flags(&mut config, &args);
+    let mut config = args.config()?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (in use? choose another with --listen)",
@@ -86,6 +82,40 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on {addr}");
     crate::server::run(listener, config, shutdown_signal()).await?;
     Ok(())
+}
+
+impl ServeArgs {
+    /// The configuration these flags give: the `--config` file (or the defaults), then each
+    /// flag (or its `PUENTE_*` environment variable) over the same key.
+    ///
+    /// # Errors
+    /// The config file cannot be read or parsed.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        apply_flags(&mut config, self);
+        if self.dev {
+            // What `serve --dev` uses when the development PKI exists (it creates it if not).
+            let pki = dev::paths(Path::new(DEV_PKI_DIR));
+            let unset = |path: &mut PathBuf, dev: PathBuf| {
+                if path.as_os_str().is_empty() {
+                    *path = dev;
+                }
+            };
+            unset(&mut config.tls_cert, pki.server_cert);
+            unset(&mut config.tls_key, pki.server_key);
+            unset(&mut config.client_ca, pki.ca_cert);
+            unset(&mut config.data_key, pki.data_key);
+        }
+        Ok(config)
+    }
+
+    /// The config file given, if any.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
 }
 
 fn apply_flags(config: &mut Config, args: &ServeArgs) {

@@ -74,6 +74,17 @@ fn identities() -> Result<Vec<(String, Subject)>, PkiError> {
     Ok(identities)
 }
 
+/// Where the development PKI in `dir` keeps the files the server needs.
+pub fn paths(dir: &Path) -> DevPki {
+    DevPki {
+        ca_cert: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        profiles: dir.join("profiles.toml"),
+        data_key: dir.join("data.keys"),
+    }
+}
+
 /// Creates whatever part of the development PKI in `dir` is missing (all of it on first run)
 /// and (re)writes the client profiles to point at `addr`.
 ///
@@ -85,8 +96,7 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let ca_cert = dir.join("ca.pem");
-    let mut authority = if ca_cert.exists() {
+    let mut authority = if dir.join("ca.pem").exists() {
         Authority::open(dir, None)?
     } else {
         tracing::info!(dir = %dir.display(), "creating a development PKI");
@@ -99,7 +109,13 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
             "the development PKI was made for another trust domain; delete certs/dev/ to recreate it"
         );
     }
-    let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server.key"));
+    let DevPki {
+        ca_cert,
+        server_cert,
+        server_key,
+        profiles: profiles_path,
+        data_key,
+    } = paths(dir);
     if !server_cert.exists() || !server_key.exists() {
         let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         issue_into(
@@ -109,7 +125,6 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
             &server_key,
         )?;
     }
-    let data_key = dir.join("data.keys");
     if !data_key.exists() {
         let id = DataKeys::add_new(&data_key)
             .map_err(|e| PkiError::Invalid(format!("development data key: {e}")))?;
@@ -135,7 +150,6 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
             },
         );
     }
-    let profiles_path = dir.join("profiles.toml");
     let text = toml::to_string(&profiles).map_err(|e| PkiError::Io {
         path: profiles_path.display().to_string(),
         source: std::io::Error::other(e),
