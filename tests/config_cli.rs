@@ -105,7 +105,9 @@ fn environment_variables_override_the_key_paths_of_the_file() {
 fn a_broken_configuration_fails_naming_what_to_fix() {
     use std::os::unix::fs::PermissionsExt;
     let pki = TestPki::new();
-    let cases: [(&str, fn(&Path), &str); 4] = [
+    // (extra configuration, damage to the files, what the error must name)
+    type Case = (&'static str, fn(&Path), &'static str);
+    let cases: [Case; 4] = [
         ("listen_addr = \"0.0.0.0:1\"\n", |_| {}, "listen_addr"),
         (
             "[limits]\nmax_recipients = 0\n",
