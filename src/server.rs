@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed while serving (e.g. a full disk); a restart replays its journal.
+    #[error("the store failed ({0}); restart the server once the cause is fixed (a supervisor such as systemd's Restart=on-failure does it)")]
+    StoreFailed(String),
     /// The data keyring cannot be used.
     #[error(transparent)]
     DataKeys(#[from] SealingError),
@@ -160,11 +163,22 @@ pub async fn run(
         &config,
     );
     let (draining_tx, draining) = oneshot::channel();
-    let signal = async move {
-        shutdown.await;
-        info!("shutdown requested: draining");
-        let _ = stopping_tx.send(true);
-        let _ = draining_tx.send(());
+    let mut failure = store.failure();
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let signal = {
+        let failed = Arc::clone(&failed);
+        async move {
+            tokio::select! {
+                () = shutdown => info!("shutdown requested: draining"),
+                Ok(reason) = failure.wait_for(Option::is_some) => {
+                    let reason = reason.clone().unwrap_or_default();
+                    error!(reason = %reason, "the store failed; draining and exiting so that a restart replays the commit journal");
+                    *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                }
+            }
+            let _ = stopping_tx.send(true);
+            let _ = draining_tx.send(());
+        }
     };
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
     let serve = server_builder(&config)
@@ -203,6 +217,13 @@ pub async fn run(
         error!(error = %e, "cannot sign the final audit checkpoint");
     }
     store.close().await;
+    let failed = failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(reason) = failed {
+        return Err(ServerError::StoreFailed(reason));
+    }
     info!("stopped");
     Ok(())
 }

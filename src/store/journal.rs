@@ -154,6 +154,11 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether a failed write could not be undone: later writes are refused until a restart.
+    pub(super) fn damaged(&self) -> bool {
+        self.damaged
+    }
+
     /// `fdatasync`s what [`Journal::write`] wrote.
     ///
     /// # Errors

@@ -132,6 +132,7 @@ pub struct Store {
     ops: mpsc::Sender<Op>,
     inboxes: Arc<Inboxes>,
     durable_log_size: Arc<AtomicU64>,
+    failure: watch::Receiver<Option<String>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -264,6 +265,7 @@ impl Store {
         let log = load_log_state(&db)?;
         let durable_log_size = Arc::new(AtomicU64::new(log.size));
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
+        let (failed, failure) = watch::channel(None);
         let writer = Writer::new(
             db.clone(),
             journal,
@@ -272,6 +274,7 @@ impl Store {
             sequences,
             log,
             Arc::clone(&durable_log_size),
+            failed,
         );
         let handle = std::thread::Builder::new()
             .name("puente-store-writer".into())
@@ -283,6 +286,7 @@ impl Store {
             ops,
             inboxes,
             durable_log_size,
+            failure,
             writer: Mutex::new(Some(handle)),
         }))
     }
@@ -739,6 +743,12 @@ impl Store {
     /// sled errors and corrupt records.
     pub fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError> {
         scan_agencies(&self.db)
+    }
+
+    /// Follows whether the store has failed for good: `Some(reason)` once a write failed in a
+    /// way only a restart (which replays the commit journal) repairs. Every later write fails.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
     }
 
     /// Stops the writer after the operations already queued, and waits for it. Later writes

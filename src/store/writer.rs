@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::journal::{self, Journal};
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
@@ -233,9 +233,12 @@ pub(super) struct Writer {
     group: Group,
     journal: Journal,
     flusher: Flusher,
-    /// Set once a journaled group could not be applied to sled: sled and the journal disagree
-    /// until a restart replays the journal, so every later write fails.
+    /// Set once the store cannot go on without a restart: a journaled group could not be
+    /// applied to sled (sled and the journal disagree until a restart replays the journal), or
+    /// a failed journal write could not be undone. Every later write fails.
     failed: Option<String>,
+    /// Tells the server about `failed`, so it can stop and be restarted.
+    failure: watch::Sender<Option<String>>,
     inboxes: Arc<Inboxes>,
     /// Last assigned inbox sequence per agency (assigned, maybe not yet durable).
     sequences: HashMap<String, u64>,
@@ -245,6 +248,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)] // each is a distinct piece of the writer's state
     pub(super) fn new(
         db: sled::Db,
         journal: Journal,
@@ -253,6 +257,7 @@ impl Writer {
         sequences: HashMap<String, u64>,
         log: LogState,
         durable_log_size: Arc<AtomicU64>,
+        failure: watch::Sender<Option<String>>,
     ) -> Writer {
         Writer {
             db,
@@ -260,6 +265,7 @@ impl Writer {
             journal,
             flusher,
             failed: None,
+            failure,
             inboxes,
             sequences,
             log,
@@ -329,6 +335,7 @@ impl Writer {
     /// replays the journal. Returns the failure.
     fn fail(&mut self, failure: String) -> String {
         self.failed = Some(failure.clone());
+        self.failure.send_replace(Some(failure.clone()));
         failure
     }
 
@@ -342,9 +349,16 @@ impl Writer {
         if group.writes.is_empty() {
             return Ok(());
         }
-        self.journal
-            .write(&group.writes)
-            .map_err(|e| format!("cannot write the commit journal: {e}"))?;
+        if let Err(e) = self.journal.write(&group.writes) {
+            let failure = format!("cannot write the commit journal: {e}");
+            // A write that was undone leaves the journal as it was: the next group may succeed
+            // (e.g. once space is freed). One that could not be undone stops the store.
+            return Err(if self.journal.damaged() {
+                self.fail(failure)
+            } else {
+                failure
+            });
+        }
         if let Err(e) = self.journal.sync() {
             return Err(self.fail(format!(
                 "the commit journal could not be synced ({e}); restart the server to recover"

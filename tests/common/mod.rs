@@ -547,10 +547,18 @@ impl ServerProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_puente"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
+        command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        ServerProcess::spawn(command)
+    }
+
+    /// Starts `command`, which must end up running `puente serve` in the same process (e.g.
+    /// through a shell's `exec`), and reads the bound address from its stdout.
+    pub fn spawn(mut command: Command) -> ServerProcess {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .env_remove("PUENTE_CONFIG")
             .env_remove("PUENTE_CRL")
@@ -570,6 +578,26 @@ impl ServerProcess {
             .parse()
             .expect("socket address");
         ServerProcess { child, addr }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself within `within`; its exit status.
+    pub fn wait_for_exit(mut self, within: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then the exit status.

@@ -1,0 +1,171 @@
+//! Storage that stops taking writes: the `puente` binary runs with a file size limit
+//! (RLIMIT_FSIZE, set on the running process with `prlimit`) so that every write past the first
+//! byte of a file fails with EFBIG, as a full or failing disk would. Sends must fail with
+//! UNAVAILABLE, nothing unacknowledged may appear, the server must stop by itself (so that a
+//! supervisor restarts it), and a restart once writes work again must hold everything that
+//! was acknowledged, once, with the audit log extending the checkpoint signed before.
+
+mod common;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use puente::audit::merkle::{verify_consistency, Hash};
+use puente::pb::v1::audit_service_client::AuditServiceClient;
+use puente::pb::v1::{
+    GetCheckpointRequest, GetConsistencyProofRequest, GetLogInfoRequest, Region, StreamInboxRequest,
+};
+use tonic::Code;
+
+const ACKED: usize = 20;
+const REFUSED: usize = 8;
+
+/// The log's verifier key and its latest checkpoint, checked with that key.
+async fn checkpoint(pki: &TestPki, addr: SocketAddr) -> (String, puente::audit::note::Checkpoint) {
+    let mut client = AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await);
+    let key = client
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner()
+        .verifier_key;
+    let note = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .checkpoint;
+    let checkpoint = verify_checkpoint(&key, &note);
+    (key, checkpoint)
+}
+
+/// The message ids of CO-DIJIN's inbox, in sequence order; every sequence must be there.
+async fn inbox(pki: &TestPki, addr: SocketAddr) -> Vec<String> {
+    let mut client = pki.agency_client("CO-DIJIN", addr).await;
+    let mut stream = client
+        .stream_inbox(StreamInboxRequest {
+            after_sequence: 0,
+            backlog_only: true,
+        })
+        .await
+        .expect("inbox")
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(entry) = stream.message().await.expect("inbox entry") {
+        assert_eq!(entry.sequence, ids.len() as u64 + 1, "inbox gap");
+        ids.push(entry.message.expect("message").message_id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everything_acknowledged() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki.write_server_files(dir.path());
+    let path = |name: &str| OsString::from(dir.path().join(name));
+    // A shell that ignores SIGXFSZ (ignored signals stay ignored across exec), so writes past
+    // the limit fail with EFBIG instead of killing the process, then runs the server in its
+    // place.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_puente"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(path("data"))
+        .arg("--tls-cert")
+        .arg(path("server.pem"))
+        .arg("--tls-key")
+        .arg(path("server.key"))
+        .arg("--client-ca")
+        .arg(path("ca.pem"))
+        .arg("--data-key")
+        .arg(path("data.keys"));
+    let server = ServerProcess::spawn(command);
+    register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
+    register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let mut acked = Vec::new();
+    for i in 0..ACKED {
+        let sent = es
+            .send_message(message(&format!("before-{i}"), &["CO-DIJIN"]))
+            .await
+            .expect("send while writes work")
+            .into_inner();
+        acked.push(sent.message_id);
+    }
+    let (key_before, before) = checkpoint(&pki, server.addr).await;
+
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={}", server.pid()))
+        .arg("--fsize=1:")
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success(), "prlimit failed");
+
+    let mut refused = Vec::new();
+    for i in 0..REFUSED {
+        let request = message(&format!("during-{i}"), &["CO-DIJIN"]);
+        match es.send_message(request.clone()).await {
+            Ok(sent) => panic!("a send was acknowledged while writes fail: {sent:?}"),
+            Err(status) => assert!(
+                status.code() == Code::Unavailable || is_transport_failure(&status),
+                "expected UNAVAILABLE, got {status:?}"
+            ),
+        }
+        refused.push(request);
+    }
+    drop(es);
+    let status = server.wait_for_exit(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "the server must exit with an error status: {status}"
+    );
+
+    // Writes work again: a restart replays the journal.
+    let server = ServerProcess::start(dir.path());
+    assert_eq!(
+        inbox(&pki, server.addr).await,
+        acked,
+        "exactly the acknowledged sends, in order"
+    );
+    let (key_after, after) = checkpoint(&pki, server.addr).await;
+    assert_eq!(key_after, key_before);
+    let mut audit =
+        AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), server.addr).await);
+    let proof: Vec<Hash> = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            from_size: before.size,
+            to_size: after.size,
+        })
+        .await
+        .expect("consistency proof")
+        .into_inner()
+        .hashes
+        .into_iter()
+        .map(|h| h.try_into().expect("32-byte hash"))
+        .collect();
+    verify_consistency(before.size, after.size, &proof, &before.root, &after.root)
+        .expect("the log after the failure extends the checkpoint signed before it");
+
+    // The refused sends, retried with their keys, are stored now, once.
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    for request in &refused {
+        let first = es
+            .send_message(request.clone())
+            .await
+            .expect("retry")
+            .into_inner();
+        let again = es
+            .send_message(request.clone())
+            .await
+            .expect("retry")
+            .into_inner();
+        assert_eq!(first.message_id, again.message_id);
+        acked.push(first.message_id);
+    }
+    assert_eq!(inbox(&pki, server.addr).await, acked);
+}
