@@ -60,7 +60,9 @@ fn subcommands_print_the_same_version() {
     let top = puente_stdout(&["--version"]);
     let serve = puente_stdout(&["serve", "--version"]);
     assert_eq!(
-        serve.strip_prefix("puente-serve ").expect("named puente-serve"),
+        serve
+            .strip_prefix("puente-serve ")
+            .expect("named puente-serve"),
         top.strip_prefix("puente ").expect("named puente")
     );
 }
