@@ -2,9 +2,10 @@
 """Puente from Python (grpcio): an agency's whole exchange, checked step by step.
 
 ES-CNP lists the agencies and sends CO-DIJIN a message with an attachment, then retries the
-send to show that `client_message_id` makes retries safe. CO-DIJIN reads its inbox, checks the
-content digest and acknowledges the message as received, then read. ES-CNP sees it was read.
-An auditor fetches the audit log's signed checkpoint and verifies its signature.
+send to show that `client_message_id` makes retries safe, and sends a firearms report written
+in proto3 JSON. CO-DIJIN reads its inbox, checks both messages and their content digests, and
+acknowledges the first as received, then read. ES-CNP sees it was read. An auditor fetches the
+audit log's signed checkpoint and verifies its signature.
 
     python puente_client.py --profiles certs/dev/profiles.toml
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf import json_format
 from grpc_tools import protoc
 
 # Every call gets a deadline, so an unreachable server fails the script instead of hanging it.
@@ -220,7 +222,7 @@ def verify_checkpoint(key, note):
 # === The walk-through ===
 
 
-def run(pb, profiles_file, verifier_key):
+def run(pb, profiles_file, report_file, verifier_key):
     ex, ev, directory = pb["exchange_pb2"], pb["evaluation_pb2"], pb["directory_pb2"]
     es = pb["exchange_pb2_grpc"].ExchangeServiceStub(connect(Profile.load(profiles_file, "es-cnp")))
     co = pb["exchange_pb2_grpc"].ExchangeServiceStub(
@@ -283,10 +285,22 @@ def run(pb, profiles_file, verifier_key):
         )
     print("retry returned the same message; the key reused for other content: ALREADY_EXISTS")
 
-    # 4. CO-DIJIN reads its inbox: the backlog only, so the stream ends. A long-running client
+    # 4. A structured report, from proto3 JSON (the format of `puente send --file`), with an
+    # attachment: its content_sha256 is the one that needs care (see content_sha256()).
+    try:
+        report = json_format.Parse(report_file.read_text(), ex.SendMessageRequest())
+    except (OSError, json_format.ParseError) as error:
+        sys.exit(f"cannot read the report {report_file}: {error}")
+    report.client_message_id = f"python-example-{uuid.uuid4()}"
+    report.recipients[:] = [RECIPIENT]  # whoever the file names, CO-DIJIN checks it below
+    report.attachments.add(filename="serial-plate.txt", data=b"BXK-417, frame plate replaced\n")
+    report_sent = call("SendMessage (firearms report)", es.SendMessage, report)
+    print(f"sent {report_sent.message_id}, a firearms report from JSON")
+
+    # 5. CO-DIJIN reads its inbox: the backlog only, so the stream ends. A long-running client
     # would leave backlog_only unset, keep the stream open, and resume after the last sequence
     # it processed.
-    received, received_at, last_sequence = None, None, 0
+    inbox, last_sequence = {}, 0
     try:
         entries = co.StreamInbox(
             ex.StreamInboxRequest(after_sequence=0, backlog_only=True), timeout=DEADLINE_SECONDS
@@ -294,26 +308,37 @@ def run(pb, profiles_file, verifier_key):
         for entry in entries:
             check(entry.sequence > last_sequence, f"inbox sequence {entry.sequence} out of order")
             last_sequence = entry.sequence
-            if entry.message.message_id == sent.message_id:
-                received, received_at = entry.message, entry.sequence
+            inbox[entry.message.message_id] = entry.message
     except grpc.RpcError as error:
         raise CallFailed("StreamInbox", error) from None
-    check(received is not None, f"{sent.message_id} is not in {RECIPIENT}'s inbox")
-    check(received.sender == SENDER, f"sender is {received.sender!r}, not {SENDER}")
-    check(received.text == request.text, "the text received differs from the text sent")
-    check(
-        [a.data for a in received.attachments] == [a.data for a in request.attachments],
-        "the attachments received differ from those sent",
+    for sent_id, original in ((sent.message_id, request), (report_sent.message_id, report)):
+        received = inbox.get(sent_id)
+        check(received is not None, f"{sent_id} is not in {RECIPIENT}'s inbox")
+        check(received.sender == SENDER, f"{sent_id}: sender {received.sender!r}, not {SENDER}")
+        kind = original.WhichOneof("content")
+        check(
+            received.WhichOneof("content") == kind
+            and list(received.attachments) == list(original.attachments),
+            f"{sent_id}: the kind of content or the attachments received differ from those sent",
+        )
+        # The exchange adds derived fields to structured reports (normalised serial numbers),
+        # so only text is compared as sent; the digest below covers every kind.
+        check(
+            kind != "text" or received.text == original.text,
+            f"{sent_id}: the text received differs from the text sent",
+        )
+        # The digest the audit log records: recompute it from what arrived.
+        digest = content_sha256(pb, received)
+        check(
+            digest == received.content_sha256,
+            f"{sent_id}: content_sha256 computed {digest.hex()}, "
+            f"received {received.content_sha256.hex()}",
+        )
+    print(
+        f"{RECIPIENT} received both (inbox up to sequence {last_sequence}); content_sha256 verified"
     )
-    # The digest the audit log records: recompute it from what arrived.
-    digest = content_sha256(pb, received)
-    check(
-        digest == received.content_sha256,
-        f"content_sha256: computed {digest.hex()}, received {received.content_sha256.hex()}",
-    )
-    print(f"{RECIPIENT} received it at inbox sequence {received_at}; content_sha256 verified")
 
-    # 5. Acknowledge: received, then read. States only move forward.
+    # 6. Acknowledge the first: received, then read. States only move forward.
     for state in (ex.DELIVERY_STATE_RECEIVED, ex.DELIVERY_STATE_READ):
         name = ex.DeliveryState.Name(state)
         acked = call(
@@ -324,7 +349,7 @@ def run(pb, profiles_file, verifier_key):
         check(acked.state == state, f"acknowledged {name}, the exchange says {acked.state}")
     print(f"{RECIPIENT} acknowledged it as received, then read")
 
-    # 6. The sender sees each recipient's state.
+    # 7. The sender sees each recipient's state.
     status = call(
         "GetDeliveryStatus",
         es.GetDeliveryStatus,
@@ -337,7 +362,7 @@ def run(pb, profiles_file, verifier_key):
     )
     print(f"{SENDER} sees {RECIPIENT}: DELIVERY_STATE_READ")
 
-    # 7. The auditor: the log's signed checkpoint, covering our message's entry.
+    # 8. The auditor: the log's signed checkpoint, covering our messages' entries.
     info = call("GetLogInfo", auditor.GetLogInfo, pb["audit_pb2"].GetLogInfoRequest())
     if verifier_key is None:
         print(
@@ -352,7 +377,7 @@ def run(pb, profiles_file, verifier_key):
         checkpoint = call(
             "GetCheckpoint", auditor.GetCheckpoint, pb["audit_pb2"].GetCheckpointRequest()
         )
-        if checkpoint.tree_size > sent.audit_index:
+        if checkpoint.tree_size > report_sent.audit_index:
             break
         time.sleep(CHECKPOINT_INTERVAL_SECONDS)
     origin, size, root = verify_checkpoint(verifier_key, checkpoint.checkpoint)
@@ -361,7 +386,8 @@ def run(pb, profiles_file, verifier_key):
         (size, root) == (checkpoint.tree_size, checkpoint.root_hash),
         "the signed checkpoint and the response's tree_size/root_hash differ",
     )
-    check(size > sent.audit_index, f"no checkpoint covers audit index {sent.audit_index} yet")
+    newest = report_sent.audit_index
+    check(size > newest, f"no checkpoint covers audit index {newest} yet")
     print(f"checkpoint of {origin}: {size} entries, root {root.hex()}, signature verified")
 
 
@@ -388,6 +414,12 @@ def main(argv=None):
         help="directory holding puente/v1/*.proto (default: the repository's proto/)",
     )
     parser.add_argument(
+        "--report",
+        type=Path,
+        default=repo / "examples" / "firearms-report.json",
+        help="a SendMessageRequest in proto3 JSON (default: the repository's firearms report)",
+    )
+    parser.add_argument(
         "--verifier-key",
         type=verifier_key_arg,
         help="the audit log's verifier key as its operators publish it (default: ask the server)",
@@ -397,7 +429,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="puente-stubs-") as stubs:
         pb = generate_stubs(args.proto_dir.resolve(), Path(stubs))
         try:
-            run(pb, args.profiles.resolve(), args.verifier_key)
+            run(pb, args.profiles.resolve(), args.report, args.verifier_key)
         except CallFailed as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
