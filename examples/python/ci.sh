@@ -58,6 +58,9 @@ echo "server listening on $addr (data and PKI in $work)"
 echo "-- python example"
 "$venv/bin/python" "$repo/examples/python/puente_client.py" --profiles certs/dev/profiles.toml
 
+# Each part stops the script at its first failure, so reaching the summary means all passed.
+passed=1 skipped=0
+
 echo "-- buf curl cheat-sheet (README.md)"
 if command -v npx >/dev/null 2>&1; then
   buf() { npx --yes @bufbuild/buf@1.75.0 "$@"; }
@@ -90,8 +93,10 @@ if command -v npx >/dev/null 2>&1; then
       exit 1
     fi
   done
+  passed=$((passed + 1))
 else
   echo "buf curl cheat-sheet skipped: npx is not installed"
+  skipped=1
 fi
 
 echo "-- stopping the server (SIGTERM drains, then exit 0)"
@@ -104,4 +109,4 @@ if [ "$status" -ne 0 ]; then
   cat server.log >&2
   exit 1
 fi
-echo "python example and cheat-sheet: ok"
+echo "examples: $passed passed, 0 failed, $skipped skipped"
