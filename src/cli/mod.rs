@@ -26,7 +26,12 @@ pub use connect::ConnectArgs;
 /// Puente: a mutual-TLS exchange of intelligence between law-enforcement and
 /// financial-intelligence agencies.
 #[derive(Debug, Parser)]
-#[command(name = "puente", version, propagate_version = true)]
+#[command(
+    name = "puente",
+    // The commit comes from build.rs, so an operator can tell exactly which code is running.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PUENTE_BUILD_COMMIT"), ")"),
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
