@@ -27,9 +27,10 @@ COPY --from=builder /usr/local/bin/puente /usr/local/bin/puente
 
 # The store, commit journal, audit log signing key and persisted CRLs: keep them on a volume.
 VOLUME ["/var/lib/puente"]
-# Configuration and key material are mounted read-only at /etc/puente; puente.toml must set
-# listen = "0.0.0.0:50051" (the default listens on 127.0.0.1 only) and
-# data_dir = "/var/lib/puente".
+# Configuration and key material (server.pem, server.key, ca.pem, and the data keyring
+# data.keys that seals message bodies: never on the data volume) are mounted read-only at
+# /etc/puente; puente.toml must set listen = "0.0.0.0:50051" (the default listens on
+# 127.0.0.1 only), data_dir = "/var/lib/puente" and data_key = "/etc/puente/data.keys".
 WORKDIR /var/lib/puente
 USER puente
 EXPOSE 50051

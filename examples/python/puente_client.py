@@ -145,25 +145,15 @@ def connect(profile):
 
 
 def content_sha256(pb, message):
-    """SHA-256 of a SendMessageRequest holding only the message's content and attachments, as
-    the exchange computes it.
-
-    The exchange (prost) writes the `content` oneof first and `attachments` (field 10) after it,
-    whichever content field is set; protobuf libraries that write fields in number order would
-    put a structured report (fields 11-14) after the attachments. Encoding the two parts
-    separately and concatenating them gives the exchange's bytes for every kind of content.
-    """
-    content = pb["exchange_pb2"].SendMessageRequest()
+    """SHA-256 of the deterministic encoding of a SendMessageRequest holding only the message's
+    content and attachments: the digest the exchange stores and the audit log records."""
+    body = pb["exchange_pb2"].SendMessageRequest(attachments=message.attachments)
     kind = message.WhichOneof("content")
     if kind == "text":
-        content.text = message.text
+        body.text = message.text
     elif kind is not None:
-        getattr(content, kind).CopyFrom(getattr(message, kind))
-    attachments = pb["exchange_pb2"].SendMessageRequest(attachments=message.attachments)
-    body = content.SerializeToString(deterministic=True) + attachments.SerializeToString(
-        deterministic=True
-    )
-    return hashlib.sha256(body).digest()
+        getattr(body, kind).CopyFrom(getattr(message, kind))
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).digest()
 
 
 # === Signed checkpoints (c2sp.org/signed-note, c2sp.org/tlog-checkpoint) ===
@@ -286,7 +276,7 @@ def run(pb, profiles_file, report_file, verifier_key):
     print("retry returned the same message; the key reused for other content: ALREADY_EXISTS")
 
     # 4. A structured report, from proto3 JSON (the format of `puente send --file`), with an
-    # attachment: its content_sha256 is the one that needs care (see content_sha256()).
+    # attachment: the report's fields (11-14) come after the attachments (10) in the encoding.
     try:
         report = json_format.Parse(report_file.read_text(), ex.SendMessageRequest())
     except (OSError, json_format.ParseError) as error:

@@ -7,9 +7,10 @@ use sha2::{Digest, Sha256};
 use super::ExchangeError;
 use crate::config::Limits;
 use crate::identity::AgencyId;
+use crate::pb::v1::send_message_request::Content;
 use crate::pb::v1::{
-    HandlingCode, InformationAccuracy, Priority, Region, SendMessageRequest, SourceReliability,
-    Topic,
+    Attachment, HandlingCode, InformationAccuracy, Priority, Region, SendMessageRequest,
+    SourceReliability, Topic,
 };
 
 /// Longest subject, in characters.
@@ -321,14 +322,11 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         ));
     }
 
-    // The body is the deterministic encoding of a request holding only content and attachments;
-    // the request digest covers every other field too, plus the body digest.
-    let body = SendMessageRequest {
-        content: request.content.take(),
-        attachments: std::mem::take(&mut request.attachments),
-        ..Default::default()
-    }
-    .encode_to_vec();
+    // The request digest covers every other field too, plus the body digest.
+    let body = encode_body(
+        request.content.take(),
+        std::mem::take(&mut request.attachments),
+    );
     let content_sha256 = Sha256::digest(&body).to_vec();
     let mut request_digest = Sha256::new();
     request_digest.update(request.encode_to_vec());
@@ -385,8 +383,64 @@ fn is_media_type(s: &str) -> bool {
         && printable(s)
 }
 
+/// The stored body of a message: a `SendMessageRequest` holding only `content` and
+/// `attachments`, with its fields in field-number order — as protobuf's deterministic
+/// serialisation writes them in the other languages' libraries — so that any client can
+/// recompute `content_sha256`. (prost writes a oneof after the other fields, which would put
+/// a structured report, fields 11 to 14, after the attachments, field 10.)
+pub(crate) fn encode_body(content: Option<Content>, attachments: Vec<Attachment>) -> Vec<u8> {
+    let content_first = match &content {
+        None | Some(Content::Text(_)) => true,
+        Some(
+            Content::Firearms(_)
+            | Content::FirearmTrace(_)
+            | Content::Financial(_)
+            | Content::EarlyWarning(_),
+        ) => false,
+    };
+    let content = SendMessageRequest {
+        content,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let attachments = SendMessageRequest {
+        attachments,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    if content_first {
+        [content, attachments].concat()
+    } else {
+        [attachments, content].concat()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// Field keys in order: attachments (10, key 0x52) before a structured report (11, key
+    /// 0x5a); text (9, key 0x4a) before attachments. The bytes decode to the same request.
+    #[test]
+    fn bodies_are_encoded_in_field_number_order() {
+        let attachment = || {
+            vec![Attachment {
+                filename: "a.txt".into(),
+                media_type: String::new(),
+                data: vec![1],
+            }]
+        };
+        let report = Some(Content::Firearms(crate::pb::v1::FirearmsReport::default()));
+        let body = encode_body(report.clone(), attachment());
+        assert_eq!((body[0], body[body.len() - 2]), (0x52, 0x5a));
+        let decoded = SendMessageRequest::decode(body.as_slice()).expect("decode");
+        assert_eq!(
+            (decoded.content, decoded.attachments),
+            (report, attachment())
+        );
+        let body = encode_body(Some(Content::Text("t".into())), attachment());
+        assert_eq!(body[0], 0x4a);
+        assert_eq!(body[3], 0x52);
+    }
+
     use super::*;
     use crate::pb::v1::{send_message_request, Attachment, Evaluation};
 

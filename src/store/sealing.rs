@@ -36,8 +36,8 @@ pub enum SealingError {
         /// Why.
         source: std::io::Error,
     },
-    /// Other users may read the keyring.
-    #[error("data keyring {0} may be read by other users: run `chmod 600 {0}`")]
+    /// Users outside the file's owner and group may read it, or its group may change it.
+    #[error("data keyring {0} is open to other users: run `chmod 600 {0}` (or 640, owned by root and the server's group)")]
     Exposed(String),
     /// A line of the keyring is not `<key id> <base64 key>`.
     #[error("data keyring {path}, line {line}: {reason}")]
@@ -92,7 +92,8 @@ impl fmt::Debug for DataKeys {
 }
 
 impl DataKeys {
-    /// Reads a keyring file. It must not be readable by group or others.
+    /// Reads a keyring file. Others must have no access to it and its group no write access
+    /// (mode 0600, or 0640 with a group only the server is in).
     ///
     /// # Errors
     /// The file cannot be read, is exposed, malformed, or holds no key.
@@ -103,7 +104,7 @@ impl DataKeys {
             source,
         };
         let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
+        if mode & 0o027 != 0 {
             return Err(SealingError::Exposed(shown));
         }
         let text = std::fs::read_to_string(path).map_err(io)?;

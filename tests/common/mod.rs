@@ -666,14 +666,30 @@ pub fn message(client_message_id: &str, recipients: &[&str]) -> SendMessageReque
 }
 
 /// The digest a stored message must carry: SHA-256 of the encoding of a `SendMessageRequest`
-/// holding only the request's content and attachments.
+/// holding only the request's content and attachments, fields in field-number order (as the
+/// protobuf libraries of other languages write them): text (9), attachments (10), or
+/// attachments (10), structured report (11 to 14).
 pub fn content_sha256(request: &SendMessageRequest) -> Vec<u8> {
-    let body = SendMessageRequest {
+    let content = SendMessageRequest {
         content: request.content.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let attachments = SendMessageRequest {
         attachments: request.attachments.clone(),
         ..Default::default()
+    }
+    .encode_to_vec();
+    let text_or_nothing = matches!(
+        request.content,
+        None | Some(send_message_request::Content::Text(_))
+    );
+    let body = if text_or_nothing {
+        [content, attachments].concat()
+    } else {
+        [attachments, content].concat()
     };
-    Sha256::digest(body.encode_to_vec()).to_vec()
+    Sha256::digest(body).to_vec()
 }
 
 /// The text of a delivered message, if it carries text.
