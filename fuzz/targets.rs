@@ -13,13 +13,15 @@ use puente::identity::Caller;
 use puente::matching::identifiers;
 use puente::pb::v1::{IdentifierKind, SendMessageRequest};
 use puente::pki::{self, CertificateAuthority, Subject};
+use puente::store::records::MessageRecord;
+use puente::store::{DataKeys, Sealed};
 use puente::tls::{TlsFiles, TlsState};
 
 /// What a target does with one input.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as in `fuzz/Cargo.toml` and `fuzz/regressions/`.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("send_request", send_request),
     ("client_certificate", client_certificate),
     ("csr", csr),
@@ -27,6 +29,8 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("merkle_proofs", merkle_proofs),
     ("signed_note", signed_note),
     ("identifier", identifier),
+    ("journal", journal),
+    ("stored_message", stored_message),
 ];
 
 /// A `SendMessageRequest` as the wire carries it, through the exchange's validation and
@@ -124,6 +128,54 @@ fn tls_state() -> &'static Arc<TlsState> {
             };
             let state = TlsState::load(files, dir.path()).expect("TLS state");
             (dir, state)
+        })
+        .1
+}
+
+/// The bytes of a commit-journal file, as a start replays them after a crash.
+pub fn journal(data: &[u8]) {
+    for group in puente::store::decode_journal_groups(data) {
+        let _ = group;
+    }
+}
+
+/// A stored message record as sled returns it, its sealed body opened and decoded as a read
+/// does (`Store::body`, then the body's `SendMessageRequest`).
+pub fn stored_message(data: &[u8]) {
+    let Ok(record) = MessageRecord::decode(data) else {
+        return;
+    };
+    let sealed = Sealed {
+        key_id: record.body_key_id,
+        nonce: record.body_nonce,
+        ciphertext: record.body,
+    };
+    if let Ok(body) = fixed_data_keys().open(&record.message_id, sealed) {
+        let _ = SendMessageRequest::decode(body.as_slice());
+    }
+}
+
+/// A keyring whose one key, `fuzz`, is 32 zero bytes: fixed, so that committed inputs can hold
+/// bodies sealed with it.
+fn fixed_data_keys() -> &'static DataKeys {
+    static KEYS: OnceLock<(tempfile::TempDir, DataKeys)> = OnceLock::new();
+    &KEYS
+        .get_or_init(|| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let path = dir.path().join("data.keys");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| {
+                    file.write_all(b"fuzz AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+                })
+                .expect("write the fixed keyring");
+            let keys = DataKeys::load(&path).expect("fixed keyring");
+            (dir, keys)
         })
         .1
 }

@@ -66,8 +66,8 @@ impl Journal {
         for generation in &generations {
             let mut bytes = Vec::new();
             File::open(file_name(dir, *generation))?.read_to_end(&mut bytes)?;
-            for payload in records(&bytes) {
-                db.apply_batch(decode_batch(payload)?)?;
+            for batch in decode_groups(&bytes) {
+                db.apply_batch(batch?)?;
                 replayed += 1;
             }
         }
@@ -278,6 +278,13 @@ fn records(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         bytes = &bytes[8 + len..];
         Some(payload)
     })
+}
+
+/// The groups of one journal file's bytes, as a start replays them: each record whose
+/// checksum matches, up to the first torn or zeroed one, decoded into its writes. A record whose
+/// checksum matches but which does not decode is an error.
+pub fn decode_groups(bytes: &[u8]) -> impl Iterator<Item = Result<sled::Batch, StoreError>> + '_ {
+    records(bytes).map(decode_batch)
 }
 
 fn decode_batch(mut payload: &[u8]) -> Result<sled::Batch, StoreError> {

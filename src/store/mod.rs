@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
