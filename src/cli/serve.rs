@@ -57,6 +57,11 @@ pub struct ServeArgs {
 /// # Errors
 /// Invalid configuration, unusable key material, a port in use, or a store that cannot open.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = env!("PUENTE_BUILD_COMMIT"),
+        "starting puente"
+    );
     let mut config = args.config()?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
