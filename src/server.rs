@@ -254,15 +254,7 @@ pub async fn run_echo(
 /// The server's TLS state from the files `config` names and the CRLs persisted in its data
 /// directory.
 fn load_tls(config: &Config) -> Result<Arc<TlsState>, TlsError> {
-    TlsState::load(
-        TlsFiles {
-            cert: config.tls_cert.clone(),
-            key: config.tls_key.clone(),
-            client_ca: config.client_ca.clone(),
-            crl: config.crl.clone(),
-        },
-        &config.data_dir,
-    )
+    TlsState::load(TlsFiles::of(config), &config.data_dir)
 }
 
 /// The connection settings every server of this module uses.

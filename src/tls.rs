@@ -126,6 +126,18 @@ pub struct TlsFiles {
     pub crl: Option<PathBuf>,
 }
 
+impl TlsFiles {
+    /// The TLS files a server configuration names.
+    pub fn of(config: &crate::config::Config) -> TlsFiles {
+        TlsFiles {
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            client_ca: config.client_ca.clone(),
+            crl: config.crl.clone(),
+        }
+    }
+}
+
 /// One CA's CRL in force.
 #[derive(Debug, Clone)]
 struct AppliedCrl {

@@ -10,18 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{
-    agency_spiffe, assert_bad_field, content_sha256, register_agency, ServerProcess, TestPki,
-    TestServer,
+    agency_spiffe, assert_bad_field, backlog, content_sha256, register_agency, ServerProcess,
+    TestPki, TestServer,
 };
 use puente::exchange::content::to_message_content;
 use puente::pb::json::{from_json, to_json};
-use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::send_message_request::Content;
 use puente::pb::v1::{
     correct_message_request, CorrectMessageRequest, GetMessageRequest, GetMessageResponse, Message,
-    Region, SendMessageRequest, StreamInboxRequest, StreamInboxResponse,
+    Region, SendMessageRequest, StreamInboxResponse,
 };
-use tonic::transport::Channel;
 
 const AGENCIES: [(&str, Region); 3] = [
     ("ES-CNP", Region::Eu),
@@ -90,23 +88,6 @@ async fn server_with_agencies(pki: &TestPki) -> TestServer {
     server
 }
 
-/// Every entry of a caller's inbox, backlog only.
-async fn inbox(client: &mut ExchangeServiceClient<Channel>) -> Vec<StreamInboxResponse> {
-    let mut stream = client
-        .stream_inbox(StreamInboxRequest {
-            after_sequence: 0,
-            backlog_only: true,
-        })
-        .await
-        .expect("StreamInbox")
-        .into_inner();
-    let mut entries = Vec::new();
-    while let Some(entry) = stream.message().await.expect("inbox entry") {
-        entries.push(entry);
-    }
-    entries
-}
-
 /// Asserts that a stored message is the example as sent, with the server's normalisations.
 #[track_caller]
 fn assert_stored(name: &str, sender: &str, request: &SendMessageRequest, message: &Message) {
@@ -154,7 +135,7 @@ async fn every_example_is_accepted_and_reads_back_intact() {
 
         for recipient in &request.recipients {
             let mut client = pki.agency_client(recipient, server.addr).await;
-            let entries = inbox(&mut client).await;
+            let entries = backlog(&mut client).await;
             let entry = entries
                 .iter()
                 .find(|e| e.message.as_ref().map(|m| &m.message_id) == Some(&message_id))

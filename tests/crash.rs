@@ -10,17 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::{
-    agency_spiffe, auditor_spiffe, connect, message, register_agency, verify_checkpoint,
-    ServerProcess, TestPki, WAIT,
+    agency_spiffe, assert_log_extends, auditor_spiffe, backlog, connect, message, open_inbox,
+    register_agency, signed_checkpoint, ServerProcess, TestPki, WAIT,
 };
-use puente::audit::merkle::{verify_consistency, Hash};
-use puente::audit::note::Checkpoint;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
-use puente::pb::v1::{
-    GetCheckpointRequest, GetConsistencyProofRequest, GetLogInfoRequest, GetMessageRequest, Region,
-    SendMessageRequest, StreamInboxRequest,
-};
+use puente::pb::v1::{GetMessageRequest, Region, SendMessageRequest};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
@@ -40,24 +35,6 @@ async fn agency(pki: &TestPki, id: &str, addr: SocketAddr) -> ExchangeServiceCli
 
 async fn auditor(pki: &TestPki, addr: SocketAddr) -> AuditServiceClient<Channel> {
     AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await)
-}
-
-/// The log's verifier key and its latest checkpoint, whose signature is checked with that key.
-async fn signed_checkpoint(client: &mut AuditServiceClient<Channel>) -> (String, Checkpoint) {
-    let key = client
-        .get_log_info(GetLogInfoRequest {})
-        .await
-        .expect("log info")
-        .into_inner()
-        .verifier_key;
-    let note = client
-        .get_checkpoint(GetCheckpointRequest {})
-        .await
-        .expect("checkpoint")
-        .into_inner()
-        .checkpoint;
-    let checkpoint = verify_checkpoint(&key, &note);
-    (key, checkpoint)
 }
 
 /// What the clients learned before the crash.
@@ -80,25 +57,13 @@ fn request_for(client: usize, n: usize) -> SendMessageRequest {
     request
 }
 
-/// Streams a recipient's whole inbox and returns (sequence, message id) pairs.
+/// A recipient's whole inbox as (sequence, message id) pairs.
 async fn inbox_of(client: &mut ExchangeServiceClient<Channel>) -> Vec<(u64, String)> {
-    let mut stream = client
-        .stream_inbox(StreamInboxRequest {
-            after_sequence: 0,
-            backlog_only: true,
-        })
+    backlog(client)
         .await
-        .expect("stream inbox")
-        .into_inner();
-    let mut entries = Vec::new();
-    while let Some(item) = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("inbox stream stalled")
-        .expect("inbox stream failed")
-    {
-        entries.push((item.sequence, item.message.expect("message").message_id));
-    }
-    entries
+        .into_iter()
+        .map(|item| (item.sequence, item.message.expect("message").message_id))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,26 +151,7 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
         key_after, key_before,
         "the log's key changed across the restart"
     );
-    assert!(
-        after.size >= before.size,
-        "the log shrank from {} to {} entries",
-        before.size,
-        after.size
-    );
-    let proof: Vec<Hash> = audit
-        .get_consistency_proof(GetConsistencyProofRequest {
-            from_size: before.size,
-            to_size: after.size,
-        })
-        .await
-        .expect("consistency proof")
-        .into_inner()
-        .hashes
-        .into_iter()
-        .map(|h| h.try_into().expect("32-byte hash"))
-        .collect();
-    verify_consistency(before.size, after.size, &proof, &before.root, &after.root)
-        .expect("the log after kill -9 extends the checkpoint signed before it");
+    assert_log_extends(&mut audit, &before, &after).await;
 
     // Retries of the in-flight sends: committed ones return their original id, the others are
     // accepted now; either way each must end up in the inboxes exactly once.
@@ -336,14 +282,7 @@ async fn sigterm_ends_open_streams_and_exits_zero() {
     let server = ServerProcess::start(dir.path());
     register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
     let mut client = agency(&pki, "CO-DIJIN", server.addr).await;
-    let mut stream = client
-        .stream_inbox(StreamInboxRequest {
-            after_sequence: 0,
-            backlog_only: false,
-        })
-        .await
-        .expect("open a live inbox stream")
-        .into_inner();
+    let mut stream = open_inbox(&mut client, 0).await;
 
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await

@@ -9,7 +9,7 @@ use common::*;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::{
     AcknowledgeMessageRequest, Attachment, AuditAction, DeliveryState, GetDeliveryStatusRequest,
-    GetMessageRequest, ListAuditEntriesRequest, Region, StreamInboxRequest, Topic,
+    GetMessageRequest, ListAuditEntriesRequest, Region, Topic,
 };
 use tonic::Code;
 
@@ -96,18 +96,11 @@ async fn messages_past_their_topics_retention_period_are_erased_and_the_erasure_
     assert!(!body_file.exists(), "the body file is removed");
 
     // The inbox passes over the erased message; the sequence numbers stay as they were.
-    let mut backlog = co
-        .stream_inbox(StreamInboxRequest {
-            after_sequence: 0,
-            backlog_only: true,
-        })
+    let listed: Vec<(u64, String)> = backlog(&mut co)
         .await
-        .expect("inbox")
-        .into_inner();
-    let mut listed = Vec::new();
-    while let Some(entry) = backlog.message().await.expect("inbox entry") {
-        listed.push((entry.sequence, entry.message.expect("message").message_id));
-    }
+        .into_iter()
+        .map(|entry| (entry.sequence, entry.message.expect("message").message_id))
+        .collect();
     assert_eq!(listed, vec![(2, kept.message_id.clone())]);
 
     // A retry of the original send answers what was answered then; nothing is stored again.

@@ -13,52 +13,29 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use puente::audit::merkle::{verify_consistency, Hash};
 use puente::pb::v1::audit_service_client::AuditServiceClient;
-use puente::pb::v1::{
-    GetCheckpointRequest, GetConsistencyProofRequest, GetLogInfoRequest, Region, StreamInboxRequest,
-};
+use puente::pb::v1::Region;
+use tonic::transport::Channel;
 use tonic::Code;
 
 const ACKED: usize = 20;
 const REFUSED: usize = 8;
 
-/// The log's verifier key and its latest checkpoint, checked with that key.
-async fn checkpoint(pki: &TestPki, addr: SocketAddr) -> (String, puente::audit::note::Checkpoint) {
-    let mut client = AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await);
-    let key = client
-        .get_log_info(GetLogInfoRequest {})
-        .await
-        .expect("log info")
-        .into_inner()
-        .verifier_key;
-    let note = client
-        .get_checkpoint(GetCheckpointRequest {})
-        .await
-        .expect("checkpoint")
-        .into_inner()
-        .checkpoint;
-    let checkpoint = verify_checkpoint(&key, &note);
-    (key, checkpoint)
-}
-
 /// The message ids of CO-DIJIN's inbox, in sequence order; every sequence must be there.
 async fn inbox(pki: &TestPki, addr: SocketAddr) -> Vec<String> {
     let mut client = pki.agency_client("CO-DIJIN", addr).await;
-    let mut stream = client
-        .stream_inbox(StreamInboxRequest {
-            after_sequence: 0,
-            backlog_only: true,
-        })
-        .await
-        .expect("inbox")
-        .into_inner();
-    let mut ids = Vec::new();
-    while let Some(entry) = stream.message().await.expect("inbox entry") {
-        assert_eq!(entry.sequence, ids.len() as u64 + 1, "inbox gap");
-        ids.push(entry.message.expect("message").message_id);
+    let entries = backlog(&mut client).await;
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.sequence, i as u64 + 1, "inbox gap");
     }
-    ids
+    entries
+        .into_iter()
+        .map(|entry| entry.message.expect("message").message_id)
+        .collect()
+}
+
+async fn auditor(pki: &TestPki, addr: SocketAddr) -> AuditServiceClient<Channel> {
+    AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,7 +74,7 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
             .into_inner();
         acked.push(sent.message_id);
     }
-    let (key_before, before) = checkpoint(&pki, server.addr).await;
+    let (key_before, before) = signed_checkpoint(&mut auditor(&pki, server.addr).await).await;
 
     let limited = Command::new("prlimit")
         .arg(format!("--pid={}", server.pid()))
@@ -132,24 +109,10 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
         acked,
         "exactly the acknowledged sends, in order"
     );
-    let (key_after, after) = checkpoint(&pki, server.addr).await;
+    let mut audit = auditor(&pki, server.addr).await;
+    let (key_after, after) = signed_checkpoint(&mut audit).await;
     assert_eq!(key_after, key_before);
-    let mut audit =
-        AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), server.addr).await);
-    let proof: Vec<Hash> = audit
-        .get_consistency_proof(GetConsistencyProofRequest {
-            from_size: before.size,
-            to_size: after.size,
-        })
-        .await
-        .expect("consistency proof")
-        .into_inner()
-        .hashes
-        .into_iter()
-        .map(|h| h.try_into().expect("32-byte hash"))
-        .collect();
-    verify_consistency(before.size, after.size, &proof, &before.root, &after.root)
-        .expect("the log after the failure extends the checkpoint signed before it");
+    assert_log_extends(&mut audit, &before, &after).await;
 
     // The refused sends, retried with their keys, are stored now, once.
     let mut es = pki.agency_client("ES-CNP", server.addr).await;

@@ -58,16 +58,8 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
 /// Loads every file the configuration names as the server would; one line per file.
 fn check_files(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
-    TlsState::load(
-        TlsFiles {
-            cert: config.tls_cert.clone(),
-            key: config.tls_key.clone(),
-            client_ca: config.client_ca.clone(),
-            crl: config.crl.clone(),
-        },
-        &config.data_dir,
-    )
-    .context("the TLS files cannot be used")?;
+    TlsState::load(TlsFiles::of(config), &config.data_dir)
+        .context("the TLS files cannot be used")?;
     lines.push(format!(
         "tls_cert {}: {}",
         config.tls_cert.display(),

@@ -14,12 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
+use puente::audit::merkle::{verify_consistency, Hash};
 use puente::audit::note::{Checkpoint, NoteVerifier};
 use puente::config::Config;
 use puente::pb::v1::admin_service_client::AdminServiceClient;
+use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
-    send_message_request, Agency, AgencyStatus, Evaluation, HandlingCode, InformationAccuracy,
+    send_message_request, Agency, AgencyStatus, Evaluation, GetCheckpointRequest,
+    GetConsistencyProofRequest, GetLogInfoRequest, HandlingCode, InformationAccuracy,
     ListAgenciesRequest, Region, RegisterAgencyRequest, SendMessageRequest, SourceReliability,
     StreamInboxRequest, StreamInboxResponse, Topic, UpdateAgencyRequest,
 };
@@ -735,6 +738,74 @@ pub fn verify_checkpoint(verifier_key: &str, note: &str) -> Checkpoint {
     let verifier = NoteVerifier::parse(verifier_key).expect("verifier key");
     Checkpoint::parse(verifier.verify(note).expect("signed by the log key"))
         .expect("checkpoint body")
+}
+
+/// The log's verifier key and its latest checkpoint, whose signature is checked with that key.
+pub async fn signed_checkpoint(client: &mut AuditServiceClient<Channel>) -> (String, Checkpoint) {
+    let key = client
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner()
+        .verifier_key;
+    let note = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .checkpoint;
+    let checkpoint = verify_checkpoint(&key, &note);
+    (key, checkpoint)
+}
+
+/// Asserts, with a consistency proof from the server, that the log of checkpoint `after`
+/// extends the log of checkpoint `before`.
+pub async fn assert_log_extends(
+    client: &mut AuditServiceClient<Channel>,
+    before: &Checkpoint,
+    after: &Checkpoint,
+) {
+    assert!(
+        after.size >= before.size,
+        "the log shrank from {} to {} entries",
+        before.size,
+        after.size
+    );
+    let proof: Vec<Hash> = client
+        .get_consistency_proof(GetConsistencyProofRequest {
+            from_size: before.size,
+            to_size: after.size,
+        })
+        .await
+        .expect("consistency proof")
+        .into_inner()
+        .hashes
+        .into_iter()
+        .map(|h| h.try_into().expect("32-byte hash"))
+        .collect();
+    verify_consistency(before.size, after.size, &proof, &before.root, &after.root)
+        .expect("the later log extends the earlier checkpoint");
+}
+
+/// Every entry of the caller's inbox from sequence 1, backlog only, in order.
+pub async fn backlog(client: &mut ExchangeServiceClient<Channel>) -> Vec<StreamInboxResponse> {
+    let mut stream = client
+        .stream_inbox(StreamInboxRequest {
+            after_sequence: 0,
+            backlog_only: true,
+        })
+        .await
+        .expect("StreamInbox")
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(entry) = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("inbox stream stalled")
+        .expect("inbox stream failed")
+    {
+        entries.push(entry);
+    }
+    entries
 }
 
 /// A `StreamInbox` request resuming after `after_sequence`.
