@@ -544,6 +544,11 @@ impl ServerProcess {
         ServerProcess { child, addr }
     }
 
+    /// The process id, to read the server's memory from `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         let status = Command::new("kill")
