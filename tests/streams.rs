@@ -56,11 +56,11 @@ const IDLE_STREAM_BUDGET: u64 = 32 * KIB;
 /// each, four senders), memory the allocator keeps after those are freed, the store's cache of
 /// inbox and delivery records, the normal exchange. Measured at about 30 MiB.
 const OTHER_BUDGET: u64 = 64 * MIB;
-/// Part of a stream's HTTP/2 queue that h2 accepts more data into: hyper's `max_send_buf_size`
-/// (400 KiB) plus one tonic chunk beyond its 32 KiB yield threshold.
-const H2_QUEUE: u64 = 432 * KIB;
 /// tonic's yield threshold: a chunk is what it encoded until it reached this, plus a message.
 const TONIC_CHUNK: u64 = 32 * KIB;
+/// One stream's h2 queue, less its last message: h2 accepts a chunk while less than hyper's
+/// `max_send_buf_size` (400 KiB) is queued.
+const H2_QUEUE: u64 = 400 * KIB + TONIC_CHUNK;
 
 /// What one stalled stream may hold in the server when its encoded responses are at most `m`
 /// bytes (src/exchange/inbox.rs): the stream's buffer, max(1 MiB, m); the chunk hyper holds
@@ -158,9 +158,15 @@ fn named(id: &str, recipients: &[&str], text: &str) -> SendMessageRequest {
     request
 }
 
-/// The `n`th message of the backlog: an attachment of `bytes` bytes.
-fn bulk(n: usize, recipients: &[&str], bytes: usize) -> SendMessageRequest {
-    let mut request = named(&format!("bulk-{n}"), recipients, "Ledger scan attached.");
+/// The `n`th message of the backlog to the `group`th group of recipients: an attachment of
+/// `bytes` bytes. Its subject names it without the group.
+fn bulk(n: usize, group: usize, recipients: &[&str], bytes: usize) -> SendMessageRequest {
+    let mut request = text_message(
+        &format!("bulk-{n}-{group}"),
+        recipients,
+        "Ledger scan attached.",
+    );
+    request.subject = format!("bulk-{n}");
     request.attachments = vec![Attachment {
         filename: format!("ledger-{n}.bin"),
         media_type: "application/octet-stream".into(),
@@ -356,8 +362,8 @@ async fn idle_and_stalled_inbox_streams_hold_bounded_memory_and_never_block_send
         async move {
             let mut sent = Vec::new();
             for n in (sender..backlog).step_by(BULK_SENDERS) {
-                for group in groups {
-                    sent.push((sender, send(&mut client, bulk(n, group, bytes)).await));
+                for (g, group) in groups.iter().enumerate() {
+                    sent.push((sender, send(&mut client, bulk(n, g, group, bytes)).await));
                 }
             }
             sent
@@ -401,20 +407,24 @@ async fn idle_and_stalled_inbox_streams_hold_bounded_memory_and_never_block_send
     }
     assert_eq!(bulk_sent.len(), scale.backlog * groups.len());
 
-    // 4. The stalled streams have taken what they can: at least a client window's worth each
-    //    (the delivered marks are written behind the streams, so this waits for them).
+    // 4. The stalled streams have taken what they can: at least a client window's worth each,
+    //    and no more since the last look (the delivered marks are written behind the streams).
+    //    An encoded response is the attachment and well under 1 KiB of the rest.
     let encoded = scale.message_bytes as u64 + KIB;
     let lower = CLIENT_STREAM_WINDOW.div_ceil(encoded) as usize;
     let deadline = Instant::now() + 3 * WAIT;
+    let mut previous = Vec::new();
     let delivered = loop {
         let counts = delivered_counts(&bulk_clients, &bulk_sent, &stalled_ids).await;
-        if counts.iter().all(|&n| n >= lower) {
+        if counts.iter().all(|&n| n >= lower) && counts == previous {
             break counts;
         }
         assert!(
             Instant::now() < deadline,
-            "stalled streams never took a client window's worth ({lower} messages): {counts:?}"
+            "stalled streams did not settle after a client window's worth ({lower} messages): \
+             {counts:?}"
         );
+        previous = counts;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let loaded = memory(pid);
