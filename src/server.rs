@@ -59,6 +59,12 @@ const EXPIRY_WARNING_DAYS: i64 = 14;
 const CONNECTIONS_FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Time calls get to finish once a connection reached its maximum age.
 const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// HTTP/2 streams (calls) one connection may have open at once; a client queues the ones over
+/// it. tonic passes "no limit" to hyper unless told, and an inbox stream whose client stops
+/// reading holds about five times `limits.max_message_bytes` (see `exchange::inbox`). A
+/// connection serves one caller: room for its inbox streams (16 by default) and its
+/// concurrent calls.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +270,7 @@ fn server_builder(config: &Config) -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_connection_age(config.max_connection_age())
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
 }
 
 /// The largest gRPC frame a service decodes.

@@ -3,13 +3,30 @@
 //!
 //! Each stream has its own task that follows the inbox's durable watermark and reads entries
 //! from the store up to it. Nothing is pushed to readers, so a slow reader only delays itself:
-//! its task waits on a small bounded channel while senders and other readers go on.
+//! its task waits on a small bounded buffer while senders and other readers go on.
+//!
+//! What a stalled stream (a client that stops reading) holds in the server, with `M` the
+//! largest encoded response (about `limits.max_message_bytes`):
+//! - this module's buffer: at most [`STREAM_BUFFER`] responses whose bodies, when there are
+//!   two, fit in [`STREAM_BUFFER_BYTES`]: at most max(1 MiB, M). The reader task waits for
+//!   room *before* it reads a message, so while it waits it holds none;
+//! - hyper: one chunk that tonic encoded from the responses it took (it yields once 32 KiB are
+//!   encoded: at most 32 KiB + M), held until the stream has send capacity, which it lacks once
+//!   the client's stream window is used up. Meanwhile nothing polls tonic or this buffer;
+//! - h2: the chunks handed over before, each accepted only while less than hyper's
+//!   `max_send_buf_size` (400 KiB) was queued: at most 432 KiB + M.
+//!
+//! tonic encodes into a buffer that grows by doubling, so a chunk may pin twice its length.
+//! Together max(1 MiB, M) + 2·(32 KiB + M) + 2·(432 KiB + M), about 5·M + 1 MiB per stalled
+//! stream whatever its backlog: 81 MiB at the 16 MiB limit. Measured: 1.5, 3.2 and 5.8 MiB per
+//! stream with 128 KiB, 512 KiB and 1 MiB messages (`tests/streams.rs`, RELIABILITY.md). The
+//! client's windows decide how much more has left the server.
 
 use crate::admission::StreamSlot;
 use std::pin::Pin;
 
-use futures::Stream;
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{debug, warn};
@@ -21,18 +38,27 @@ use crate::audit;
 use crate::identity::{AgencyId, Caller, IdentityError, Revocations};
 use crate::pb::v1::AuditAction;
 use crate::pb::v1::{DeliveryState, StreamInboxResponse};
+use crate::store::records::MessageRecord;
 
 /// Entries read from the store per round.
 const READ_CHUNK: usize = 64;
 /// Responses buffered per stream before the reader task waits for the client. Small, because a
 /// message counts as DELIVERED once it is handed to this buffer.
 const STREAM_BUFFER: usize = 2;
+/// Body bytes the buffer of one stream holds: a response joins a non-empty buffer only if the
+/// bodies in it stay within this; a larger one waits until the buffer is empty and goes alone.
+/// Small messages keep the buffer's full depth; a stalled stream holds one large message here,
+/// not two.
+const STREAM_BUFFER_BYTES: u32 = 1024 * 1024;
+
+/// A response in a stream's buffer with its share of the buffer's bytes, given back when the
+/// transport takes the response. Boxed: the channel allocates its slots 32 at a time when it
+/// is created, and a `StreamInboxResponse` is about 1 KiB, which every idle stream would pay.
+type Buffered = Result<(Box<StreamInboxResponse>, OwnedSemaphorePermit), Status>;
 
 /// The response stream of `StreamInbox`.
 pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;
 
-/// Starts the reader task of one inbox stream.
-/// With `backlog_only`, the stream ends once it has caught up with the durable inbox.
 /// Whose inbox a stream reads, and what ends it early.
 pub(super) struct Reader {
     /// The agency.
@@ -45,6 +71,8 @@ pub(super) struct Reader {
     pub _slot: StreamSlot,
 }
 
+/// Starts the reader task of one inbox stream.
+/// With `backlog_only`, the stream ends once it has caught up with the durable inbox.
 pub(super) fn spawn(
     service: ExchangeService,
     reader: Reader,
@@ -52,14 +80,21 @@ pub(super) fn spawn(
     backlog_only: bool,
 ) -> InboxStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let bytes = Arc::new(Semaphore::new(STREAM_BUFFER_BYTES as usize));
     tokio::spawn(async move {
-        if let Err(err) = follow(&service, &reader, after, backlog_only, &tx).await {
+        if let Err(err) = follow(&service, &reader, after, backlog_only, &tx, &bytes).await {
             // The client may already be gone; then there is nobody to tell.
             let _ = tx.send(Err(err.into())).await;
         }
         debug!(agency = %reader.agency, "inbox stream closed");
     });
-    Box::pin(ReceiverStream::new(rx))
+    Box::pin(ReceiverStream::new(rx).map(|buffered| buffered.map(|(response, _bytes)| *response)))
+}
+
+/// The share of a stream's buffer bytes that a message takes: its body's length (the decoded
+/// response is about that size), at most all of them.
+fn buffer_share(record: &MessageRecord) -> u32 {
+    u32::try_from(record.body_len).map_or(STREAM_BUFFER_BYTES, |len| len.min(STREAM_BUFFER_BYTES))
 }
 
 async fn follow(
@@ -67,7 +102,8 @@ async fn follow(
     reader: &Reader,
     mut last: u64,
     backlog_only: bool,
-    tx: &mpsc::Sender<Result<StreamInboxResponse, Status>>,
+    tx: &mpsc::Sender<Buffered>,
+    bytes: &Arc<Semaphore>,
 ) -> Result<(), ExchangeError> {
     let agency = &reader.agency;
     let mut watermark = service.store.subscribe_inbox(agency.as_str());
@@ -110,6 +146,18 @@ async fn follow(
                 last = sequence;
                 continue;
             };
+            // Room in the buffer first, the body after: a task waiting on a stalled client
+            // holds no message.
+            let Ok(share) = Arc::clone(bytes)
+                .acquire_many_owned(buffer_share(&record))
+                .await
+            else {
+                // Never closed; the semaphore lives as long as this task.
+                return Ok(());
+            };
+            let Ok(slot) = tx.reserve().await else {
+                return Ok(());
+            };
             let event =
                 audit::message_event(AuditAction::MessageDelivered, Some(&reader.caller), &record);
             let message = service.to_message(record)?;
@@ -117,9 +165,7 @@ async fn follow(
                 sequence,
                 message: Some(message),
             };
-            if tx.send(Ok(response)).await.is_err() {
-                return Ok(());
-            }
+            slot.send(Ok((Box::new(response), share)));
             service
                 .store
                 .advance_delivery_later(

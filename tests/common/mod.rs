@@ -583,7 +583,7 @@ impl ServerProcess {
         ServerProcess { child, addr }
     }
 
-    /// Its process id.
+    /// The process id (to read its memory from `/proc/<pid>/status`, or limit it).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
