@@ -6,6 +6,7 @@
 //! its task waits on a small bounded channel while senders and other readers go on.
 
 use crate::admission::StreamSlot;
+use crate::metrics::InboxProgress;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -43,6 +44,8 @@ pub(super) struct Reader {
     pub revocations: Arc<Revocations>,
     /// The agency's stream slot, held while the stream lives.
     pub _slot: StreamSlot,
+    /// What the stream delivered, for the delivered counter and the backlog gauge.
+    pub progress: InboxProgress,
 }
 
 pub(super) fn spawn(
@@ -107,6 +110,7 @@ async fn follow(
             // when its retention period ran out, and is passed over.
             let Some(record) = service.store.message(&message_id)? else {
                 debug!(agency = %agency, sequence, message_id, "inbox entry of an erased message skipped");
+                reader.progress.skipped(sequence);
                 last = sequence;
                 continue;
             };
@@ -120,6 +124,7 @@ async fn follow(
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
+            reader.progress.delivered(sequence);
             service
                 .store
                 .advance_delivery_later(

@@ -29,7 +29,7 @@ use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 pub use sealing::{DataKeys, Sealed, SealingError};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
-pub use stats::{commit_stats, CommitStats};
+pub use stats::{commit_histograms, commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
 
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
