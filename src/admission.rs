@@ -17,6 +17,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::config::Limits;
 use crate::identity::Peer;
+use crate::metrics::Metrics;
 
 /// Buckets kept before idle ones are dropped: a bucket refilled to its burst, with no refusal
 /// left to report, is the same as a new one.
@@ -160,15 +161,17 @@ impl Interceptor for RateInterceptor {
 pub struct StreamLimits {
     per_agency: usize,
     open: Arc<Mutex<HashMap<String, usize>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl StreamLimits {
-    /// The stream limit of `limits`.
+    /// The stream limit of `limits`; open streams are counted in `metrics` too.
     #[must_use]
-    pub fn new(limits: &Limits) -> StreamLimits {
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> StreamLimits {
         StreamLimits {
             per_agency: limits.inbox_streams_per_agency,
             open: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
         }
     }
 
@@ -191,9 +194,12 @@ impl StreamLimits {
             });
         }
         *count += 1;
+        let gauge = self.metrics.inbox_streams(agency);
+        gauge.inc();
         Ok(StreamSlot {
             limits: self.clone(),
             agency: agency.to_string(),
+            gauge,
         })
     }
 }
@@ -211,10 +217,13 @@ pub struct StreamLimitReached {
 pub struct StreamSlot {
     limits: StreamLimits,
     agency: String,
+    /// The agency's open-streams gauge, lowered again on drop.
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        self.gauge.dec();
         let mut open = self
             .limits
             .open
@@ -283,13 +292,21 @@ mod tests {
 
     #[test]
     fn stream_slots_are_counted_per_agency_and_freed_on_drop() {
-        let streams = StreamLimits::new(&limits(10, 10, 2));
+        let metrics = Arc::new(Metrics::default());
+        let streams = StreamLimits::new(&limits(10, 10, 2), Arc::clone(&metrics));
         let first = streams.open("ES-CNP").expect("first");
         let _second = streams.open("ES-CNP").expect("second");
         let refused = streams.open("ES-CNP").err().expect("third refused");
         assert_eq!((refused.agency.as_str(), refused.limit), ("ES-CNP", 2));
-        streams.open("CO-DIJIN").expect("other agency");
+        assert_eq!(
+            metrics.inbox_streams("ES-CNP").get(),
+            2,
+            "the refused one is not open"
+        );
+        let _other = streams.open("CO-DIJIN").expect("other agency");
         drop(first);
+        assert_eq!(metrics.inbox_streams("ES-CNP").get(), 1);
+        assert_eq!(metrics.inbox_streams("CO-DIJIN").get(), 1);
         streams.open("ES-CNP").expect("a slot was freed");
     }
 }

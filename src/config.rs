@@ -1,7 +1,9 @@
 //! Server configuration: plain data loaded from TOML, overridden by flags, validated once.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +13,10 @@ use crate::pb::v1::Topic;
 /// Address `puente serve` listens on when none is given.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 50051));
+/// Address of the Prometheus metrics endpoint when none is given: loopback only, as metrics name
+/// agencies and their volumes.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9464));
 /// Directory of the store when none is given.
 pub const DEFAULT_DATA_DIR: &str = "puente-data";
 /// Trust domain of the SPIFFE IDs accepted when none is given.
@@ -46,6 +52,8 @@ pub const DEFAULT_RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Config {
     /// Address to listen on for gRPC over mutual TLS.
     pub listen: SocketAddr,
+    /// Where the Prometheus metrics endpoint (`GET /metrics`, plain HTTP) listens, or `off`.
+    pub metrics_listen: MetricsListen,
     /// Directory of the sled store and message objects; created if missing.
     pub data_dir: PathBuf,
     /// PEM certificate chain the server presents.
@@ -76,6 +84,58 @@ pub struct Config {
     pub max_connections: usize,
     /// When message content is erased.
     pub retention: Retention,
+}
+
+/// Where the Prometheus metrics endpoint listens: written as an address (`127.0.0.1:9464`) or
+/// `off`, in the config file and in `--metrics-listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MetricsListen {
+    /// No metrics endpoint.
+    Off,
+    /// Serve metrics on this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+/// A `metrics_listen` value that is neither an address nor `off`.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics_listen must be an address such as 127.0.0.1:9464, or \"off\"; got {0:?}")]
+pub struct BadMetricsListen(String);
+
+impl FromStr for MetricsListen {
+    type Err = BadMetricsListen;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(MetricsListen::Off);
+        }
+        s.parse()
+            .map(MetricsListen::On)
+            .map_err(|_| BadMetricsListen(s.to_string()))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsListen::Off => f.write_str("off"),
+            MetricsListen::On(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = BadMetricsListen;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MetricsListen> for String {
+    fn from(listen: MetricsListen) -> Self {
+        listen.to_string()
+    }
 }
 
 /// Retention periods per topic: once a message is older than its topic's period, its record
@@ -222,6 +282,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN,
+            metrics_listen: MetricsListen::On(DEFAULT_METRICS_LISTEN),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
@@ -416,6 +477,23 @@ mod tests {
             missing.is_empty(),
             "keys missing from puente.example.toml: {missing:?}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        assert_eq!(
+            Config::default().metrics_listen,
+            MetricsListen::On(DEFAULT_METRICS_LISTEN)
+        );
+        let config: Config = toml::from_str("metrics_listen = \"off\"").unwrap();
+        assert_eq!(config.metrics_listen, MetricsListen::Off);
+        let config: Config = toml::from_str("metrics_listen = \"0.0.0.0:9100\"").unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            MetricsListen::On("0.0.0.0:9100".parse().unwrap())
+        );
+        assert!(toml::from_str::<Config>("metrics_listen = \"no\"").is_err());
+        assert_eq!("off".parse::<MetricsListen>().unwrap().to_string(), "off");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - [`identity`]: SPIFFE IDs, agency ids, and the `Caller` parsed from a client certificate.
 //! - [`tls`]: the rustls server configuration (mutual TLS, CRLs, no resumption).
 //! - [`server`]: `run(listener, config, shutdown)`: accept loop, handshakes, tonic router.
+//! - [`metrics`]: Prometheus metrics, the per-call observation layer of the router (metrics and
+//!   one log line per call), and the loopback HTTP endpoint that serves them.
+//! - [`telemetry`]: log lines on stderr, as text or JSON, filtered like `RUST_LOG`.
 //! - [`exchange`]: `ExchangeService`: validation, recipient expansion, inbox streams.
 //! - [`directory`]: the agency registry and `AdminService`.
 //! - [`store`]: sled records, the sequencing writer and group commit, the commit journal, and
@@ -34,10 +37,12 @@ pub mod errors;
 pub mod exchange;
 pub mod identity;
 pub mod matching;
+pub mod metrics;
 pub mod pb;
 pub mod pki;
 pub mod retention;
 pub mod server;
 pub mod stix;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

@@ -4,6 +4,9 @@
 //! client certificate is parsed once into a [`Peer`], and finished connections are handed to
 //! tonic, which attaches the `Peer` to every request of the connection.
 //!
+//! Every call passes the [`RpcLayer`] (metrics and one log line per call), and the metrics are
+//! served on their own plain-HTTP listener (`metrics_listen`, loopback by default).
+//!
 //! [`run_echo`] serves the echo service of `puente bench` through the same TLS, accept loop and
 //! tonic settings, with nothing behind it: the bound the exchange's durable rate is set against.
 
@@ -29,12 +32,14 @@ use crate::admission::RateLimits;
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::bench::Echo;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, MetricsListen};
 use crate::directory::service::AdminService;
 use crate::directory::{Directory, DirectoryError};
 use crate::exchange::ExchangeService;
 use crate::identity::{Caller, IdentityError, Peer};
 use crate::matching::service::MatchService;
+use crate::metrics::rpc::RpcLayer;
+use crate::metrics::{ConnectionGuard, HandshakeFailure, Metrics};
 use crate::pb::bench::v1::echo_service_server::EchoServiceServer;
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::audit_service_server::AuditServiceServer;
@@ -96,17 +101,55 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics endpoint's address cannot be bound.
+    #[error("cannot listen for metrics on {addr} (in use? choose another with --metrics-listen, or turn metrics off with --metrics-listen off)")]
+    MetricsListen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Binds the metrics endpoint's address of `config`, unless metrics are off.
+///
+/// # Errors
+/// `MetricsListen` when the address cannot be bound.
+pub async fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, ServerError> {
+    match config.metrics_listen {
+        MetricsListen::Off => Ok(None),
+        MetricsListen::On(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| ServerError::MetricsListen { addr, source }),
+    }
 }
 
 /// Serves the exchange on `listener` until `shutdown` completes, then drains: open inbox streams
 /// end with UNAVAILABLE, in-flight calls get up to `config.drain_timeout_ms` to finish, and the
-/// store is closed after its last write is durable.
+/// store is closed after its last write is durable. Metrics are served on
+/// `config.metrics_listen`, bound here.
 ///
 /// # Errors
-/// Invalid configuration, unusable TLS material, a store that cannot be opened, or a transport
-/// failure.
+/// Invalid configuration, unusable TLS material, a store that cannot be opened, a metrics
+/// address that cannot be bound, or a transport failure.
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let metrics_listener = bind_metrics(&config).await?;
+    run_with_metrics(listener, metrics_listener, config, shutdown).await
+}
+
+/// [`run`] with the metrics endpoint's listener already bound (see [`bind_metrics`]), or none
+/// to serve no metrics: for a caller that reports both bound addresses before serving.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
@@ -122,14 +165,26 @@ pub async fn run(
     let audit = AuditLog::open(Arc::clone(&store), &config.data_dir, &config.trust_domain)?;
 
     let (stopping_tx, stopping) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
     let exchange = ExchangeService::new(
         Arc::clone(&store),
         Arc::clone(&directory),
         config.limits.clone(),
         stopping.clone(),
+        Arc::clone(&metrics),
     );
     let admin = AdminService::new(Arc::clone(&directory), Arc::clone(&tls), Arc::clone(&store));
     let auditing = AuditService::new(Arc::clone(&audit), Arc::clone(&directory));
+    if let Some(metrics_listener) = metrics_listener {
+        serve_metrics(
+            metrics_listener,
+            &metrics,
+            &store,
+            &directory,
+            &config,
+            stopping.clone(),
+        );
+    }
     let matching = MatchService::new(
         Arc::clone(&store),
         directory,
@@ -167,6 +222,7 @@ pub async fn run(
         Arc::clone(&tls),
         Some(Arc::clone(&store)),
         &config,
+        Arc::clone(&metrics),
     );
     let (draining_tx, draining) = oneshot::channel();
     let mut failure = store.failure();
@@ -188,6 +244,7 @@ pub async fn run(
     };
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
     let serve = server_builder(&config)
+        .layer(RpcLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -248,13 +305,47 @@ pub async fn run_echo(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let tls = load_tls(&config)?;
-    let incoming = accept_loop(listener, tls, None, &config);
+    // Nothing reads these: the echo server has no metrics endpoint.
+    let incoming = accept_loop(listener, tls, None, &config, Arc::default());
     info!(trust_domain = %config.trust_domain, "serving the bench echo service");
     server_builder(&config)
         .add_service(EchoServiceServer::new(Echo).max_decoding_message_size(max_frame(&config)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Serves `metrics` and what is read from `store` and `directory` at each scrape on `listener`,
+/// until `stopping`; measures the agencies' inbox backlogs from the store first, in the
+/// background.
+fn serve_metrics(
+    listener: TcpListener,
+    metrics: &Arc<Metrics>,
+    store: &Arc<Store>,
+    directory: &Arc<Directory>,
+    config: &Config,
+    stopping: watch::Receiver<bool>,
+) {
+    match listener.local_addr() {
+        Ok(addr) if !addr.ip().is_loopback() => warn!(
+            %addr,
+            "metrics are served beyond loopback, without TLS or authentication: they name agencies and show their message volumes, so only the Prometheus server should reach this address"
+        ),
+        Ok(addr) => info!(%addr, "serving metrics on /metrics"),
+        Err(e) => warn!(error = %e, "cannot read the metrics address"),
+    }
+    let registry = metrics.registry(
+        Arc::clone(store),
+        Arc::clone(directory),
+        config.data_dir.clone(),
+    );
+    crate::metrics::endpoint::spawn(listener, registry, stopping);
+    let (metrics, store, directory) = (
+        Arc::clone(metrics),
+        Arc::clone(store),
+        Arc::clone(directory),
+    );
+    tokio::task::spawn_blocking(move || metrics.seed_inbox_cursors(&store, &directory));
 }
 
 /// The server's TLS state from the files `config` names and the CRLs persisted in its data
@@ -287,6 +378,7 @@ fn accept_loop(
     tls: Arc<TlsState>,
     store: Option<Arc<Store>>,
     config: &Config,
+    metrics: Arc<Metrics>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let trust_domain: Arc<str> = config.trust_domain.as_str().into();
@@ -311,6 +403,7 @@ fn accept_loop(
                 }
             };
             let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
                 if full_reported_at
                     .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
                 {
@@ -327,11 +420,19 @@ fn accept_loop(
             let revocations = tls.revocations();
             let (tx, trust_domain, store) = (tx.clone(), Arc::clone(&trust_domain), store.clone());
             let handshake_records = Arc::clone(&handshake_records);
+            let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let caller = identify(&stream, &trust_domain);
                         log_connection(&caller, remote_addr);
+                        let agency = match &caller {
+                            Ok(caller) => metrics.agency_connected(caller),
+                            Err(_) => {
+                                metrics.handshake_failed(HandshakeFailure::BadIdentity);
+                                None
+                            }
+                        };
                         let peer = Peer {
                             caller,
                             remote_addr: Some(remote_addr),
@@ -341,10 +442,12 @@ fn accept_loop(
                             stream,
                             peer,
                             _permit: permit,
+                            _agency: agency,
                         };
                         let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(e)) => {
+                        metrics.handshake_failed(HandshakeFailure::of(&e));
                         warn!(%remote_addr, error = %e, "TLS handshake refused");
                         let record = handshake_records.admit(&remote_addr.ip().to_string());
                         if let (Some(store), Ok(unrecorded)) = (store, record) {
@@ -360,7 +463,10 @@ fn accept_loop(
                             }
                         }
                     }
-                    Err(_) => warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out"),
+                    Err(_) => {
+                        metrics.handshake_failed(HandshakeFailure::Timeout);
+                        warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out");
+                    }
                 }
             });
         }
@@ -451,6 +557,8 @@ pub struct TlsConnection {
     peer: Peer,
     /// This connection's place under the connection limit, given back when it is dropped.
     _permit: OwnedSemaphorePermit,
+    /// An agency's connection, counted for the certificate expiry metric while it is open.
+    _agency: Option<ConnectionGuard>,
 }
 
 impl Connected for TlsConnection {

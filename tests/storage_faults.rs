@@ -51,7 +51,8 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
     command
         .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_puente"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
         .arg(path("data"))
         .arg("--tls-cert")
         .arg(path("server.pem"))
@@ -61,7 +62,7 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
         .arg(path("ca.pem"))
         .arg("--data-key")
         .arg(path("data.keys"));
-    let server = ServerProcess::spawn(command);
+    let server = ServerProcess::spawn(command, "warn", std::process::Stdio::inherit());
     register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
     register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
     let mut es = pki.agency_client("ES-CNP", server.addr).await;

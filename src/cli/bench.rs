@@ -34,7 +34,7 @@ use tonic::Streaming;
 
 use super::rpc_error;
 use crate::audit::merkle;
-use crate::config::{ClientProfile, Config, Limits, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::config::{ClientProfile, Config, Limits, MetricsListen, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::directory::{AgencyEntry, Directory};
 use crate::exchange::ExchangeService;
 use crate::identity::{AgencyId, Caller, Peer, Revocations};
@@ -333,6 +333,9 @@ impl Pki {
                 request_burst: u32::MAX,
                 ..Limits::default()
             },
+            // Servers of one run come and go in this process: the default port would clash
+            // with a server running on this machine. The per-call metrics are still recorded.
+            metrics_listen: MetricsListen::Off,
             ..Config::default()
         }
     }
@@ -702,6 +705,7 @@ async fn preload(
         Arc::clone(directory),
         config.limits.clone(),
         stopping,
+        Arc::default(),
     );
     let peers: Arc<[Peer]> = cast
         .senders

@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 
 pub use connect::ConnectArgs;
 
+use crate::telemetry::LogFormat;
+
 /// Puente: a mutual-TLS exchange of intelligence between law-enforcement and
 /// financial-intelligence agencies.
 #[derive(Debug, Parser)]
@@ -33,6 +35,16 @@ pub use connect::ConnectArgs;
     propagate_version = true
 )]
 pub struct Cli {
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors. `RUST_LOG` sets what is logged.
+    #[arg(
+        long,
+        global = true,
+        env = "PUENTE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -245,5 +257,25 @@ pub(crate) fn read_file_arg(path: &std::path::Path) -> anyhow::Result<String> {
     } else {
         std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --file {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for_before_or_after_the_command() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().log_format;
+        assert_eq!(parse(&["puente", "serve"]), LogFormat::Text);
+        assert_eq!(
+            parse(&["puente", "serve", "--log-format", "json"]),
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["puente", "--log-format", "json", "serve"]),
+            LogFormat::Json
+        );
+        assert!(Cli::try_parse_from(["puente", "--log-format", "xml", "serve"]).is_err());
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, MetricsListen};
 use crate::directory::{AgencyEntry, Directory};
 use crate::identity::AgencyId;
 use crate::pb::v1::AgencyStatus;
@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051]. Port 0 picks a free port.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the Prometheus metrics endpoint (plain HTTP, `GET /metrics`), or `off`
+    /// [default: 127.0.0.1:9464]. Metrics name agencies and show their volumes: keep it on
+    /// loopback or behind a firewall. Port 0 picks a free port.
+    #[arg(long)]
+    metrics_listen: Option<MetricsListen>,
     /// Directory of the store [default: puente-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -70,6 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
     let addr = listener.local_addr()?;
+    let metrics_listener = crate::server::bind_metrics(&config).await?;
     if args.dev {
         let pki = dev::ensure(Path::new(DEV_PKI_DIR), &config.trust_domain, addr)?;
         config.tls_cert = args.tls_cert.clone().unwrap_or(pki.server_cert);
@@ -83,9 +89,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     config.validate()?;
-    // Scripts and tests read the bound address (useful with --listen 127.0.0.1:0) from stdout.
+    // Scripts and tests read the bound addresses (useful with port 0) from stdout.
     println!("listening on {addr}");
-    crate::server::run(listener, config, shutdown_signal()).await?;
+    if let Some(metrics) = &metrics_listener {
+        println!("metrics on {}", metrics.local_addr()?);
+    }
+    crate::server::run_with_metrics(listener, metrics_listener, config, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -126,6 +135,9 @@ impl ServeArgs {
 fn apply_flags(config: &mut Config, args: &ServeArgs) {
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(metrics_listen) = args.metrics_listen {
+        config.metrics_listen = metrics_listen;
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();

@@ -23,6 +23,7 @@
 //! client's windows decide how much more has left the server.
 
 use crate::admission::StreamSlot;
+use crate::metrics::InboxProgress;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
@@ -69,6 +70,8 @@ pub(super) struct Reader {
     pub revocations: Arc<Revocations>,
     /// The agency's stream slot, held while the stream lives.
     pub _slot: StreamSlot,
+    /// What the stream delivered, for the delivered counter and the backlog gauge.
+    pub progress: InboxProgress,
 }
 
 /// Starts the reader task of one inbox stream.
@@ -143,6 +146,7 @@ async fn follow(
             // when its retention period ran out, and is passed over.
             let Some(record) = service.store.message(&message_id)? else {
                 debug!(agency = %agency, sequence, message_id, "inbox entry of an erased message skipped");
+                reader.progress.skipped(sequence);
                 last = sequence;
                 continue;
             };
@@ -166,6 +170,7 @@ async fn follow(
                 message: Some(message),
             };
             slot.send(Ok((Box::new(response), share)));
+            reader.progress.delivered(sequence);
             service
                 .store
                 .advance_delivery_later(

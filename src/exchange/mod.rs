@@ -23,6 +23,7 @@ use crate::audit;
 use crate::config::Limits;
 use crate::directory::{to_wire, Directory};
 use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::metrics::Metrics;
 use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::MatchHitNotice;
 use crate::pb::v1::{
@@ -154,22 +155,26 @@ pub struct ExchangeService {
     limits: Limits,
     streams: StreamLimits,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl ExchangeService {
     /// Serves agencies from `store` and `directory`; inbox streams end when `shutdown` turns true.
+    /// Accepted and delivered messages and open streams are counted in `metrics`.
     pub fn new(
         store: Arc<Store>,
         directory: Arc<Directory>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> ExchangeService {
         ExchangeService {
             store,
             directory,
-            streams: StreamLimits::new(&limits),
+            streams: StreamLimits::new(&limits, Arc::clone(&metrics)),
             limits,
             shutdown,
+            metrics,
         }
     }
 
@@ -440,6 +445,7 @@ impl ExchangeService {
             )
             .await?;
         if accepted.created {
+            self.metrics.message_accepted(commit.action);
             info!(agency = %sender, message_id = %accepted.message_id, recipients, action = commit.action.as_str_name(), "message accepted");
         } else {
             info!(agency = %sender, message_id = %accepted.message_id, "idempotent retry answered");
@@ -592,6 +598,7 @@ impl ExchangeService {
         Ok(inbox::spawn(
             self.clone(),
             inbox::Reader {
+                progress: self.metrics.inbox_opened(agency.as_str(), after_sequence),
                 agency,
                 caller: Arc::clone(&caller),
                 revocations,

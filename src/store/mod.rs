@@ -30,7 +30,7 @@ use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 pub use sealing::{DataKeys, Sealed, SealingError};
-pub use stats::{commit_stats, CommitStats};
+pub use stats::{commit_histograms, commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
 
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};

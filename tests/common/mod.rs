@@ -16,7 +16,7 @@ use std::time::Duration;
 use prost::Message as _;
 use puente::audit::merkle::{verify_consistency, Hash};
 use puente::audit::note::{Checkpoint, NoteVerifier};
-use puente::config::Config;
+use puente::config::{Config, MetricsListen};
 use puente::pb::v1::admin_service_client::AdminServiceClient;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -425,6 +425,8 @@ impl TestServer {
             tls_key,
             client_ca,
             data_key,
+            // Tests run many servers at once; none reads their metrics over HTTP.
+            metrics_listen: MetricsListen::Off,
             ..Default::default()
         };
         edit(&mut config);
@@ -511,11 +513,14 @@ impl Drop for TestServer {
 
 // === ServerProcess ===
 
-/// A `puente serve` child process on `127.0.0.1:<ephemeral>`. Killed when dropped.
+/// A `puente serve` child process on `127.0.0.1:<ephemeral>`, with its metrics endpoint on
+/// another ephemeral loopback port. Killed when dropped.
 pub struct ServerProcess {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its metrics endpoint listens.
+    pub metrics_addr: SocketAddr,
 }
 
 impl ServerProcess {
@@ -543,9 +548,19 @@ impl ServerProcess {
         ])
     }
 
-    /// Starts `puente serve --listen 127.0.0.1:0` with these further arguments and reads the
-    /// bound address from the first line of its stdout.
+    /// Starts `puente serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0` with these
+    /// further arguments, logging warnings to the test's stderr; see [`ServerProcess::spawn`].
     pub fn start_with<I, S>(args: I) -> ServerProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        ServerProcess::spawn(ServerProcess::command(args), "warn", Stdio::inherit())
+    }
+
+    /// `puente serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0` with these further
+    /// arguments.
+    pub fn command<I, S>(args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -554,33 +569,42 @@ impl ServerProcess {
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(args);
-        ServerProcess::spawn(command)
+        command
     }
 
-    /// Starts `command`, which must end up running `puente serve` in the same process (e.g.
-    /// through a shell's `exec`), and reads the bound address from its stdout.
-    pub fn spawn(mut command: Command) -> ServerProcess {
+    /// Starts `command`, which must end up running `puente serve` with both listeners on port 0
+    /// in the same process (e.g. [`ServerProcess::command`], or a shell that `exec`s it), with
+    /// `RUST_LOG=rust_log` and its stderr to `stderr`, and reads the bound addresses from the
+    /// first two lines of its stdout.
+    pub fn spawn(mut command: Command, rust_log: &str, stderr: Stdio) -> ServerProcess {
         let mut child = command
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env_remove("PUENTE_CONFIG")
             .env_remove("PUENTE_CRL")
+            .env_remove("PUENTE_LOG_FORMAT")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start puente serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("socket address");
-        ServerProcess { child, addr }
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut read_addr = |prefix: &str| -> SocketAddr {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read an address line");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got the line {line:?}"))
+                .parse()
+                .expect("socket address")
+        };
+        let addr = read_addr("listening on ");
+        let metrics_addr = read_addr("metrics on ");
+        ServerProcess {
+            child,
+            addr,
+            metrics_addr,
+        }
     }
 
     /// The process id (to read its memory from `/proc/<pid>/status`, or limit it).

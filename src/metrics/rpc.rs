@@ -1,0 +1,371 @@
+//! The per-call observation layer of the gRPC router: every call, refused ones included, counts
+//! in `puente_rpc_requests_total` by method and status code and in `puente_rpc_duration_seconds`
+//! by method, and makes one log line (target `puente::rpc`) with the caller's SPIFFE ID, the
+//! method, the status code and the latency. Neither the metrics nor the line ever hold anything
+//! from the request or the response but the status code.
+//!
+//! A call's status is in the response headers when the answer has no body (a "trailers-only"
+//! response: refused, rate-limited, invalid...) and in the trailers otherwise, so a call ends
+//! with whichever of the two carries `grpc-status`. A response dropped before its trailers
+//! (the client reset the stream or went away) ends the call as `CANCELLED`. Server-streaming
+//! calls therefore end when the stream does: their latency is the life of the stream.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prost::Message as _;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::Metrics;
+use crate::identity::{Caller, Peer};
+
+/// Log target of the per-call lines, to filter them (`RUST_LOG=puente::rpc=off`).
+pub const LOG_TARGET: &str = "puente::rpc";
+
+/// Service and method of a call that names one the server serves.
+#[derive(Debug)]
+pub struct Method {
+    service: String,
+    name: String,
+    /// `/<service>/<name>`, the request path.
+    path: String,
+}
+
+/// Labels and log value of a call whose path names no served method: such paths come from the
+/// client, so they must not become label values.
+static UNKNOWN: LazyLock<Method> = LazyLock::new(|| Method {
+    service: "unknown".into(),
+    name: "unknown".into(),
+    path: "unknown".into(),
+});
+
+/// Every method the exchange serves, by request path: from the descriptor sets of the contract,
+/// health checking and both reflection versions. Built once per process; label values borrow
+/// from it.
+static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
+    let sets = [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = HashMap::new();
+    for set in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+            tracing::error!(
+                "a built-in descriptor set does not decode; its methods are labelled unknown"
+            );
+            continue;
+        };
+        for file in set.file {
+            for service in &file.service {
+                let service_name = match file.package() {
+                    "" => service.name().to_string(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                for method in &service.method {
+                    let path = format!("/{service_name}/{}", method.name());
+                    methods.insert(
+                        path.clone(),
+                        Method {
+                            service: service_name.clone(),
+                            name: method.name().to_string(),
+                            path,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    methods
+});
+
+impl Method {
+    /// The method a request path names, or the `unknown` method.
+    pub fn of_path(path: &str) -> &'static Method {
+        METHODS.get(path).unwrap_or(&UNKNOWN)
+    }
+
+    /// The fully qualified service, e.g. `puente.v1.ExchangeService`.
+    pub fn service(&'static self) -> &'static str {
+        &self.service
+    }
+
+    /// The method name, e.g. `SendMessage`.
+    pub fn name(&'static self) -> &'static str {
+        &self.name
+    }
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC documentation.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The `grpc-status` of a header or trailer map, if it has one.
+fn status_of(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| Code::from_bytes(value.as_bytes()))
+}
+
+/// The tower layer that observes every call of the router it wraps.
+#[derive(Clone)]
+pub struct RpcLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcLayer {
+    /// Observes calls into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> RpcLayer {
+        RpcLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> RpcService<S> {
+        RpcService {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The router wrapped by [`RpcLayer`].
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<RpcBody<ResBody>>;
+    type Error = S::Error;
+    type Future = RpcFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let caller = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(|peer| peer.caller.as_ref().ok())
+            .map(Arc::clone);
+        let call = Call {
+            metrics: Arc::clone(&self.metrics),
+            method: Method::of_path(request.uri().path()),
+            caller,
+            started: Instant::now(),
+        };
+        RpcFuture {
+            inner: self.inner.call(request),
+            call: Pending(Some(call)),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RpcService`].
+    pub struct RpcFuture<F> {
+        #[pin]
+        inner: F,
+        call: Pending,
+    }
+}
+
+impl<F, ResBody, E> Future for RpcFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<RpcBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(e) => {
+                this.call.end(Code::Unknown);
+                return Poll::Ready(Err(e));
+            }
+        };
+        let mut call = this.call.take();
+        if let Some(code) = status_of(response.headers()) {
+            call.end(code);
+        }
+        Poll::Ready(Ok(response.map(|inner| RpcBody { inner, call })))
+    }
+}
+
+pin_project! {
+    /// A response body that ends its call when the trailers pass, or when dropped before.
+    pub struct RpcBody<B> {
+        #[pin]
+        inner: B,
+        call: Pending,
+    }
+}
+
+impl<B: Body> Body for RpcBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_of) {
+                    this.call.end(code);
+                }
+            }
+            // The response broke off: the client sees no status.
+            Some(Err(_)) => this.call.end(Code::Unknown),
+            // A gRPC response always ends with a status; a body that ends without one
+            // (a plain HTTP answer to a request that was not gRPC) has none to count.
+            None => this.call.end(Code::Unknown),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A call not yet ended; dropping it ends it as `CANCELLED`.
+struct Pending(Option<Call>);
+
+impl Pending {
+    fn end(&mut self, code: Code) {
+        if let Some(call) = self.0.take() {
+            call.end(code);
+        }
+    }
+
+    fn take(&mut self) -> Pending {
+        Pending(self.0.take())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled);
+    }
+}
+
+/// What is known of a call from its request.
+struct Call {
+    metrics: Arc<Metrics>,
+    method: &'static Method,
+    caller: Option<Arc<Caller>>,
+    started: Instant,
+}
+
+impl Call {
+    fn end(self, code: Code) {
+        let elapsed = self.started.elapsed();
+        let status = code_name(code);
+        self.metrics.observe_call(self.method, status, elapsed);
+        tracing::info!(
+            target: LOG_TARGET,
+            caller = %CallerId(self.caller.as_deref()),
+            method = %self.method.path,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            "rpc"
+        );
+    }
+}
+
+/// The caller's SPIFFE ID, or `-` for a connection whose certificate names no usable identity.
+struct CallerId<'a>(Option<&'a Caller>);
+
+impl fmt::Display for CallerId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(caller) => caller.id.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_are_known_and_other_paths_are_not() {
+        let send = Method::of_path("/puente.v1.ExchangeService/SendMessage");
+        assert_eq!(
+            (send.service(), send.name()),
+            ("puente.v1.ExchangeService", "SendMessage")
+        );
+        let health = Method::of_path("/grpc.health.v1.Health/Check");
+        assert_eq!(health.service(), "grpc.health.v1.Health");
+        let reflection =
+            Method::of_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
+        assert_eq!(reflection.name(), "ServerReflectionInfo");
+        for path in ["/puente.v1.ExchangeService/Nope", "/", "/metrics"] {
+            let method = Method::of_path(path);
+            assert_eq!((method.service(), method.name()), ("unknown", "unknown"));
+        }
+    }
+
+    #[test]
+    fn status_codes_have_their_canonical_names() {
+        let cases = [
+            ("0", "OK"),
+            ("7", "PERMISSION_DENIED"),
+            ("8", "RESOURCE_EXHAUSTED"),
+            ("16", "UNAUTHENTICATED"),
+            ("99", "UNKNOWN"),
+        ];
+        for (value, name) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", value.parse().unwrap());
+            assert_eq!(status_of(&headers).map(code_name), Some(name), "{value}");
+        }
+        assert_eq!(status_of(&HeaderMap::new()), None);
+    }
+}
