@@ -13,8 +13,8 @@ use puente::identity::Caller;
 use puente::matching::identifiers;
 use puente::pb::v1::{IdentifierKind, SendMessageRequest};
 use puente::pki::{self, CertificateAuthority, Subject};
-use puente::store::records::MessageRecord;
-use puente::store::{DataKeys, Sealed};
+use puente::store::records::{MessageRecord, SealedFields};
+use puente::store::{DataKeys, Part, Sealed};
 use puente::tls::{TlsFiles, TlsState};
 
 /// What a target does with one input.
@@ -139,20 +139,31 @@ pub fn journal(data: &[u8]) {
     }
 }
 
-/// A stored message record as sled returns it, its sealed body opened and decoded as a read
-/// does (`Store::body`, then the body's `SendMessageRequest`).
+/// A stored message record as sled returns it, its sealed fields and body opened and decoded as
+/// a read does (`Store::message`, `Store::body`).
 pub fn stored_message(data: &[u8]) {
-    let Ok(record) = MessageRecord::decode(data) else {
-        return;
+    let _ = open_stored_message(data);
+}
+
+/// The sealed fields and body of a stored record, if both open with the fixed key and decode.
+pub fn open_stored_message(data: &[u8]) -> Option<(SealedFields, SendMessageRequest)> {
+    let record = MessageRecord::decode(data).ok()?;
+    let keys = fixed_data_keys();
+    let fields = Sealed {
+        key_id: record.body_key_id.clone(),
+        nonce: record.sealed_fields_nonce,
+        ciphertext: record.sealed_fields,
     };
-    let sealed = Sealed {
+    let fields = keys.open(&record.message_id, Part::Fields, fields).ok();
+    let body = Sealed {
         key_id: record.body_key_id,
         nonce: record.body_nonce,
         ciphertext: record.body,
     };
-    if let Ok(body) = fixed_data_keys().open(&record.message_id, sealed) {
-        let _ = SendMessageRequest::decode(body.as_slice());
-    }
+    let body = keys.open(&record.message_id, Part::Body, body).ok();
+    let fields = SealedFields::decode(fields?.as_slice()).ok();
+    let body = SendMessageRequest::decode(body?.as_slice()).ok();
+    Some((fields?, body?))
 }
 
 /// A keyring whose one key, `fuzz`, is 32 zero bytes: fixed, so that committed inputs can hold

@@ -1,4 +1,4 @@
-//! Message bodies at rest: content and attachments never reach the data directory in the
+//! Messages at rest: subjects, content and attachments never reach the data directory in the
 //! clear, keys rotate without re-encryption, and an unusable keyring stops the server.
 
 mod common;
@@ -31,14 +31,15 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
 
 const MARKER: &str = "VESSEL-SANTA-MARTA-4471";
 
-/// A message whose text and two attachments (one small, one stored in its own file) carry
-/// [`MARKER`].
+/// A message whose subject, text and two attachments (one small, one stored in its own file)
+/// carry [`MARKER`].
 fn marked_message(client_message_id: &str) -> puente::pb::v1::SendMessageRequest {
     let mut request = text_message(
         client_message_id,
         &["CO-DIJIN"],
         &format!("Container on {MARKER}, 40 kg declared as coffee."),
     );
+    request.subject = format!("Cocaine in coffee sacks, {MARKER}");
     request.attachments = vec![
         Attachment {
             filename: "note.txt".into(),
@@ -69,7 +70,7 @@ async fn read(
 }
 
 #[tokio::test]
-async fn content_and_attachments_are_never_on_disk_in_the_clear() {
+async fn subjects_content_and_attachments_are_never_on_disk_in_the_clear() {
     let pki = TestPki::new();
     // Outside the server's own temporary directory, which goes when it stops.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,6 +93,7 @@ async fn content_and_attachments_are_never_on_disk_in_the_clear() {
     let delivered = entry.message.expect("message");
     assert_eq!(delivered.message_id, sent.message_id);
     assert_eq!(delivered.attachments, request.attachments);
+    assert_eq!(delivered.subject, request.subject);
     assert_eq!(delivered.content_sha256, content_sha256(&request));
     assert_eq!(
         files_containing(&data_dir, MARKER.as_bytes()),

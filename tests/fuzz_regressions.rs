@@ -27,3 +27,15 @@ fn every_committed_fuzz_input_is_handled() {
         "replayed {replayed} inputs"
     );
 }
+
+/// The sealed seed of `stored_message` reaches the decoders behind the seals: it is sealed the
+/// way the store seals (part labels, message id), with the target's fixed key.
+#[test]
+fn the_stored_message_seed_opens_with_the_fixed_key() {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/stored_message/sealed-with-the-fixed-key");
+    let (fields, body) =
+        targets::open_stored_message(&std::fs::read(seed).expect("read seed")).expect("opens");
+    assert_eq!(fields.subject, "Seized pistol");
+    assert!(body.content.is_some());
+}

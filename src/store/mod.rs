@@ -28,8 +28,8 @@ pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
-pub use sealing::{DataKeys, Sealed, SealingError};
+use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields};
+pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
 
@@ -320,6 +320,10 @@ impl Store {
         event: AuditEvent,
     ) -> Result<Accepted, StoreError> {
         let id = message.record.message_id.clone();
+        let fields = encode(&SealedFields::take(&mut message.record));
+        let fields = self.data_keys.seal(&id, Part::Fields, fields)?;
+        message.record.sealed_fields = fields.ciphertext;
+        message.record.sealed_fields_nonce = fields.nonce;
         let body = std::mem::take(&mut message.record.body);
         let external = body.len() + SEAL_OVERHEAD > INLINE_BODY_MAX;
         let sealed = if external {
@@ -330,7 +334,7 @@ impl Store {
                 id.clone(),
             );
             tokio::task::spawn_blocking(move || -> Result<Sealed, StoreError> {
-                let mut sealed = keys.seal(&id, body)?;
+                let mut sealed = keys.seal(&id, Part::Body, body)?;
                 objects.put(&id, &sealed.ciphertext)?;
                 sealed.ciphertext = Vec::new();
                 Ok(sealed)
@@ -338,7 +342,7 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)??
         } else {
-            self.data_keys.seal(&id, body)?
+            self.data_keys.seal(&id, Part::Body, body)?
         };
         message.record.body = sealed.ciphertext;
         message.record.body_key_id = sealed.key_id;
@@ -631,12 +635,24 @@ impl Store {
         .await
     }
 
-    /// A message record, if it exists.
+    /// A message record, if it exists, with its sealed fields opened (its body stays sealed:
+    /// see [`Store::body`]).
     ///
     /// # Errors
-    /// sled errors and corrupt records.
+    /// sled errors, corrupt records, sealed fields that do not open.
     pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
-        get_record(&self.db, &keys::message(message_id))
+        let key = keys::message(message_id);
+        let Some(mut record) = get_record::<MessageRecord>(&self.db, &key)? else {
+            return Ok(None);
+        };
+        let sealed = Sealed {
+            key_id: record.body_key_id.clone(),
+            nonce: std::mem::take(&mut record.sealed_fields_nonce),
+            ciphertext: std::mem::take(&mut record.sealed_fields),
+        };
+        let fields = self.data_keys.open(message_id, Part::Fields, sealed)?;
+        decode::<SealedFields>(&key, &fields)?.restore(&mut record);
+        Ok(Some(record))
     }
 
     /// The plain body of a message: read from its own file when it is external, then opened
@@ -655,7 +671,9 @@ impl Store {
             nonce: record.body_nonce.clone(),
             ciphertext,
         };
-        Ok(self.data_keys.open(&record.message_id, sealed)?)
+        Ok(self
+            .data_keys
+            .open(&record.message_id, Part::Body, sealed)?)
     }
 
     /// The delivery record of each recipient of a message, ordered by agency id; empty if the

@@ -17,7 +17,7 @@ pub struct MessageRecord {
     /// `puente.v1.Topic` value.
     #[prost(int32, tag = "4")]
     pub topic: i32,
-    /// Subject line.
+    /// Subject line (sealed at rest: see `sealed_fields`).
     #[prost(string, tag = "5")]
     pub subject: String,
     /// `puente.v1.HandlingCode` value.
@@ -90,12 +90,56 @@ pub struct MessageRecord {
     /// For MATCH_HIT entries: the encoded `puente.v1.MatchHitNotice`.
     #[prost(bytes = "vec", tag = "28")]
     pub match_hit: Vec<u8>,
-    /// Id of the data key that sealed the body.
+    /// Id of the data key that sealed the body and the sealed fields.
     #[prost(string, tag = "29")]
     pub body_key_id: String,
     /// Nonce the body was sealed with.
     #[prost(bytes = "vec", tag = "30")]
     pub body_nonce: Vec<u8>,
+    /// `subject`, `reason`, `handling_conditions` and `match_hit`, sealed together as a
+    /// `SealedFields`; those four are empty as stored and filled in by `Store::message`.
+    #[prost(bytes = "vec", tag = "31")]
+    pub sealed_fields: Vec<u8>,
+    /// Nonce `sealed_fields` was sealed with.
+    #[prost(bytes = "vec", tag = "32")]
+    pub sealed_fields_nonce: Vec<u8>,
+}
+
+/// The free-text fields of a message, sealed at rest beside its body.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SealedFields {
+    /// `MessageRecord::subject`.
+    #[prost(string, tag = "1")]
+    pub subject: String,
+    /// `MessageRecord::reason`.
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// `MessageRecord::handling_conditions`.
+    #[prost(string, tag = "3")]
+    pub handling_conditions: String,
+    /// `MessageRecord::match_hit`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub match_hit: Vec<u8>,
+}
+
+impl SealedFields {
+    /// Moves the free-text fields out of `record`, leaving them empty.
+    pub fn take(record: &mut MessageRecord) -> SealedFields {
+        SealedFields {
+            subject: std::mem::take(&mut record.subject),
+            reason: std::mem::take(&mut record.reason),
+            handling_conditions: std::mem::take(&mut record.handling_conditions),
+            match_hit: std::mem::take(&mut record.match_hit),
+        }
+    }
+
+    /// Puts the fields back into `record`.
+    pub fn restore(self, record: &mut MessageRecord) {
+        record.subject = self.subject;
+        record.reason = self.reason;
+        record.handling_conditions = self.handling_conditions;
+        record.match_hit = self.match_hit;
+    }
 }
 
 /// One published blinded identifier of one agency.

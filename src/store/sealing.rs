@@ -1,10 +1,11 @@
 //! Encryption of message bodies at rest: a keyring file of ChaCha20-Poly1305 data keys, each
 //! with an id stored beside every body it sealed, so keys can rotate without re-encrypting.
 //!
-//! A body (content and attachments) is sealed with the keyring's newest key, a random 96-bit
-//! nonce, and the message id as associated data, so a sealed body cannot be moved to another
-//! message unnoticed. Bodies are sealed before they reach the commit journal, sled or the object
-//! directory: nothing on the data disk holds them in the clear.
+//! A message's body (content and attachments) and its free-text fields (subject, reasons,
+//! conditions of use, hit notices) are sealed with the keyring's newest key, a random 96-bit
+//! nonce each, and associated data naming the part and the message id, so a sealed part cannot
+//! be moved to another message or part unnoticed. They are sealed before they reach the commit
+//! journal, sled or the object directory: nothing on the data disk holds them in the clear.
 
 use std::fmt;
 use std::io::Write;
@@ -63,7 +64,30 @@ pub enum SealingError {
     Random,
 }
 
-/// A sealed body and what is needed to open it again (besides the message id).
+/// Which part of a message is sealed: bound into the associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The body: content and attachments.
+    Body,
+    /// The free-text fields kept beside the body (subject, reasons, conditions, hit notice).
+    Fields,
+}
+
+impl Part {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Part::Body => b"puente body v1\0",
+            Part::Fields => b"puente fields v1\0",
+        }
+    }
+}
+
+/// The associated data of one part of one message.
+fn associated_data(part: Part, message_id: &str) -> Vec<u8> {
+    [part.label(), message_id.as_bytes()].concat()
+}
+
+/// A sealed part and what is needed to open it again (besides the message id and part).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     /// Id of the key that sealed it.
@@ -206,20 +230,25 @@ impl DataKeys {
             .unwrap_or_default()
     }
 
-    /// Seals the body of `message_id` with the current key and a fresh random nonce.
+    /// Seals `part` of `message_id` with the current key and a fresh random nonce.
     ///
     /// # Errors
     /// `Random` if no nonce can be drawn.
-    pub fn seal(&self, message_id: &str, body: Vec<u8>) -> Result<Sealed, SealingError> {
+    pub fn seal(
+        &self,
+        message_id: &str,
+        part: Part,
+        plaintext: Vec<u8>,
+    ) -> Result<Sealed, SealingError> {
         let (key_id, key) = self.keys.last().ok_or(SealingError::Random)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)
             .map_err(|_| SealingError::Random)?;
-        let mut ciphertext = body;
+        let mut ciphertext = plaintext;
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(message_id.as_bytes()),
+            Aad::from(associated_data(part, message_id)),
             &mut ciphertext,
         )
         .map_err(|_| SealingError::Random)?;
@@ -230,12 +259,17 @@ impl DataKeys {
         })
     }
 
-    /// Opens a body sealed by [`DataKeys::seal`] for `message_id`.
+    /// Opens `part` of `message_id`, sealed by [`DataKeys::seal`].
     ///
     /// # Errors
     /// `UnknownKey` if its key is not in the keyring; `Unauthentic` if it was altered, belongs
-    /// to another message, or the nonce is malformed.
-    pub fn open(&self, message_id: &str, sealed: Sealed) -> Result<Vec<u8>, SealingError> {
+    /// to another message or part, or the nonce is malformed.
+    pub fn open(
+        &self,
+        message_id: &str,
+        part: Part,
+        sealed: Sealed,
+    ) -> Result<Vec<u8>, SealingError> {
         let key = self
             .keys
             .iter()
@@ -246,7 +280,11 @@ impl DataKeys {
         let nonce = Nonce::try_assume_unique_for_key(&sealed.nonce).map_err(|_| unauthentic())?;
         let mut data = sealed.ciphertext;
         let plain_len = key
-            .open_in_place(nonce, Aad::from(message_id.as_bytes()), &mut data)
+            .open_in_place(
+                nonce,
+                Aad::from(associated_data(part, message_id)),
+                &mut data,
+            )
             .map_err(|_| unauthentic())?
             .len();
         data.truncate(plain_len);
@@ -274,28 +312,30 @@ mod tests {
         DataKeys::add_new(&path).expect("new key");
         let keys = DataKeys::load(&path).expect("load");
         let sealed = keys
-            .seal("m-1", b"seized: 3 pistols".to_vec())
+            .seal("m-1", Part::Body, b"seized: 3 pistols".to_vec())
             .expect("seal");
         assert_eq!(sealed.key_id, keys.current_id());
         assert!(!sealed.ciphertext.windows(7).any(|w| w == b"pistols"));
         assert_eq!(
-            keys.open("m-1", sealed.clone()).expect("open"),
+            keys.open("m-1", Part::Body, sealed.clone()).expect("open"),
             b"seized: 3 pistols"
         );
-        assert!(matches!(
-            keys.open("m-2", sealed.clone()),
-            Err(SealingError::Unauthentic(_))
-        ));
+        for (id, part) in [("m-2", Part::Body), ("m-1", Part::Fields)] {
+            assert!(matches!(
+                keys.open(id, part, sealed.clone()),
+                Err(SealingError::Unauthentic(_))
+            ));
+        }
         let mut altered = sealed.clone();
         altered.ciphertext[0] ^= 1;
         assert!(matches!(
-            keys.open("m-1", altered),
+            keys.open("m-1", Part::Body, altered),
             Err(SealingError::Unauthentic(_))
         ));
         let mut unknown = sealed;
         unknown.key_id = "gone".into();
         assert!(matches!(
-            keys.open("m-1", unknown),
+            keys.open("m-1", Part::Body, unknown),
             Err(SealingError::UnknownKey(_))
         ));
     }
@@ -306,13 +346,13 @@ mod tests {
         let first = DataKeys::add_new(&path).expect("first key");
         let old = DataKeys::load(&path)
             .expect("load")
-            .seal("m-1", b"old".to_vec())
+            .seal("m-1", Part::Body, b"old".to_vec())
             .expect("seal");
         let second = DataKeys::add_new(&path).expect("second key");
         assert_ne!(first, second);
         let keys = DataKeys::load(&path).expect("load");
         assert_eq!(keys.current_id(), second);
-        assert_eq!(keys.open("m-1", old).expect("open"), b"old");
+        assert_eq!(keys.open("m-1", Part::Body, old).expect("open"), b"old");
         assert_eq!(
             std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
             0o600
