@@ -188,6 +188,6 @@ async fn the_server_refuses_to_start_with_an_exposed_or_missing_keyring() {
     let server = TestServer::spawn_with(&pki, |config| config.data_key = missing).await;
     assert!(matches!(
         server.stop(Duration::from_secs(1)).await,
-        Err(ServerError::DataKeys(SealingError::Io { .. }))
+        Err(ServerError::DataKeys(SealingError::Missing(_)))
     ));
 }

@@ -90,7 +90,7 @@ pub enum Command {
     Match(matching::MatchArgs),
     /// Check a server configuration and the files it names; print the effective configuration.
     Config(config::ConfigArgs),
-    /// Create or rotate the keyring of data keys that seal message bodies at rest.
+    /// Create or rotate the keyring of data keys that seal messages at rest.
     DataKey(data_key::DataKeyArgs),
     /// Measure the durable send rate of a server started in this process on a temporary
     /// directory, against the bare-tonic bound (an echo service behind the same TLS); then a

@@ -29,8 +29,11 @@ const HEADER: &str = "\
 /// Why a keyring cannot be used, or a body cannot be sealed or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SealingError {
+    /// The keyring file does not exist.
+    #[error("data keyring {0} does not exist: create it with `puente data-key new --keyring {0}`")]
+    Missing(String),
     /// The keyring file cannot be read or written.
-    #[error("data keyring {path}: {source}")]
+    #[error("cannot use the data keyring {path}")]
     Io {
         /// The file.
         path: String,
@@ -127,7 +130,13 @@ impl DataKeys {
             path: shown.clone(),
             source,
         };
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        let metadata = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SealingError::Missing(shown))
+            }
+            metadata => metadata.map_err(io)?,
+        };
+        let mode = metadata.permissions().mode();
         if mode & 0o027 != 0 {
             return Err(SealingError::Exposed(shown));
         }
@@ -184,11 +193,7 @@ impl DataKeys {
         };
         let existing = match DataKeys::load(path) {
             Ok(keys) => Some(keys),
-            Err(SealingError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                None
-            }
+            Err(SealingError::Missing(_)) => None,
             Err(e) => return Err(e),
         };
         let random = SystemRandom::new();
