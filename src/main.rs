@@ -1,4 +1,5 @@
-//! The `puente` binary: parses the command line, starts logging, runs the command.
+//! The `puente` binary: parses the command line, starts logging (and tracing with `--otel`),
+//! runs the command, then exports the spans still buffered.
 
 use clap::Parser;
 
@@ -9,8 +10,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = puente::cli::Cli::parse();
-    puente::telemetry::init(cli.log_format, cli.default_log_filter());
-    match puente::cli::run(cli).await {
+    let telemetry =
+        match puente::telemetry::init(cli.log_format, cli.default_log_filter(), cli.otel) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+    let result = puente::cli::run(cli).await;
+    // `serve` returns here after SIGTERM or ctrl-c has drained it, so its last calls' spans
+    // are exported before the process exits.
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

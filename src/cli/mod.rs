@@ -45,6 +45,18 @@ pub struct Cli {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
+    /// Trace the server's gRPC calls (`serve`, and the server `bench` starts): export a span
+    /// per call, with the handler's spans under it, to an OpenTelemetry collector over
+    /// OTLP/gRPC, configured by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+    /// default http://localhost:4317). Needs a puente built with the `otel` cargo feature; one
+    /// built without it refuses to start. PUENTE_OTEL takes 1/0, true/false, yes/no, on/off.
+    #[arg(
+        long,
+        global = true,
+        env = "PUENTE_OTEL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub otel: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -277,5 +289,13 @@ mod tests {
             LogFormat::Json
         );
         assert!(Cli::try_parse_from(["puente", "--log-format", "xml", "serve"]).is_err());
+    }
+
+    #[test]
+    fn otel_is_off_unless_asked_for_before_or_after_the_command() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().otel;
+        assert!(!parse(&["puente", "serve"]));
+        assert!(parse(&["puente", "--otel", "serve"]));
+        assert!(parse(&["puente", "serve", "--otel"]));
     }
 }

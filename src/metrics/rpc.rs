@@ -9,6 +9,13 @@
 //! with whichever of the two carries `grpc-status`. A response dropped before its trailers
 //! (the client reset the stream or went away) ends the call as `CANCELLED`. Server-streaming
 //! calls therefore end when the stream does: their latency is the life of the stream.
+//!
+//! With the cargo feature `otel`, each call is also a span (target `puente::rpc`, exported
+//! when `--otel` is on): named `<service>/<method>`, kind server, with `rpc.system`,
+//! `rpc.service`, `rpc.method`, `rpc.grpc.status_code` and the caller's SPIFFE ID as
+//! `enduser.id`, and as parent the W3C trace context (`traceparent`, `tracestate`) of the
+//! request's metadata when it has one. The handler runs inside it (its `#[instrument]` span
+//! nests under it), and it ends with the call. Without the feature none of this is compiled.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -185,14 +192,22 @@ where
             .get::<Peer>()
             .and_then(|peer| peer.caller.as_ref().ok())
             .map(Arc::clone);
+        let method = Method::of_path(request.uri().path());
         let call = Call {
             metrics: Arc::clone(&self.metrics),
-            method: Method::of_path(request.uri().path()),
+            #[cfg(feature = "otel")]
+            span: otel::call_span(method, caller.as_deref(), request.headers()),
+            method,
             caller,
             started: Instant::now(),
         };
+        let inner = {
+            #[cfg(feature = "otel")]
+            let _entered = call.span.enter();
+            self.inner.call(request)
+        };
         RpcFuture {
-            inner: self.inner.call(request),
+            inner,
             call: Pending(Some(call)),
         }
     }
@@ -215,7 +230,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match ready!(this.inner.poll(cx)) {
+        let polled = {
+            #[cfg(feature = "otel")]
+            let _entered = this.call.enter();
+            this.inner.poll(cx)
+        };
+        let response = match ready!(polled) {
             Ok(response) => response,
             Err(e) => {
                 this.call.end(Code::Unknown);
@@ -248,7 +268,11 @@ impl<B: Body> Body for RpcBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let frame = {
+            #[cfg(feature = "otel")]
+            let _entered = this.call.enter();
+            ready!(this.inner.poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(code) = frame.trailers_ref().and_then(status_of) {
@@ -286,6 +310,12 @@ impl Pending {
     fn take(&mut self) -> Pending {
         Pending(self.0.take())
     }
+
+    /// Enters the call's span, if the call has not ended.
+    #[cfg(feature = "otel")]
+    fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        self.0.as_ref().map(|call| call.span.enter())
+    }
 }
 
 impl Drop for Pending {
@@ -300,12 +330,17 @@ struct Call {
     method: &'static Method,
     caller: Option<Arc<Caller>>,
     started: Instant,
+    /// The call's span; it closes when the call ends and this is dropped.
+    #[cfg(feature = "otel")]
+    span: tracing::Span,
 }
 
 impl Call {
     fn end(self, code: Code) {
         let elapsed = self.started.elapsed();
         let status = code_name(code);
+        #[cfg(feature = "otel")]
+        otel::record_status(&self.span, code);
         self.metrics.observe_call(self.method, status, elapsed);
         tracing::info!(
             target: LOG_TARGET,
@@ -326,6 +361,84 @@ impl fmt::Display for CallerId<'_> {
         match self.0 {
             Some(caller) => caller.id.fmt(f),
             None => f.write_str("-"),
+        }
+    }
+}
+
+/// The call spans (feature `otel`).
+#[cfg(feature = "otel")]
+mod otel {
+    use http::header::HeaderName;
+    use http::HeaderMap;
+    use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tonic::Code;
+    use tracing::field::{self, Empty};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use super::{Method, LOG_TARGET};
+    use crate::identity::Caller;
+
+    /// The span of a call to `method` by `caller`: a child of the W3C trace context in
+    /// `headers` when they carry a valid one, else the root of a new trace (never a child of
+    /// whatever span happens to be current). A disabled span (no `--otel`) costs one check.
+    pub(super) fn call_span(
+        method: &'static Method,
+        caller: Option<&Caller>,
+        headers: &HeaderMap,
+    ) -> tracing::Span {
+        // Nothing from the request but its method (one the server serves, or `unknown`) and
+        // the identity of its certificate: never a field of the message.
+        let span = tracing::info_span!(
+            target: LOG_TARGET,
+            parent: None,
+            "rpc",
+            otel.name = method.path.strip_prefix('/').unwrap_or(&method.path),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = method.service(),
+            rpc.method = method.name(),
+            rpc.grpc.status_code = Empty,
+            enduser.id = caller.map(|caller| field::display(&caller.id)),
+        );
+        if !span.is_disabled() {
+            let parent = TraceContextPropagator::new().extract(&Metadata(headers));
+            // It fails only when no OpenTelemetry layer sees the span (then nothing is
+            // exported and a parent is of no use) or once the span has started, which it
+            // has not: it has never been entered.
+            let _ = span.set_parent(parent);
+        }
+        span
+    }
+
+    /// Records the call's status code on its span; the server-side errors of the gRPC
+    /// semantic conventions (the server failed, not the request) also mark it as an error.
+    pub(super) fn record_status(span: &tracing::Span, code: Code) {
+        span.record("rpc.grpc.status_code", i64::from(i32::from(code)));
+        if matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ) {
+            span.record("otel.status_code", "error");
+        }
+    }
+
+    /// The request's metadata (its HTTP/2 headers), read by the W3C propagator.
+    struct Metadata<'a>(&'a HeaderMap);
+
+    impl Extractor for Metadata<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|value| value.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(HeaderName::as_str).collect()
         }
     }
 }
