@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::process::Stdio;
 
@@ -32,31 +33,9 @@ async fn json_logs_have_one_line_per_call_and_never_the_content() {
     pki.write_server_files(dir.path());
     let log_path = dir.path().join("stderr.log");
     let log = File::create(&log_path).expect("create the log file");
-    let (data, cert, key, ca, data_key) = (
-        dir.path().join("data"),
-        dir.path().join("server.pem"),
-        dir.path().join("server.key"),
-        dir.path().join("ca.pem"),
-        dir.path().join("data.keys"),
-    );
-    let server = ServerProcess::spawn(
-        ServerProcess::command([
-            "--log-format".as_ref(),
-            "json".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-            "--tls-cert".as_ref(),
-            cert.as_os_str(),
-            "--tls-key".as_ref(),
-            key.as_os_str(),
-            "--client-ca".as_ref(),
-            ca.as_os_str(),
-            "--data-key".as_ref(),
-            data_key.as_os_str(),
-        ]),
-        "info",
-        Stdio::from(log),
-    );
+    let mut args = vec![OsString::from("--log-format"), OsString::from("json")];
+    args.extend(ServerProcess::file_args(dir.path()));
+    let server = ServerProcess::spawn(ServerProcess::command(args), "info", Stdio::from(log));
     register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
     register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
 

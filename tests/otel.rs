@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -133,26 +134,9 @@ async fn calls_are_spans_in_the_callers_trace_or_in_a_new_one() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let pki = TestPki::new();
     pki.write_server_files(dir.path());
-    let (data, cert, key, ca, data_key) = (
-        dir.path().join("data"),
-        dir.path().join("server.pem"),
-        dir.path().join("server.key"),
-        dir.path().join("ca.pem"),
-        dir.path().join("data.keys"),
-    );
-    let mut command = ServerProcess::command([
-        "--otel".as_ref(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-        "--client-ca".as_ref(),
-        ca.as_os_str(),
-        "--data-key".as_ref(),
-        data_key.as_os_str(),
-    ]);
+    let mut args = vec![OsString::from("--otel")];
+    args.extend(ServerProcess::file_args(dir.path()));
+    let mut command = ServerProcess::command(args);
     // Only what this test sets: none of the environment's own OpenTelemetry settings.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("OTEL_") {

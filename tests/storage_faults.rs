@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -43,7 +42,6 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     pki.write_server_files(dir.path());
-    let path = |name: &str| OsString::from(dir.path().join(name));
     // A shell that ignores SIGXFSZ (ignored signals stay ignored across exec), so writes past
     // the limit fail with EFBIG instead of killing the process, then runs the server in its
     // place.
@@ -52,16 +50,8 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
         .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_puente"))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(path("data"))
-        .arg("--tls-cert")
-        .arg(path("server.pem"))
-        .arg("--tls-key")
-        .arg(path("server.key"))
-        .arg("--client-ca")
-        .arg(path("ca.pem"))
-        .arg("--data-key")
-        .arg(path("data.keys"));
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(ServerProcess::file_args(dir.path()));
     let server = ServerProcess::spawn(command, "warn", std::process::Stdio::inherit());
     register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
     register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;

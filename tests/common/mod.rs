@@ -5,7 +5,7 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -524,28 +524,25 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary with `dir/server.pem`, `dir/server.key`, client CA `dir/ca.pem`, data
-    /// keyring `dir/data.keys` and data directory `dir/data`.
+    /// Starts the binary with the files [`TestPki::write_server_files`] wrote to `dir` and data
+    /// directory `dir/data` (see [`ServerProcess::file_args`]).
     pub fn start(dir: &Path) -> ServerProcess {
-        let (data, cert, key, ca, data_key) = (
-            dir.join("data"),
-            dir.join("server.pem"),
-            dir.join("server.key"),
-            dir.join("ca.pem"),
-            dir.join("data.keys"),
-        );
-        ServerProcess::start_with([
-            OsStr::new("--data-dir"),
-            data.as_os_str(),
-            OsStr::new("--tls-cert"),
-            cert.as_os_str(),
-            OsStr::new("--tls-key"),
-            key.as_os_str(),
-            OsStr::new("--client-ca"),
-            ca.as_os_str(),
-            OsStr::new("--data-key"),
-            data_key.as_os_str(),
-        ])
+        ServerProcess::start_with(ServerProcess::file_args(dir))
+    }
+
+    /// The flags naming the files [`TestPki::write_server_files`] wrote to `dir` (`server.pem`,
+    /// `server.key`, client CA `ca.pem`, data keyring `data.keys`) and data directory `dir/data`.
+    pub fn file_args(dir: &Path) -> Vec<OsString> {
+        [
+            ("--data-dir", "data"),
+            ("--tls-cert", "server.pem"),
+            ("--tls-key", "server.key"),
+            ("--client-ca", "ca.pem"),
+            ("--data-key", "data.keys"),
+        ]
+        .into_iter()
+        .flat_map(|(flag, name)| [OsString::from(flag), dir.join(name).into_os_string()])
+        .collect()
     }
 
     /// Starts `puente serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0` with these
