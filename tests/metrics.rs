@@ -155,8 +155,8 @@ fn exchange_call(method: &'static str, code: &'static str) -> [(&'static str, &'
     ]
 }
 
-#[tokio::test]
-async fn metrics_endpoint_shows_calls_messages_streams_handshakes_and_storage() {
+/// The binary on a fresh directory, with ES-CNP, CO-DIJIN and BE-FPJ registered.
+async fn start_with_agencies() -> (tempfile::TempDir, TestPki, ServerProcess) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let pki = TestPki::new();
     pki.write_server_files(dir.path());
@@ -164,6 +164,12 @@ async fn metrics_endpoint_shows_calls_messages_streams_handshakes_and_storage() 
     register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
     register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
     register_agency(&pki, server.addr, "BE-FPJ", Region::Eu).await;
+    (dir, pki, server)
+}
+
+#[tokio::test]
+async fn metrics_endpoint_shows_calls_messages_streams_handshakes_and_storage() {
+    let (_dir, pki, server) = start_with_agencies().await;
 
     let mut sender = pki.agency_client("ES-CNP", server.addr).await;
     let mut sent = Vec::new();
@@ -416,13 +422,7 @@ async fn metrics_endpoint_serves_only_get_metrics() {
 
 #[tokio::test]
 async fn inbox_backlog_after_a_restart_is_measured_from_stored_delivery_states() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let pki = TestPki::new();
-    pki.write_server_files(dir.path());
-    let server = ServerProcess::start(dir.path());
-    register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
-    register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
-    register_agency(&pki, server.addr, "BE-FPJ", Region::Eu).await;
+    let (dir, pki, server) = start_with_agencies().await;
     let mut sender = pki.agency_client("ES-CNP", server.addr).await;
     for n in 0..3 {
         sender
