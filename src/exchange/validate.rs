@@ -401,18 +401,21 @@ pub(crate) fn encode_body(content: Option<Content>, attachments: Vec<Attachment>
     let content = SendMessageRequest {
         content,
         ..Default::default()
-    }
-    .encode_to_vec();
+    };
     let attachments = SendMessageRequest {
         attachments,
         ..Default::default()
-    }
-    .encode_to_vec();
-    if content_first {
-        [content, attachments].concat()
+    };
+    let (first, second) = if content_first {
+        (&content, &attachments)
     } else {
-        [attachments, content].concat()
-    }
+        (&attachments, &content)
+    };
+    // One buffer for both halves: a body may be megabytes, so it is written once, not copied.
+    let mut body = Vec::with_capacity(first.encoded_len() + second.encoded_len());
+    first.encode_raw(&mut body);
+    second.encode_raw(&mut body);
+    body
 }
 
 #[cfg(test)]
