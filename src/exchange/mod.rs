@@ -526,10 +526,10 @@ impl ExchangeService {
         let repliers = self.repliers(id.as_str())?;
         let now = crate::store::now_micros();
         let due = record.respond_by_micros;
-        let statuses = |message_id: &str| -> Result<Vec<RecipientStatus>, ExchangeError> {
+        let statuses = |message: &MessageRecord| -> Result<Vec<RecipientStatus>, ExchangeError> {
             Ok(self
                 .store
-                .deliveries(message_id)?
+                .deliveries(message)?
                 .into_iter()
                 .map(|(agency_id, delivery)| {
                     let replied = repliers.contains(&agency_id);
@@ -543,7 +543,7 @@ impl ExchangeService {
                 })
                 .collect())
         };
-        let recipients = statuses(id.as_str())?;
+        let recipients = statuses(&record)?;
         let mut notices = Vec::new();
         for (notice_id, _) in self.store.index(&keys::notices_prefix(id.as_str()))? {
             let notice_id = String::from_utf8_lossy(&notice_id).into_owned();
@@ -551,7 +551,7 @@ impl ExchangeService {
                 continue;
             };
             notices.push(NoticeStatus {
-                recipients: statuses(&notice_id)?
+                recipients: statuses(&notice)?
                     .into_iter()
                     .map(|s| RecipientStatus {
                         replied: false,
