@@ -427,20 +427,6 @@ async fn inbox_streams_end_with_unavailable_on_shutdown() {
 
 // === Acknowledgements and delivery status ===
 
-async fn delivery_states(client: &mut Client, message_id: &str) -> Vec<(String, i32)> {
-    client
-        .get_delivery_status(GetDeliveryStatusRequest {
-            message_id: message_id.to_string(),
-        })
-        .await
-        .expect("GetDeliveryStatus")
-        .into_inner()
-        .recipients
-        .into_iter()
-        .map(|r| (r.agency_id, r.state))
-        .collect()
-}
-
 async fn ack(
     client: &mut Client,
     message_id: &str,

@@ -17,16 +17,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    inbox_request, next_entry, open_inbox, register_agency, text_message, ServerProcess, TestPki,
-    WAIT,
+    delivery_states, inbox_request, next_entry, open_inbox, register_agency, text_message,
+    ServerProcess, TestPki, WAIT,
 };
 use futures::future::join_all;
 use futures::stream::{self, StreamExt};
 use puente::config::{DEFAULT_INBOX_STREAMS_PER_AGENCY, DEFAULT_MAX_RECIPIENTS};
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
-    AcknowledgeMessageRequest, Attachment, DeliveryState, GetDeliveryStatusRequest, Region,
-    SendMessageRequest, StreamInboxResponse,
+    AcknowledgeMessageRequest, Attachment, DeliveryState, Region, SendMessageRequest,
+    StreamInboxResponse,
 };
 use tonic::transport::Channel;
 use tonic::Streaming;
@@ -249,19 +249,7 @@ async fn delivered_counts(
     let states: Vec<Vec<(String, i32)>> = stream::iter(sent)
         .map(|(sender, message_id)| {
             let mut client = senders[*sender].clone();
-            async move {
-                client
-                    .get_delivery_status(GetDeliveryStatusRequest {
-                        message_id: message_id.clone(),
-                    })
-                    .await
-                    .expect("GetDeliveryStatus")
-                    .into_inner()
-                    .recipients
-                    .into_iter()
-                    .map(|r| (r.agency_id, r.state))
-                    .collect()
-            }
+            async move { delivery_states(&mut client, message_id).await }
         })
         .buffer_unordered(SETUP_CONCURRENCY)
         .collect()

@@ -22,9 +22,9 @@ use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
     send_message_request, Agency, AgencyStatus, Evaluation, GetCheckpointRequest,
-    GetConsistencyProofRequest, GetLogInfoRequest, HandlingCode, InformationAccuracy,
-    ListAgenciesRequest, Region, RegisterAgencyRequest, SendMessageRequest, SourceReliability,
-    StreamInboxRequest, StreamInboxResponse, Topic, UpdateAgencyRequest,
+    GetConsistencyProofRequest, GetDeliveryStatusRequest, GetLogInfoRequest, HandlingCode,
+    InformationAccuracy, ListAgenciesRequest, Region, RegisterAgencyRequest, SendMessageRequest,
+    SourceReliability, StreamInboxRequest, StreamInboxResponse, Topic, UpdateAgencyRequest,
 };
 use puente::server::ServerError;
 use rcgen::{
@@ -806,6 +806,24 @@ pub async fn assert_log_extends(
         .collect();
     verify_consistency(before.size, after.size, &proof, &before.root, &after.root)
         .expect("the later log extends the earlier checkpoint");
+}
+
+/// Each recipient's delivery state of a message, as its sender sees it: (agency id, state).
+pub async fn delivery_states(
+    client: &mut ExchangeServiceClient<Channel>,
+    message_id: &str,
+) -> Vec<(String, i32)> {
+    client
+        .get_delivery_status(GetDeliveryStatusRequest {
+            message_id: message_id.to_string(),
+        })
+        .await
+        .expect("GetDeliveryStatus")
+        .into_inner()
+        .recipients
+        .into_iter()
+        .map(|r| (r.agency_id, r.state))
+        .collect()
 }
 
 /// Every entry of the caller's inbox from sequence 1, backlog only, in order.
