@@ -276,7 +276,9 @@ mod tests {
     /// and CRLF pass only in free text; ordinary accented, Arabic and CJK text passes.
     #[test]
     fn check_refuses_each_class_and_allows_line_breaks_only_in_free_text() {
-        let cases: &[(&str, Shape, Option<(Class, u32, usize)>)] = &[
+        /// The refused character: its class, code point and position.
+        type Refused = Option<(Class, u32, usize)>;
+        let cases: &[(&str, Shape, Refused)] = &[
             ("Pistola incautada en Cúcuta", Shape::Line, None),
             ("تقرير 東京", Shape::Line, None),
             ("a\u{1b}[2J", Shape::Line, Some((Class::Control, 0x1b, 2))),

