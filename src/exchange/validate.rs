@@ -511,6 +511,31 @@ mod tests {
             (|r| r.subject = "  ".into(), Some("subject")),
             (|r| r.subject = "a\nb".into(), Some("subject")),
             (|r| r.subject = "s".repeat(257), Some("subject")),
+            (|r| r.subject = "exe.\u{202e}fdp".into(), Some("subject")),
+            (|r| r.subject = "a\u{200b}b".into(), Some("subject")),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("\u{1b}[2J".into())),
+                Some("text"),
+            ),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("a\r\n\tb\n".into())),
+                None,
+            ),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("a\rb".into())),
+                Some("text"),
+            ),
+            (
+                |r| r.case_reference = "CASE\u{2028}1".into(),
+                Some("case_reference"),
+            ),
+            (
+                |r| {
+                    r.handling = HandlingCode::H3 as i32;
+                    r.handling_conditions = "Ask first.\u{9b}".into();
+                },
+                Some("handling_conditions"),
+            ),
             (|r| r.handling = 0, Some("handling")),
             (|r| r.evaluation = None, Some("evaluation")),
             (
@@ -549,6 +574,25 @@ mod tests {
                     }]
                 },
                 Some("attachments[0].filename"),
+            ),
+            (
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: ".bashrc".into(),
+                        ..Default::default()
+                    }]
+                },
+                Some("attachments[0].filename"),
+            ),
+            (
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: "a.pdf".into(),
+                        media_type: "text/plain; x=\u{2066}".into(),
+                        data: vec![],
+                    }]
+                },
+                Some("attachments[0].media_type"),
             ),
             (
                 |r| {
