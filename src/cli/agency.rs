@@ -406,7 +406,7 @@ pub async fn inbox(args: InboxArgs) -> anyhow::Result<()> {
 /// Prints JSON output on its own line, with what the exchange sent made safe for a terminal
 /// ([`text::json`]: same document). Returns false if standard output is a pipe whose reader
 /// has gone (`| head`), which ends the output quietly instead of with a panic.
-pub(super) fn print_json(json: &str) -> anyhow::Result<bool> {
+fn print_json(json: &str) -> anyhow::Result<bool> {
     match writeln!(std::io::stdout(), "{}", text::json(json)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
