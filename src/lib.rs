@@ -23,6 +23,8 @@
 //! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
 //! - [`admission`]: per-caller request rates and per-agency inbox stream limits.
 //! - [`retention`]: erasure of messages whose topic's retention period ran out.
+//! - [`text`]: strings a person reads: the characters the server refuses in them, and how the
+//!   CLI escapes what it prints and sanitises the attachment names it saves.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
 //! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
 //!   bare-tonic bound.
@@ -45,4 +47,5 @@ pub mod server;
 pub mod stix;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;

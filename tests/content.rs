@@ -517,3 +517,342 @@ fn the_cli_refuses_a_file_that_is_not_a_send_message_request() {
     assert!(stderr.contains("typo.json"), "{stderr}");
     assert!(stderr.contains("subjet"), "{stderr}");
 }
+
+// === Strings a person reads ===
+
+/// What a hostile sender slips into a string, one per class the server refuses: terminal
+/// controls (ESC sequences, the one-byte C1 CSI, DEL, a CR that returns over the line),
+/// bidirectional overrides and isolates, line and paragraph separators, invisible characters.
+const HOSTILE: [(&str, &str); 12] = [
+    ("ESC: clear the screen", "\u{1b}[2J"),
+    ("ESC: set the window title", "\u{1b}]0;pwned\u{7}"),
+    ("C1 CSI", "\u{9b}2J"),
+    ("DEL", "\u{7f}"),
+    ("a lone CR over the line", "\rfrom: XX-FAKE"),
+    ("right-to-left override", "\u{202e}"),
+    ("first-strong isolate", "\u{2068}"),
+    ("line separator", "\u{2028}"),
+    ("paragraph separator", "\u{2029}"),
+    ("zero-width space", "\u{200b}"),
+    ("zero-width joiner", "\u{200d}"),
+    ("byte-order mark", "\u{feff}"),
+];
+
+/// Checks that `result` is INVALID_ARGUMENT naming `field`, with a message that does not echo
+/// `hostile`; an accepted request is added to `accepted` (so that one run lists them all).
+#[track_caller]
+fn expect_refused<T>(
+    accepted: &mut Vec<String>,
+    result: Result<T, tonic::Status>,
+    field: &str,
+    hostile: &str,
+    what: &str,
+) {
+    let status = match result {
+        Ok(_) => return accepted.push(format!("{what} in {field}")),
+        Err(status) => status,
+    };
+    assert!(
+        !status.message().contains(hostile),
+        "{field}: the refusal echoes the value: {status:?}"
+    );
+    assert_bad_field(Err::<(), _>(status), field);
+}
+
+/// Every string of a SendMessageRequest that a recipient reads — subject, text, case reference,
+/// conditions of use, attachment name and media type, and the strings of structured reports —
+/// refuses each class of hostile character, naming the field and not echoing the value.
+#[tokio::test]
+async fn every_string_a_recipient_reads_refuses_controls_bidi_separators_and_invisibles() {
+    type Edit = fn(&mut SendMessageRequest, &str);
+    fn attachment(filename: String, media_type: String) -> puente::pb::v1::Attachment {
+        puente::pb::v1::Attachment {
+            filename,
+            media_type,
+            data: b"x".to_vec(),
+        }
+    }
+    let fields: [(&str, &str, Edit); 10] = [
+        ("financial-report.json", "subject", |r, h| {
+            r.subject = format!("Cuentas {h} mulas")
+        }),
+        ("financial-report.json", "text", |r, h| {
+            r.content = Some(Content::Text(format!("line one\nline {h} two")))
+        }),
+        ("financial-report.json", "case_reference", |r, h| {
+            r.case_reference = format!("CASE-{h}-1")
+        }),
+        ("financial-report.json", "handling_conditions", |r, h| {
+            r.handling = puente::pb::v1::HandlingCode::H3 as i32;
+            r.handling_conditions = format!("Not for court.\nAsk {h} first.");
+        }),
+        (
+            "financial-report.json",
+            "attachments[0].filename",
+            |r, h| r.attachments = vec![attachment(format!("invoice{h}.pdf"), String::new())],
+        ),
+        (
+            "financial-report.json",
+            "attachments[0].media_type",
+            |r, h| {
+                r.attachments = vec![attachment(
+                    "a.txt".into(),
+                    format!("text/plain; charset=\"{h}\""),
+                )]
+            },
+        ),
+        ("financial-report.json", "financial.reason", |r, h| {
+            if let Some(Content::Financial(f)) = &mut r.content {
+                f.reason = format!("Structuring.\n{h}Deposits under the threshold.");
+            }
+        }),
+        (
+            "firearms-report.json",
+            "firearms.records[0].make",
+            |r, h| {
+                if let Some(Content::Firearms(f)) = &mut r.content {
+                    f.records[0].make = format!("Glock{h}");
+                }
+            },
+        ),
+        (
+            "early-warning-alert.json",
+            "early_warning.evidence",
+            |r, h| {
+                if let Some(Content::EarlyWarning(a)) = &mut r.content {
+                    a.evidence = format!("Seized in Rotterdam.\n{h}");
+                }
+            },
+        ),
+        (
+            "firearm-trace-request.json",
+            "firearm_trace.question",
+            |r, h| {
+                if let Some(Content::FirearmTrace(t)) = &mut r.content {
+                    t.question = format!("Who bought it?{h}");
+                }
+            },
+        ),
+    ];
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let mut co = pki.agency_client("CO-DIJIN", server.addr).await;
+    let mut accepted = Vec::new();
+    for (f, (example_name, field, edit)) in fields.into_iter().enumerate() {
+        // The unedited request is accepted: the refusal below is the hostile character's.
+        let sender = if example_name == "firearm-trace-request.json" {
+            &mut co
+        } else {
+            &mut es
+        };
+        let mut request = example(example_name);
+        request.client_message_id = format!("clean-{f}");
+        edit(&mut request, "plain");
+        sender
+            .send_message(request)
+            .await
+            .unwrap_or_else(|s| panic!("{field} with plain text: {s:?}"));
+        for (h, (what, hostile)) in HOSTILE.into_iter().enumerate() {
+            let mut request = example(example_name);
+            request.client_message_id = format!("hostile-{f}-{h}");
+            edit(&mut request, hostile);
+            let result = sender.send_message(request).await;
+            expect_refused(&mut accepted, result, field, hostile, what);
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+}
+
+/// Free text keeps its line breaks and tabs, with LF or CRLF line ends; an attachment name that
+/// would be a hidden file (`.bashrc`) is refused like one with a path separator.
+#[tokio::test]
+async fn free_text_keeps_line_breaks_and_tabs_and_attachment_names_no_leading_dot() {
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let mut request = example("financial-report.json");
+    request.content = Some(Content::Text(
+        "Dear colleagues,\r\n\tplease find\nthe accounts below.\n".into(),
+    ));
+    es.send_message(request).await.expect("CRLF, LF and tab");
+    let mut accepted = Vec::new();
+    for name in [".bashrc", "..", "../escaped.txt", "/etc/passwd", "a\\b"] {
+        let mut request = example("financial-report.json");
+        request.client_message_id = format!("named-{}", name.len());
+        request.attachments = vec![puente::pb::v1::Attachment {
+            filename: name.into(),
+            media_type: String::new(),
+            data: b"x".to_vec(),
+        }];
+        let result = es.send_message(request).await;
+        expect_refused(&mut accepted, result, "attachments[0].filename", name, name);
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+}
+
+/// The other strings people read refuse the same characters: the reason of a forward,
+/// retraction and consent request, an agency's name in the directory (register and update),
+/// and the case reference, legal basis and references of hit/no-hit matching that end up in
+/// hit notices.
+#[tokio::test]
+async fn reasons_agency_names_and_matching_references_refuse_the_same_characters() {
+    use puente::pb::v1::{
+        Agency, AgencyStatus, BlindedIdentifier, ForwardMessageRequest, IdentifierKind,
+        PublishIdentifiersRequest, PublishedIdentifier, QueryRequest, RegisterAgencyRequest,
+        RequestConsentRequest, RetractMessageRequest, UpdateAgencyRequest,
+    };
+    let pki = TestPki::new();
+    let server = server_with_agencies(&pki).await;
+    let mut es = pki.agency_client("ES-CNP", server.addr).await;
+    let mut co = pki.agency_client("CO-DIJIN", server.addr).await;
+    let mut admin = pki.admin_client("root", server.addr).await;
+    let mut matching = puente::pb::v1::match_service_client::MatchServiceClient::new(
+        pki.client_for(&agency_spiffe("ES-CNP"), server.addr).await,
+    );
+    let mut request = example("financial-report.json");
+    request.handling = puente::pb::v1::HandlingCode::H1 as i32;
+    request.handling_conditions.clear();
+    let h1 = es
+        .send_message(request.clone())
+        .await
+        .expect("sent")
+        .into_inner()
+        .message_id;
+    request.client_message_id = "h2-original".into();
+    request.handling = puente::pb::v1::HandlingCode::H2 as i32;
+    let h2 = es
+        .send_message(request)
+        .await
+        .expect("sent")
+        .into_inner()
+        .message_id;
+    let agency = |name: String| Agency {
+        agency_id: "PT-PJ".into(),
+        name,
+        country: "PT".into(),
+        region: Region::Eu as i32,
+        status: AgencyStatus::Unspecified as i32,
+    };
+    let identifier = || BlindedIdentifier {
+        kind: IdentifierKind::Firearm as i32,
+        blinded: vec![7; 32],
+    };
+    admin
+        .register_agency(RegisterAgencyRequest {
+            agency: Some(agency("Polícia Judiciária".into())),
+        })
+        .await
+        .expect("a plain name is accepted");
+
+    let mut accepted = Vec::new();
+    for (h, (what, hostile)) in HOSTILE.into_iter().enumerate() {
+        let text = |prefix: &str| format!("{prefix} {hostile} end");
+        let result = co
+            .forward_message(ForwardMessageRequest {
+                client_message_id: format!("fwd-{h}"),
+                message_id: h1.clone(),
+                recipients: vec!["BE-FPJ".into()],
+                reason: text("Related case"),
+            })
+            .await;
+        expect_refused(
+            &mut accepted,
+            result,
+            "reason",
+            hostile,
+            &format!("{what} (ForwardMessage)"),
+        );
+        let result = co
+            .request_consent(RequestConsentRequest {
+                message_id: h2.clone(),
+                agency_id: "BE-FPJ".into(),
+                reason: text("Needed for"),
+            })
+            .await;
+        expect_refused(
+            &mut accepted,
+            result,
+            "reason",
+            hostile,
+            &format!("{what} (RequestConsent)"),
+        );
+        // Its own message, as an accepted retraction would stop the forwards above.
+        let mut request = example("financial-report.json");
+        request.client_message_id = format!("to-retract-{h}");
+        let to_retract = es
+            .send_message(request)
+            .await
+            .expect("sent")
+            .into_inner()
+            .message_id;
+        let result = es
+            .retract_message(RetractMessageRequest {
+                message_id: to_retract,
+                reason: text("Sent in error"),
+            })
+            .await;
+        expect_refused(
+            &mut accepted,
+            result,
+            "reason",
+            hostile,
+            &format!("{what} (RetractMessage)"),
+        );
+        let result = admin
+            .register_agency(RegisterAgencyRequest {
+                agency: Some(Agency {
+                    agency_id: format!("IT-DCSA{}", char::from(b'A' + h as u8)),
+                    country: "IT".into(),
+                    ..agency(text("Direzione"))
+                }),
+            })
+            .await;
+        expect_refused(
+            &mut accepted,
+            result,
+            "agency.name",
+            hostile,
+            &format!("{what} (RegisterAgency)"),
+        );
+        let result = admin
+            .update_agency(UpdateAgencyRequest {
+                agency: Some(agency(text("Polícia"))),
+            })
+            .await;
+        expect_refused(
+            &mut accepted,
+            result,
+            "agency.name",
+            hostile,
+            &format!("{what} (UpdateAgency)"),
+        );
+        let result = matching
+            .query(QueryRequest {
+                key_epoch: 1,
+                identifiers: vec![identifier()],
+                case_reference: "CASE-1".into(),
+                legal_basis: text("Art. 5"),
+            })
+            .await;
+        expect_refused(&mut accepted, result, "legal_basis", hostile, what);
+        let result = matching
+            .publish_identifiers(PublishIdentifiersRequest {
+                key_epoch: 1,
+                identifiers: vec![PublishedIdentifier {
+                    identifier: Some(identifier()),
+                    reference: text("REF"),
+                }],
+                ..Default::default()
+            })
+            .await;
+        expect_refused(
+            &mut accepted,
+            result,
+            "identifiers[0].reference",
+            hostile,
+            what,
+        );
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+}

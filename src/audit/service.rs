@@ -201,7 +201,7 @@ impl Filters {
 fn describe(request: &ListAuditEntriesRequest) -> String {
     let mut parts = vec![format!("start_index={}", request.start_index)];
     if !request.agency_id.is_empty() {
-        parts.push(format!("agency_id={}", request.agency_id));
+        parts.push(format!("agency_id={}", filter_value(&request.agency_id)));
     }
     if let Ok(action) = AuditAction::try_from(request.action) {
         if action != AuditAction::Unspecified {
@@ -215,12 +215,27 @@ fn describe(request: &ListAuditEntriesRequest) -> String {
         parts.push(format!("until_micros={}", micros(until)));
     }
     if !request.message_id.is_empty() {
-        parts.push(format!("message_id={}", request.message_id));
+        parts.push(format!("message_id={}", filter_value(&request.message_id)));
     }
     if request.limit != 0 {
         parts.push(format!("limit={}", request.limit));
     }
     parts.join(" ")
+}
+
+/// Longest filter value copied into the audit-query entry, in characters.
+const MAX_FILTER_CHARS: usize = 64;
+
+/// A filter value as the caller sent it, for the permanent log that people read: cut at
+/// [`MAX_FILTER_CHARS`] and escaped by [`crate::text::line`], so that a caller can neither grow
+/// the log with a long value nor reach an auditor's terminal through it.
+fn filter_value(value: &str) -> String {
+    let cut: String = value.chars().take(MAX_FILTER_CHARS).collect();
+    let mut shown = crate::text::line(&cut).into_owned();
+    if cut.len() < value.len() {
+        shown.push('…');
+    }
+    shown
 }
 
 fn micros(timestamp: &prost_types::Timestamp) -> i64 {
@@ -498,5 +513,23 @@ impl AuditApi for AuditService {
         Ok(Response::new(GetConsistencyProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Filter values reach the audit-query entry cut and escaped; ordinary ones unchanged.
+    #[test]
+    fn the_audit_query_entry_bounds_and_escapes_filter_values() {
+        let request = ListAuditEntriesRequest {
+            agency_id: "ES-CNP".into(),
+            message_id: format!("\u{1b}[2J{}", "x".repeat(100_000)),
+            ..Default::default()
+        };
+        let details = describe(&request);
+        assert!(details.starts_with("start_index=0 agency_id=ES-CNP message_id=\\x1b[2Jxxx"));
+        assert!(details.ends_with('…') && details.len() < 200, "{details}");
     }
 }

@@ -19,6 +19,7 @@ use crate::pb::v1::{
     MessageKind, Priority, ReportCode, SendMessageRequest, Severity, SourceReliability,
     StreamInboxRequest, Topic,
 };
+use crate::text::{self, line};
 
 /// Topic of a message, as typed on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -402,10 +403,11 @@ pub async fn inbox(args: InboxArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints JSON output on its own line. Returns false if standard output is a pipe whose reader
+/// Prints JSON output on its own line, with what the exchange sent made safe for a terminal
+/// ([`text::json`]: same document). Returns false if standard output is a pipe whose reader
 /// has gone (`| head`), which ends the output quietly instead of with a panic.
-fn print_json(text: &str) -> anyhow::Result<bool> {
-    match writeln!(std::io::stdout(), "{text}") {
+fn print_json(json: &str) -> anyhow::Result<bool> {
+    match writeln!(std::io::stdout(), "{}", text::json(json)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(e).context("cannot write to standard output"),
@@ -433,7 +435,7 @@ pub async fn ack(args: AckArgs) -> anyhow::Result<()> {
         .into_inner();
     println!(
         "{} {} at {}",
-        args.message_id,
+        line(&args.message_id),
         state_name(response.state),
         format_time(response.updated_at.as_ref())
     );
@@ -468,7 +470,7 @@ pub async fn status(args: MessageArgs) -> anyhow::Result<()> {
         };
         println!(
             "{:<32} {:<10} {:<22} {answer}",
-            recipient.agency_id,
+            line(&recipient.agency_id),
             state_name(recipient.state),
             format_time(recipient.updated_at.as_ref())
         );
@@ -476,12 +478,12 @@ pub async fn status(args: MessageArgs) -> anyhow::Result<()> {
     for notice in &response.notices {
         let kind =
             short_name::<MessageKind>(notice.kind, MessageKind::as_str_name, "MESSAGE_KIND_");
-        println!("{kind} notice {}:", notice.notice_message_id);
+        println!("{kind} notice {}:", line(&notice.notice_message_id));
         for holder in &notice.recipients {
             let acknowledged = holder.state >= DeliveryState::Received as i32;
             println!(
                 "  {:<30} {}",
-                holder.agency_id,
+                line(&holder.agency_id),
                 if acknowledged {
                     "acknowledged"
                 } else {
@@ -518,19 +520,59 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.save_attachments {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for attachment in &message.attachments {
-            // The server refuses names with path separators; join is safe.
-            let path = dir.join(&attachment.filename);
-            std::fs::write(&path, &attachment.data)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let path = save_attachment(dir, &attachment.filename, &attachment.data)?;
+            let mut note = format!("saved {}", line(&path.display().to_string()));
+            if path.file_name() != Some(std::ffi::OsStr::new(&attachment.filename)) {
+                note.push_str(&format!(" (sent as \"{}\")", line(&attachment.filename)));
+            }
             // Keep standard output pure JSON with --json.
             if args.json {
-                eprintln!("saved {}", path.display());
+                eprintln!("{note}");
             } else {
-                println!("saved {}", path.display());
+                println!("{note}");
             }
         }
     }
     Ok(())
+}
+
+/// Most numbered names (`report (2).txt`...) tried for one attachment.
+const MAX_NUMBERED_NAMES: usize = 1000;
+
+/// Writes an attachment into `dir` under a name of its own and returns its path. The name the
+/// sender gave is never trusted ([`text::file_name`]: one visible component, not hidden, not a
+/// device), and nothing already in `dir` is replaced or followed: the file is created with
+/// `create_new` (O_CREAT | O_EXCL), which fails on any existing entry — a file, a directory,
+/// or a symbolic link, dangling or not, whose target is then never opened — and the next name
+/// is tried: `report.txt`, `report (2).txt`, `report (3).txt`... The file is readable by its
+/// owner only, as the message was.
+fn save_attachment(dir: &Path, sent_name: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
+    let name = text::file_name(sent_name);
+    for n in 1..=MAX_NUMBERED_NAMES {
+        let path = match n {
+            1 => dir.join(&name),
+            n => dir.join(text::numbered(&name, n)),
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = match options.open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        };
+        if let Err(e) = file.write_all(data).and_then(|()| file.sync_all()) {
+            // Do not leave a truncated attachment behind under a plausible name.
+            let _ = std::fs::remove_file(&path);
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
+        return Ok(path);
+    }
+    bail!(
+        "{} already holds {MAX_NUMBERED_NAMES} files named like {name}: save into an empty directory",
+        dir.display()
+    )
 }
 
 /// Flags of `puente export`.
@@ -580,10 +622,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&bundle).context("cannot encode the bundle")?;
     match &args.out {
         Some(path) => {
-            crate::pki::write_public(path, &format!("{text}\n"))?;
+            crate::pki::write_public(path, &format!("{}\n", text::json(&text)))?;
             eprintln!("STIX bundle written to {}", path.display());
         }
-        None => println!("{text}"),
+        None => println!("{}", text::json(&text)),
     }
     Ok(())
 }
@@ -626,11 +668,11 @@ fn print_message(sequence: u64, message: &Message) {
     }
     println!(
         "{}  from {}  {}",
-        message.message_id,
-        message.sender,
+        line(&message.message_id),
+        line(&message.sender),
         format_time(message.created_at.as_ref())
     );
-    println!("  to: {}", message.recipients.join(", "));
+    println!("  to: {}", line(&message.recipients.join(", ")));
     let kind = short_name::<MessageKind>(message.kind, MessageKind::as_str_name, "MESSAGE_KIND_");
     if message.kind != MessageKind::Unspecified as i32 {
         let about = if message.related_message_id.is_empty() {
@@ -638,20 +680,21 @@ fn print_message(sequence: u64, message: &Message) {
         } else {
             &message.related_message_id
         };
-        println!("  kind: {kind}  about: {about}");
+        println!("  kind: {kind}  about: {}", line(about));
     }
     if message.originator != message.sender && !message.originator.is_empty() {
         println!(
             "  originator: {}  original: {}",
-            message.originator, message.original_message_id
+            line(&message.originator),
+            line(&message.original_message_id)
         );
     }
     for hop in &message.provenance {
         println!(
             "  forwarded: {} -> {} ({}, {})",
-            hop.from_agency,
-            hop.to_agency,
-            hop.message_id,
+            line(&hop.from_agency),
+            line(&hop.to_agency),
+            line(&hop.message_id),
             format_time(hop.forwarded_at.as_ref())
         );
     }
@@ -661,20 +704,20 @@ fn print_message(sequence: u64, message: &Message) {
             Ok(MessageKind::ConsentDecision) => " (denied)",
             _ => "",
         };
-        println!("  consent for: {}{decision}", message.consent_agency);
+        println!("  consent for: {}{decision}", line(&message.consent_agency));
     }
     if !message.reason.is_empty() {
-        println!("  reason: {}", message.reason);
+        print_text_field("reason", &message.reason);
     }
     if let Some(hit) = &message.match_hit {
         println!(
-            "  match hit: {} asked about your {} (your reference {:?}); case {}, legal basis {:?}; match reference {}",
-            hit.querying_agency,
+            "  match hit: {} asked about your {} (your reference \"{}\"); case {}, legal basis \"{}\"; match reference {}",
+            line(&hit.querying_agency),
             short_name::<crate::pb::v1::IdentifierKind>(hit.kind, crate::pb::v1::IdentifierKind::as_str_name, "IDENTIFIER_KIND_").to_lowercase(),
-            hit.your_reference,
-            hit.case_reference,
-            hit.legal_basis,
-            hit.match_reference
+            line(&hit.your_reference),
+            line(&hit.case_reference),
+            line(&hit.legal_basis),
+            line(&hit.match_reference)
         );
     }
     println!(
@@ -683,7 +726,7 @@ fn print_message(sequence: u64, message: &Message) {
         handling.trim_start_matches("HANDLING_CODE_")
     );
     if !message.handling_conditions.is_empty() {
-        println!("  conditions: {}", message.handling_conditions);
+        print_text_field("conditions", &message.handling_conditions);
     }
     if message.priority > Priority::Routine as i32 || message.respond_by.is_some() {
         println!(
@@ -693,19 +736,19 @@ fn print_message(sequence: u64, message: &Message) {
         );
     }
     if !message.case_reference.is_empty() {
-        println!("  case: {}", message.case_reference);
+        println!("  case: {}", line(&message.case_reference));
     }
     if !message.in_reply_to.is_empty() {
-        println!("  in reply to: {}", message.in_reply_to);
+        println!("  in reply to: {}", line(&message.in_reply_to));
     }
-    println!("  subject: {}", message.subject);
+    println!("  subject: {}", line(&message.subject));
     if let Some(content) = &message.content {
         print_content(content);
     }
     for attachment in &message.attachments {
         println!(
             "  attachment: {} ({} bytes)",
-            attachment.filename,
+            line(&attachment.filename),
             attachment.data.len()
         );
     }
@@ -725,10 +768,23 @@ fn short_name<E: TryFrom<i32>>(
     })
 }
 
-/// Prints the lines of a text as a quoted block.
-fn print_block(text: &str) {
-    for line in text.lines() {
+/// Prints the lines of a text as a quoted block: each behind `  | `, so that no line of a
+/// sender's text can pass for one of the header lines printed above it, and each made safe for
+/// the terminal by [`text::lines`].
+fn print_block(value: &str) {
+    for line in text::lines(value) {
         println!("  | {line}");
+    }
+}
+
+/// Prints a free-text header field: on the label's line when it is one line, else as a
+/// quoted block below the label.
+fn print_text_field(label: &str, value: &str) {
+    if value.contains('\n') {
+        println!("  {label}:");
+        print_block(value);
+    } else {
+        println!("  {label}: {}", line(value));
     }
 }
 
@@ -765,7 +821,7 @@ fn firearm_line(record: &FirearmRecord) -> String {
             incident.date, incident.country, incident.place
         ));
     }
-    line
+    text::line(&line).into_owned()
 }
 
 /// Prints message content: text in full, structured reports as a summary.
@@ -779,9 +835,12 @@ fn print_content(content: &message::Content) {
             }
         }
         message::Content::FirearmTrace(trace) => {
-            print!("  firearm trace request to {}", trace.requested_country);
+            print!(
+                "  firearm trace request to {}",
+                line(&trace.requested_country)
+            );
             if !trace.respond_by_date.is_empty() {
-                print!(", answer by {}", trace.respond_by_date);
+                print!(", answer by {}", line(&trace.respond_by_date));
             }
             println!();
             if let Some(firearm) = &trace.firearm {
@@ -803,13 +862,14 @@ fn print_content(content: &message::Content) {
                     .amount_local
                     .as_ref()
                     .map_or(("?", ""), |a| (a.value.as_str(), a.currency_code.as_str()));
-                println!(
-                    "  {} {value} {currency}  {} -> {}",
+                let row = format!(
+                    "{} {value} {currency}  {} -> {}",
                     transaction.date_transaction, transaction.from_party, transaction.to_party
                 );
+                println!("  {}", line(&row));
             }
             if !report.indicators.is_empty() {
-                println!("  indicators: {}", report.indicators.join(", "));
+                println!("  indicators: {}", line(&report.indicators.join(", ")));
             }
             print_block(&report.reason);
         }
@@ -817,20 +877,21 @@ fn print_content(content: &message::Content) {
             let substance = alert.substance.as_ref();
             let name = substance.map_or("?", |s| s.name.as_str());
             print!(
-                "  early warning {} ({}): {name}",
+                "  early warning {} ({}): {}",
                 short_name(alert.alert_type, AlertType::as_str_name, "ALERT_TYPE_"),
-                short_name(alert.severity, Severity::as_str_name, "SEVERITY_")
+                short_name(alert.severity, Severity::as_str_name, "SEVERITY_"),
+                line(name)
             );
             match substance.map(|s| s.cas_number.as_str()) {
-                Some(cas) if !cas.is_empty() => println!(", CAS {cas}"),
+                Some(cas) if !cas.is_empty() => println!(", CAS {}", line(cas)),
                 _ => println!(),
             }
             if !alert.countries.is_empty() {
-                println!("  countries: {}", alert.countries.join(", "));
+                println!("  countries: {}", line(&alert.countries.join(", ")));
             }
             print_block(&alert.evidence);
             for action in &alert.recommended_actions {
-                println!("  - {action}");
+                println!("  - {}", line(action));
             }
         }
     }

@@ -381,7 +381,10 @@ struct Pinned {
 fn pin(args: &PinArgs, state: Option<&State>, offered: &str) -> anyhow::Result<Pinned> {
     let parse = |key: &str, from: &str| {
         NoteVerifier::parse(key).with_context(|| {
-            format!("{from} is not a verifier key (expected <name>+<hash>+<base64 key>): {key}")
+            format!(
+                "{from} is not a verifier key (expected <name>+<hash>+<base64 key>): {}",
+                crate::text::line(key)
+            )
         })
     };
     if let (Some(flag), Some(state)) = (&args.verifier_key, state) {
@@ -537,6 +540,7 @@ fn pinned_note(source: KeySource) -> &'static str {
 
 /// Says loudly that `key` is trusted only because `offered_by` offered it, and what to do.
 fn warn_unpinned(key: &str, offered_by: &str, then: &str) {
+    let key = crate::text::line(key);
     eprintln!("WARNING: no verifier key is pinned; trusting the key {offered_by} offers:\n\n    {key}\n\n{then}");
 }
 
@@ -608,7 +612,11 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         checkpoint.size,
         hex::encode(checkpoint.root)
     );
-    println!("signed by {}{}", pinned.key, pinned_note(pinned.source));
+    println!(
+        "signed by {}{}",
+        crate::text::line(&pinned.key),
+        pinned_note(pinned.source)
+    );
 
     if let Some(state) = &state {
         if state.origin != checkpoint.origin {
@@ -830,7 +838,11 @@ async fn prove(args: ProveArgs) -> anyhow::Result<()> {
         checkpoint.size,
         hex::encode(checkpoint.root)
     );
-    println!("signed by {}{}", pinned.key, pinned_note(pinned.source));
+    println!(
+        "signed by {}{}",
+        crate::text::line(&pinned.key),
+        pinned_note(pinned.source)
+    );
     if pinned.source == KeySource::Unpinned {
         warn_unpinned(
             &pinned.key,
@@ -1206,7 +1218,7 @@ fn row(index: u64, event: &AuditEvent) -> String {
     } else {
         &event.message_id
     };
-    format!(
+    let row = format!(
         "{:<7} {:<20} {:<20} {:<20} {:<36} {}",
         index,
         short_time(event.time_unix_micros),
@@ -1214,7 +1226,9 @@ fn row(index: u64, event: &AuditEvent) -> String {
         actor_name(event),
         message,
         details(event)
-    )
+    );
+    // Reasons, agencies and ids come from the log as served: one line, shown, never obeyed.
+    crate::text::line(&row).into_owned()
 }
 
 /// A line of `puente audit log --json`. A struct rather than `json!` so that the fields keep
@@ -1283,7 +1297,9 @@ fn entry_json(index: u64, leaf: &[u8], event: &AuditEvent) -> anyhow::Result<Str
             related_message_id: &event.related_message_id,
         },
     };
-    serde_json::to_string(&entry).context("cannot encode an entry as JSON")
+    let json = serde_json::to_string(&entry).context("cannot encode an entry as JSON")?;
+    // The entry's strings come from the log as served: safe for a terminal, same JSON.
+    Ok(crate::text::json(&json).into_owned())
 }
 
 #[cfg(test)]

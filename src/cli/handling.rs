@@ -189,7 +189,10 @@ pub async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("consent_request_id: {}", response.consent_request_id);
+            println!(
+                "consent_request_id: {}",
+                crate::text::line(&response.consent_request_id)
+            );
         }
         ConsentCommand::Grant(args) => {
             let response = client(&args.connect)
@@ -201,7 +204,10 @@ pub async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("decision_message_id: {}", response.decision_message_id);
+            println!(
+                "decision_message_id: {}",
+                crate::text::line(&response.decision_message_id)
+            );
         }
         ConsentCommand::Deny(args) => {
             let response = client(&args.connect)
@@ -213,7 +219,10 @@ pub async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("decision_message_id: {}", response.decision_message_id);
+            println!(
+                "decision_message_id: {}",
+                crate::text::line(&response.decision_message_id)
+            );
         }
     }
     Ok(())
@@ -233,7 +242,10 @@ pub async fn retract(args: RetractArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("notice_message_id: {}", response.notice_message_id);
+    println!(
+        "notice_message_id: {}",
+        crate::text::line(&response.notice_message_id)
+    );
     Ok(())
 }
 
@@ -258,7 +270,10 @@ pub async fn correct(args: CorrectArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("notice_message_id: {}", response.notice_message_id);
+    println!(
+        "notice_message_id: {}",
+        crate::text::line(&response.notice_message_id)
+    );
     Ok(())
 }
 
@@ -284,6 +299,7 @@ pub async fn thread(args: ThreadArgs) -> anyhow::Result<()> {
 /// One line per message, oldest first: when, id, the message it answers, handling, kind,
 /// sender and recipients, subject.
 fn print_thread(messages: &[Message]) {
+    use crate::text::line;
     println!(
         "{:<20} {:<36} {:<36} {:<2} {:<15} {:<24} SUBJECT",
         "CREATED", "MESSAGE_ID", "IN_REPLY_TO", "H", "KIND", "FROM -> TO"
@@ -296,16 +312,16 @@ fn print_thread(messages: &[Message]) {
         println!(
             "{:<20} {:<36} {:<36} {:<2} {:<15} {:<24} {}",
             format_time(message.created_at.as_ref()),
-            message.message_id,
+            line(&message.message_id),
             if message.in_reply_to.is_empty() {
-                "-"
+                "-".into()
             } else {
-                &message.in_reply_to
+                line(&message.in_reply_to)
             },
             handling,
             kind_name(message.kind),
-            route,
-            message.subject
+            line(&route),
+            line(&message.subject)
         );
     }
 }

@@ -580,7 +580,13 @@ fn print_table(entries: &[Entry], results: &[QueryResult], remaining_quota: Opti
         let holders: Vec<String> = result
             .holders
             .iter()
-            .map(|h| format!("{} (match reference {})", h.agency_id, h.match_reference))
+            .map(|h| {
+                format!(
+                    "{} (match reference {})",
+                    crate::text::line(&h.agency_id),
+                    crate::text::line(&h.match_reference)
+                )
+            })
             .collect();
         hits += usize::from(result.hit);
         let row = format!(
@@ -628,7 +634,11 @@ fn print_json(
         results: by_entry.collect(),
         remaining_quota,
     };
-    println!("{}", serde_json::to_string_pretty(&document)?);
+    // The holders come from the exchange: safe for a terminal, same JSON.
+    println!(
+        "{}",
+        crate::text::json(&serde_json::to_string_pretty(&document)?)
+    );
     Ok(())
 }
 

@@ -150,6 +150,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 // === Output helpers shared by the client commands ===
+//
+// Every string the exchange sends is printed through `crate::text` (`line`, `lines`, `json`):
+// another server version, or a compromised one, must not reach the reader's terminal either.
 
 /// Turns a gRPC error into a message for the terminal.
 pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
@@ -168,6 +171,8 @@ pub(crate) fn rpc_error_with_hint(status: tonic::Status, hint: Option<&str>) -> 
         detail = format!("{detail}: {err}");
         cause = err.source();
     }
+    // The server wrote it: shown, never obeyed, by the terminal.
+    let detail = crate::text::line(&detail);
     let hint = hint.or(match status.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown if transport_failure => Some(
             "is the server running at that address, does it trust the CA of your certificate, and is the certificate unrevoked and unexpired?",
@@ -189,6 +194,7 @@ pub(crate) fn rpc_error_with_hint(status: tonic::Status, hint: Option<&str>) -> 
 /// Prints agencies as the table of `puente agencies`.
 pub(crate) fn print_agencies(agencies: &[crate::pb::v1::Agency]) {
     use crate::pb::v1::{AgencyStatus, Region};
+    use crate::text::line;
     println!(
         "{:<16} {:<8} {:<14} {:<10} NAME",
         "AGENCY", "COUNTRY", "REGION", "STATUS"
@@ -198,11 +204,11 @@ pub(crate) fn print_agencies(agencies: &[crate::pb::v1::Agency]) {
         let status = AgencyStatus::try_from(agency.status).map_or("?", |s| s.as_str_name());
         println!(
             "{:<16} {:<8} {:<14} {:<10} {}",
-            agency.agency_id,
-            agency.country,
+            line(&agency.agency_id),
+            line(&agency.country),
             region.trim_start_matches("REGION_"),
             status.trim_start_matches("AGENCY_STATUS_"),
-            agency.name
+            line(&agency.name)
         );
     }
 }
@@ -248,7 +254,7 @@ pub(crate) fn print_acceptance(
     audit_index: Option<u64>,
     client_message_id: &str,
 ) {
-    println!("message_id: {message_id}");
+    println!("message_id: {}", crate::text::line(message_id));
     println!("accepted_at: {}", format_time(accepted_at));
     if let Some(index) = audit_index {
         println!("audit_index: {index}");

@@ -95,12 +95,11 @@ impl TryFrom<Option<Agency>> for AgencyEntry {
         let agency_id = AgencyId::parse(&agency.agency_id)
             .map_err(|e: IdentityError| invalid("agency.agency_id", &e.to_string()))?;
         let name = agency.name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(invalid(
-                "agency.name",
-                "must be 1 to 200 printable characters",
-            ));
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(invalid("agency.name", "must be 1 to 200 characters"));
         }
+        crate::text::check(&name, crate::text::Shape::Line)
+            .map_err(|e| invalid("agency.name", &e.to_string()))?;
         let country = agency.country;
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(invalid(

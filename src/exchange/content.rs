@@ -19,6 +19,7 @@ use crate::pb::v1::{
     ReportCode, Severity, SourceReliability, Substance, SubstanceForm, Transaction,
     TransactionMode,
 };
+use crate::text::Shape;
 
 // === Limits ===
 
@@ -143,7 +144,7 @@ fn validate_on(
         Some(Content::Text(text)) if text.is_empty() => {
             Err(ExchangeError::invalid("text", "must not be empty"))
         }
-        Some(Content::Text(_)) => Ok(()),
+        Some(Content::Text(text)) => super::validate::readable("text", text, Shape::Lines),
         Some(Content::Firearms(report)) => rules.firearms(&Path::root("firearms"), report),
         Some(Content::FirearmTrace(request)) => rules.trace(&Path::root("firearm_trace"), request),
         Some(Content::Financial(report)) => rules.financial(&Path::root("financial"), report),
@@ -250,16 +251,12 @@ impl Text {
         if value.chars().count() > self.max_chars {
             return Err(path.invalid(format!("must be at most {} characters", self.max_chars)));
         }
-        let allowed =
-            |c: char| !c.is_control() || (self.narrative && matches!(c, '\n' | '\r' | '\t'));
-        if !value.chars().all(allowed) {
-            return Err(path.invalid(if self.narrative {
-                "must not contain control characters other than line breaks and tabs"
-            } else {
-                "must be printable text on one line"
-            }));
-        }
-        Ok(())
+        let shape = if self.narrative {
+            Shape::Lines
+        } else {
+            Shape::Line
+        };
+        crate::text::check(value, shape).map_err(|e| path.invalid(e.to_string()))
     }
 }
 

@@ -27,14 +27,13 @@ fn check_reason(reason: &str, required: bool) -> Result<String, ExchangeError> {
     if required && reason.is_empty() {
         return Err(ExchangeError::invalid("reason", "is required"));
     }
-    if reason.chars().count() > MAX_REASON_CHARS
-        || reason.chars().any(|c| c.is_control() && c != '\n')
-    {
+    if reason.chars().count() > MAX_REASON_CHARS {
         return Err(ExchangeError::invalid(
             "reason",
-            "must be at most 1000 printable characters",
+            "must be at most 1000 characters",
         ));
     }
+    validate::readable("reason", &reason, crate::text::Shape::Lines)?;
     Ok(reason)
 }
 

@@ -12,6 +12,7 @@ use crate::pb::v1::{
     Attachment, HandlingCode, InformationAccuracy, Priority, Region, SendMessageRequest,
     SourceReliability, Topic,
 };
+use crate::text::{self, Shape};
 
 /// Longest subject, in characters.
 pub const MAX_SUBJECT_CHARS: usize = 256;
@@ -120,14 +121,13 @@ pub fn check_conditions(handling: HandlingCode, conditions: &str) -> Result<Stri
             "HANDLING_CODE_H3 requires the conditions of use (what recipients may and may not do)",
         ));
     }
-    if conditions.chars().count() > MAX_CONDITIONS_CHARS
-        || conditions.chars().any(|c| c.is_control() && c != '\n')
-    {
+    if conditions.chars().count() > MAX_CONDITIONS_CHARS {
         return Err(ExchangeError::invalid(
             "handling_conditions",
-            "must be at most 1000 printable characters",
+            "must be at most 1000 characters",
         ));
     }
+    readable("handling_conditions", &conditions, Shape::Lines)?;
     Ok(conditions)
 }
 
@@ -156,8 +156,15 @@ pub fn check_client_message_id(key: &str) -> Result<(), ExchangeError> {
     Ok(())
 }
 
-fn printable(s: &str) -> bool {
-    !s.chars().any(char::is_control)
+/// Checks `value`, a string a person reads, by the rule of [`text::check`] for its `shape`.
+///
+/// # Errors
+/// `InvalidField(field)` naming the refused character (never echoing the value).
+pub fn readable(field: &str, value: &str, shape: Shape) -> Result<(), ExchangeError> {
+    text::check(value, shape).map_err(|e| ExchangeError::InvalidField {
+        field: field.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Validates a request against the field rules and `limits`.
@@ -206,12 +213,10 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     if subject.is_empty() {
         return Err(invalid("subject", "is required"));
     }
-    if subject.chars().count() > MAX_SUBJECT_CHARS || !printable(&subject) {
-        return Err(invalid(
-            "subject",
-            "must be at most 256 printable characters on one line",
-        ));
+    if subject.chars().count() > MAX_SUBJECT_CHARS {
+        return Err(invalid("subject", "must be at most 256 characters"));
     }
+    readable("subject", &subject, Shape::Line)?;
     let handling = match HandlingCode::try_from(request.handling) {
         Ok(HandlingCode::Unspecified) | Err(_) => {
             return Err(invalid(
@@ -251,12 +256,10 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         id => Some(MessageId::parse("in_reply_to", id)?),
     };
     let case_reference = request.case_reference.trim().to_string();
-    if case_reference.chars().count() > MAX_REFERENCE_CHARS || !printable(&case_reference) {
-        return Err(invalid(
-            "case_reference",
-            "must be at most 128 printable characters",
-        ));
+    if case_reference.chars().count() > MAX_REFERENCE_CHARS {
+        return Err(invalid("case_reference", "must be at most 128 characters"));
     }
+    readable("case_reference", &case_reference, Shape::Line)?;
 
     let handling_conditions = check_conditions(handling, &request.handling_conditions)?;
     let priority = match Priority::try_from(request.priority) {
@@ -291,24 +294,30 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     }
     for (i, attachment) in request.attachments.iter().enumerate() {
         let name = &attachment.filename;
+        let name_field = format!("attachments[{i}].filename");
+        // One file name, not a path, and not a hidden file (`.bashrc`, `..`) either.
         if name.is_empty()
             || name.chars().count() > MAX_FILENAME_CHARS
-            || name == "."
-            || name == ".."
+            || name.starts_with('.')
             || name.contains(['/', '\\'])
-            || !printable(name)
         {
             return Err(ExchangeError::InvalidField {
-                field: format!("attachments[{i}].filename"),
-                reason: "must be 1 to 255 printable characters without '/' or '\\'".into(),
+                field: name_field,
+                reason: "must be 1 to 255 characters, without '/' or '\\', not starting with '.'"
+                    .into(),
             });
         }
+        readable(&name_field, name, Shape::Line)?;
         let media_type = &attachment.media_type;
-        if !media_type.is_empty() && !is_media_type(media_type) {
-            return Err(ExchangeError::InvalidField {
-                field: format!("attachments[{i}].media_type"),
-                reason: "must be a media type such as application/pdf".into(),
-            });
+        if !media_type.is_empty() {
+            let field = format!("attachments[{i}].media_type");
+            if !is_media_type(media_type) {
+                return Err(ExchangeError::InvalidField {
+                    field,
+                    reason: "must be a media type such as application/pdf".into(),
+                });
+            }
+            readable(&field, media_type, Shape::Line)?;
         }
         size = size.saturating_add(attachment.data.len());
     }
@@ -380,7 +389,6 @@ fn is_media_type(s: &str) -> bool {
     let essence = s.split(';').next().unwrap_or_default().trim();
     matches!(essence.split_once('/'), Some((kind, sub)) if token(kind) && token(sub))
         && s.len() <= 255
-        && printable(s)
 }
 
 /// The stored body of a message: a `SendMessageRequest` holding only `content` and
@@ -503,6 +511,31 @@ mod tests {
             (|r| r.subject = "  ".into(), Some("subject")),
             (|r| r.subject = "a\nb".into(), Some("subject")),
             (|r| r.subject = "s".repeat(257), Some("subject")),
+            (|r| r.subject = "exe.\u{202e}fdp".into(), Some("subject")),
+            (|r| r.subject = "a\u{200b}b".into(), Some("subject")),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("\u{1b}[2J".into())),
+                Some("text"),
+            ),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("a\r\n\tb\n".into())),
+                None,
+            ),
+            (
+                |r| r.content = Some(send_message_request::Content::Text("a\rb".into())),
+                Some("text"),
+            ),
+            (
+                |r| r.case_reference = "CASE\u{2028}1".into(),
+                Some("case_reference"),
+            ),
+            (
+                |r| {
+                    r.handling = HandlingCode::H3 as i32;
+                    r.handling_conditions = "Ask first.\u{9b}".into();
+                },
+                Some("handling_conditions"),
+            ),
             (|r| r.handling = 0, Some("handling")),
             (|r| r.evaluation = None, Some("evaluation")),
             (
@@ -541,6 +574,25 @@ mod tests {
                     }]
                 },
                 Some("attachments[0].filename"),
+            ),
+            (
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: ".bashrc".into(),
+                        ..Default::default()
+                    }]
+                },
+                Some("attachments[0].filename"),
+            ),
+            (
+                |r| {
+                    r.attachments = vec![Attachment {
+                        filename: "a.pdf".into(),
+                        media_type: "text/plain; x=\u{2066}".into(),
+                        data: vec![],
+                    }]
+                },
+                Some("attachments[0].media_type"),
             ),
             (
                 |r| {

@@ -149,12 +149,12 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<St
     if required && value.is_empty() {
         return Err(invalid(field, "is required"));
     }
-    if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(invalid(
-            field,
-            &format!("must be at most {max} printable characters"),
-        ));
+    if value.chars().count() > max {
+        return Err(invalid(field, &format!("must be at most {max} characters")));
     }
+    // Shown to people: the holder reads them in its hit notice.
+    crate::text::check(&value, crate::text::Shape::Line)
+        .map_err(|e| invalid(field, &e.to_string()))?;
     Ok(value)
 }
 
