@@ -28,7 +28,9 @@ pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields};
+use records::{
+    keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, QuotaRecord, SealedFields,
+};
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
@@ -743,6 +745,38 @@ impl Store {
                 Ok((key[prefix.len()..].to_vec(), value.to_vec()))
             })
             .collect()
+    }
+
+    /// The match query quota window last recorded for `agency`.
+    ///
+    /// # Errors
+    /// sled errors and a corrupt record.
+    pub fn match_quota(&self, agency: &str) -> Result<Option<QuotaRecord>, StoreError> {
+        let key = keys::match_quota(agency);
+        self.db
+            .get(&key)?
+            .map(|value| decode(&key, &value))
+            .transpose()
+    }
+
+    /// Records a match query: its audit entry and the agency's quota window after it, in the
+    /// same group commit (one small record per agency, overwritten).
+    ///
+    /// # Errors
+    /// As [`Store::update_index`].
+    pub async fn record_match_query(
+        &self,
+        agency: &str,
+        window: QuotaRecord,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        use prost::Message as _;
+        self.update_index(
+            vec![(keys::match_quota(agency), window.encode_to_vec())],
+            Vec::new(),
+            vec![event],
+        )
+        .await
     }
 
     /// The value of one index key.
