@@ -24,6 +24,7 @@
 //! - [`admission`]: per-caller request rates and per-agency inbox stream limits.
 //! - [`retention`]: erasure of messages whose topic's retention period ran out.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
+//! - [`private_files`]: owner-only directories and files whatever the umask; exposed-key checks.
 //! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
 //!   bare-tonic bound.
 
@@ -40,6 +41,7 @@ pub mod matching;
 pub mod metrics;
 pub mod pb;
 pub mod pki;
+pub mod private_files;
 pub mod retention;
 pub mod server;
 pub mod stix;

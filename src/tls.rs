@@ -449,8 +449,16 @@ impl TlsState {
             .collect::<Result<_, _>>()?;
         if !crls.is_empty() {
             let tmp = self.persisted.with_extension("pem.tmp");
-            std::fs::write(&tmp, pem)
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            // Owner-only like the rest of the data directory, whatever the umask.
+            crate::private_files::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, pem.as_bytes())?;
+                    file.sync_all()
+                })
                 .and_then(|()| std::fs::rename(&tmp, &self.persisted))
                 .and_then(|()| {
                     crate::store::sync_dir(self.persisted.parent().unwrap_or(Path::new(".")))

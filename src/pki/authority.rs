@@ -147,7 +147,8 @@ impl Authority {
     ) -> Result<Authority, PkiError> {
         crate::identity::validate_trust_domain(trust_domain)
             .map_err(|e| PkiError::Invalid(e.to_string()))?;
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // Owner-only: it holds the CA key and the ledger.
+        crate::private_files::create_dir(dir).map_err(io_error(dir))?;
         for name in ["ca.pem", "ca.key", "ledger.json"] {
             if dir.join(name).exists() {
                 return Err(PkiError::Invalid(format!(

@@ -354,11 +354,14 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
         path: path.display().to_string(),
         source,
     };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io)?;
+    let mut file = crate::private_files::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    // A file that existed keeps its mode through open: narrow it before writing the secret.
+    crate::private_files::restrict(path).map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)
 }

@@ -233,13 +233,17 @@ impl Store {
     /// # Errors
     /// The directory or sled cannot be opened, or a directory record is corrupt.
     pub fn open(data_dir: &Path, data_keys: Arc<DataKeys>) -> Result<Arc<Store>, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
+        // Owner-only whatever the umask: the directories here, and sled's files after it made
+        // them (sled sets no modes of its own; `puente serve` also sets a umask of 077).
+        crate::private_files::create_dir(data_dir)?;
         let db_dir = data_dir.join("store");
+        crate::private_files::create_dir(&db_dir)?;
         let db = sled::Config::new()
             .path(&db_dir)
             .cache_capacity(128 * 1024 * 1024)
             .flush_every_ms(None)
             .open()?;
+        crate::private_files::restrict_tree(&db_dir)?;
         // Kept for `flush_sled`, which fdatasyncs it after each sled flush.
         let db_file = File::open(db_dir.join("db"))?;
         let journal_dir = data_dir.join("journal");
