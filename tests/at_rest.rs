@@ -223,7 +223,9 @@ fn wrong_modes(dir: &Path, dir_mode: u32, file_mode: u32) -> Vec<String> {
 /// directory and file in it owner-only (0700 / 0600): the store, the journal, message bodies,
 /// the persisted CRL and the audit signing key — while running and after a clean stop.
 #[cfg(unix)]
-#[tokio::test]
+// Multi-threaded: the dropped clients' connections must close while `terminate` blocks, or
+// the server waits out its drain timeout for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_private_whatever_the_umask() {
     use puente::pb::v1::admin_service_client::AdminServiceClient;
     use puente::pb::v1::PublishRevocationListRequest;
