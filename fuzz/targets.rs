@@ -54,7 +54,7 @@ pub fn csr(data: &[u8]) {
 /// A PEM CRL applied to a running server's TLS state (as `PublishRevocationList` and the
 /// watched `--crl` file do).
 pub fn crl(data: &[u8]) {
-    let _ = tls_state().apply_crl(data);
+    let _ = tls_state().apply_crl(data, false);
 }
 
 /// Inclusion and consistency proof verification with attacker-chosen sizes, indices and

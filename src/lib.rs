@@ -26,6 +26,7 @@
 //! - [`text`]: strings a person reads: the characters the server refuses in them, and how the
 //!   CLI escapes what it prints and sanitises the attachment names it saves.
 //! - [`errors`]: shared helpers of the error → gRPC status mappings.
+//! - [`private_files`]: owner-only directories and files whatever the umask; exposed-key checks.
 //! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
 //!   bare-tonic bound.
 
@@ -42,6 +43,7 @@ pub mod matching;
 pub mod metrics;
 pub mod pb;
 pub mod pki;
+pub mod private_files;
 pub mod retention;
 pub mod server;
 pub mod stix;

@@ -6,7 +6,10 @@
 //! Revocation policy: a CA for which no CRL was ever applied is trusted without one (a missing
 //! CRL does not lock every agency out), and that is logged at start. A CRL past its next-update
 //! time stays in force — revocations never lapse — and is logged as stale until a newer one
-//! arrives. A CRL never replaces one with a higher number from the same CA.
+//! arrives. A CRL never replaces one with a higher number from the same CA, nor — unless an
+//! administrator says so, audited — one that lists a certificate it drops and that may not have
+//! expired yet (revoked less than [`crate::pki::MAX_LEAF_DAYS`] ago): an old copy of the CA
+//! directory signs CRLs with higher numbers that know nothing of later revocations.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -76,6 +79,24 @@ pub enum CrlError {
     /// A different CRL with the same number from the same CA is in force.
     #[error("a different CRL with number {0} is already in force for that CA")]
     Conflict(BigUint),
+    /// The CRL omits certificates the CRL in force revokes and that may not have expired:
+    /// applying it would un-revoke them.
+    #[error(
+        "CRL number {offered} would un-revoke {count} certificate(s) that the CRL in force \
+         revokes and that may not have expired yet (serial(s) {shown}): was it signed from an \
+         old copy of the CA directory? Restore the current CA directory (whose ledger.json \
+         records the revocation), sign the CRL there and publish that; to un-revoke on purpose, \
+         publish with --allow-unrevoke and a --reason (recorded in the audit log)",
+        shown = shown_serials(serials, *count)
+    )]
+    Unrevokes {
+        /// The number offered.
+        offered: BigUint,
+        /// The first few serials it would un-revoke (at most [`SHOWN_SERIALS`]).
+        serials: Vec<String>,
+        /// How many it would un-revoke.
+        count: usize,
+    },
     /// The persisted CRL set cannot be written.
     #[error("cannot persist the CRL: {0}")]
     Persist(std::io::Error),
@@ -91,7 +112,7 @@ impl From<CrlError> for tonic::Status {
                 crate::errors::bad_request("crl_pem", &err.to_string())
             }
             CrlError::UntrustedIssuer => tonic::Status::invalid_argument(err.to_string()),
-            CrlError::Rollback { .. } | CrlError::Conflict(_) => {
+            CrlError::Rollback { .. } | CrlError::Conflict(_) | CrlError::Unrevokes { .. } => {
                 tonic::Status::failed_precondition(err.to_string())
             }
             CrlError::Persist(e) => crate::errors::internal(&e),
@@ -111,6 +132,25 @@ pub struct CrlSummary {
     pub next_update: Option<i64>,
     /// False when the same CRL was already in force.
     pub changed: bool,
+    /// Serials (hex) that were revoked, may not have expired, and are no longer: only ever
+    /// non-empty when the caller allowed it.
+    pub unrevoked: Vec<String>,
+}
+
+/// How many serials an [`CrlError::Unrevokes`] message names (a CRL may list thousands).
+pub const SHOWN_SERIALS: usize = 5;
+
+fn shown_serials(serials: &[String], count: usize) -> String {
+    let mut shown = serials
+        .iter()
+        .take(SHOWN_SERIALS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if count > SHOWN_SERIALS {
+        shown.push_str(&format!(" and {} more", count - SHOWN_SERIALS));
+    }
+    shown
 }
 
 /// Files the TLS configuration is built from.
@@ -145,7 +185,16 @@ struct AppliedCrl {
     number: BigUint,
     next_update: Option<i64>,
     der: CertificateRevocationListDer<'static>,
-    revoked: Vec<String>,
+    revoked: Vec<RevokedSerial>,
+}
+
+/// One entry of a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RevokedSerial {
+    /// Serial number, hex of its DER content octets.
+    serial: String,
+    /// Revocation date, Unix seconds.
+    revoked_at: i64,
 }
 
 /// Server certificate, key and client CAs, as last loaded successfully.
@@ -261,24 +310,71 @@ fn verify_crl(
         next_update: crl.next_update().map(|t| t.timestamp()),
         revoked: crl
             .iter_revoked_certificates()
-            .map(|r| hex::encode(r.raw_serial()))
+            .map(|r| RevokedSerial {
+                serial: hex::encode(r.raw_serial()),
+                revoked_at: r.revocation_date.timestamp(),
+            })
             .collect(),
         der: der.clone(),
     })
 }
 
-/// Puts `new` into `set`, keeping one CRL per issuer. Returns whether anything changed.
-fn merge(set: &mut Vec<AppliedCrl>, new: AppliedCrl) -> Result<bool, CrlError> {
+/// What [`merge`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Merged {
+    /// The set changed.
+    changed: bool,
+    /// Serials the replaced CRL revoked, that may not have expired, and that the new one omits.
+    unrevoked: Vec<String>,
+}
+
+/// The serials `current` revokes, that `new` omits, and whose certificates may still be valid
+/// at `now`: a CA drops a revoked certificate from its CRLs once it has expired, and no
+/// certificate outlives its revocation by more than [`crate::pki::MAX_LEAF_DAYS`].
+fn dropped_serials(current: &AppliedCrl, new: &AppliedCrl, now: i64) -> Vec<String> {
+    let kept: HashSet<&str> = new.revoked.iter().map(|r| r.serial.as_str()).collect();
+    current
+        .revoked
+        .iter()
+        .filter(|r| !kept.contains(r.serial.as_str()))
+        .filter(|r| crate::pki::revoked_may_be_unexpired(r.revoked_at, now))
+        .map(|r| r.serial.clone())
+        .collect()
+}
+
+/// Puts `new` into `set`, keeping one CRL per issuer: only a higher number replaces a CRL, and
+/// only if it un-revokes nothing that may still be valid, unless `allow_unrevoke`.
+fn merge(
+    set: &mut Vec<AppliedCrl>,
+    new: AppliedCrl,
+    allow_unrevoke: bool,
+) -> Result<Merged, CrlError> {
     match set.iter_mut().find(|c| c.issuer == new.issuer) {
         None => {
             set.push(new);
-            Ok(true)
+            Ok(Merged {
+                changed: true,
+                unrevoked: Vec::new(),
+            })
         }
         Some(current) if new.number > current.number => {
+            let unrevoked = dropped_serials(current, &new, now_secs());
+            if !unrevoked.is_empty() && !allow_unrevoke {
+                return Err(CrlError::Unrevokes {
+                    offered: new.number,
+                    count: unrevoked.len(),
+                    serials: unrevoked.into_iter().take(SHOWN_SERIALS).collect(),
+                });
+            }
             *current = new;
-            Ok(true)
+            Ok(Merged {
+                changed: true,
+                unrevoked,
+            })
         }
-        Some(current) if new.number == current.number && new.der == current.der => Ok(false),
+        Some(current) if new.number == current.number && new.der == current.der => {
+            Ok(Merged::default())
+        }
         Some(current) if new.number == current.number => Err(CrlError::Conflict(new.number)),
         Some(current) => Err(CrlError::Rollback {
             offered: new.number,
@@ -307,8 +403,10 @@ impl TlsState {
         for path in sources.into_iter().flatten().filter(|p| p.exists()) {
             let pem = std::fs::read(path).map_err(|e| file_error("CRL", path, e))?;
             for der in crl_blocks(&pem)? {
-                if let Err(e) =
-                    verify_crl(der, &material.client_cas).and_then(|crl| merge(&mut crls, crl))
+                // A file replaced by an older copy un-revokes nothing: refused, the persisted
+                // CRL stays.
+                if let Err(e) = verify_crl(der, &material.client_cas)
+                    .and_then(|crl| merge(&mut crls, crl, false))
                 {
                     warn!(file = %path.display(), error = %e, "CRL not applied");
                 }
@@ -351,8 +449,16 @@ impl TlsState {
             .collect::<Result<_, _>>()?;
         if !crls.is_empty() {
             let tmp = self.persisted.with_extension("pem.tmp");
-            std::fs::write(&tmp, pem)
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            // Owner-only like the rest of the data directory, whatever the umask.
+            crate::private_files::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, pem.as_bytes())?;
+                    file.sync_all()
+                })
                 .and_then(|()| std::fs::rename(&tmp, &self.persisted))
                 .and_then(|()| {
                     crate::store::sync_dir(self.persisted.parent().unwrap_or(Path::new(".")))
@@ -361,7 +467,7 @@ impl TlsState {
         }
         let revoked: HashSet<String> = crls
             .iter()
-            .flat_map(|c| c.revoked.iter().cloned())
+            .flat_map(|c| c.revoked.iter().map(|r| r.serial.clone()))
             .collect();
         self.revocations.replace(revoked);
         *self.crls.lock().unwrap_or_else(PoisonError::into_inner) = crls;
@@ -369,11 +475,12 @@ impl TlsState {
     }
 
     /// Verifies and applies the CRLs of a PEM text: persisted, then in force for the next
-    /// handshake, the next call of open connections, and open inbox streams.
+    /// handshake, the next call of open connections, and open inbox streams. A CRL that omits
+    /// a revoked certificate that may not have expired is refused unless `allow_unrevoke`.
     ///
     /// # Errors
     /// `CrlError` saying why nothing was applied.
-    pub fn apply_crl(&self, pem: &[u8]) -> Result<CrlSummary, CrlError> {
+    pub fn apply_crl(&self, pem: &[u8], allow_unrevoke: bool) -> Result<CrlSummary, CrlError> {
         // Holding the material lock serialises every change of the configuration.
         let material = self.material.lock().unwrap_or_else(PoisonError::into_inner);
         let offered = crl_blocks(pem)?
@@ -387,6 +494,7 @@ impl TlsState {
             .clone();
         let mut summary = None;
         let mut changed = false;
+        let mut unrevoked = Vec::new();
         for crl in offered {
             let digits = crl.number.to_u64_digits();
             summary = Some(CrlSummary {
@@ -398,8 +506,11 @@ impl TlsState {
                 revoked_count: crl.revoked.len(),
                 next_update: crl.next_update,
                 changed: false,
+                unrevoked: Vec::new(),
             });
-            changed |= merge(&mut crls, crl)?;
+            let merged = merge(&mut crls, crl, allow_unrevoke)?;
+            changed |= merged.changed;
+            unrevoked.extend(merged.unrevoked);
         }
         let config =
             build_config(&material, &crls).map_err(|e| CrlError::Rebuild(e.to_string()))?;
@@ -407,6 +518,14 @@ impl TlsState {
         self.config.store(config);
         let mut summary = summary.ok_or_else(|| CrlError::Malformed("no CRL".into()))?;
         summary.changed = changed;
+        summary.unrevoked = unrevoked;
+        if !summary.unrevoked.is_empty() {
+            warn!(
+                crl_number = summary.number,
+                unrevoked = summary.unrevoked.len(),
+                "CRL applied with allow_unrevoke: revoked certificates are valid again"
+            );
+        }
         info!(
             crl_number = summary.number,
             revoked = summary.revoked_count,
@@ -440,9 +559,12 @@ impl TlsState {
             return Ok(None);
         }
         let pem = std::fs::read(path).map_err(|e| file_error("CRL", path, e))?;
-        match self.apply_crl(&pem) {
+        match self.apply_crl(&pem, false) {
             Ok(summary) => Ok(summary.changed.then_some(summary)),
-            Err(e @ (CrlError::Conflict(_) | CrlError::Rollback { .. })) => {
+            Err(
+                e
+                @ (CrlError::Conflict(_) | CrlError::Rollback { .. } | CrlError::Unrevokes { .. }),
+            ) => {
                 warn!(file = %path.display(), error = %e, "CRL file not applied");
                 Ok(None)
             }
@@ -543,21 +665,125 @@ mod tests {
     #[test]
     fn merge_keeps_one_crl_per_issuer_and_never_goes_back() {
         let mut set = vec![crl(b"ca-1", 5, b"five")];
-        assert!(merge(&mut set, crl(b"ca-2", 1, b"other ca")).unwrap());
-        assert!(merge(&mut set, crl(b"ca-1", 6, b"six")).unwrap());
         assert!(
-            !merge(&mut set, crl(b"ca-1", 6, b"six")).unwrap(),
+            merge(&mut set, crl(b"ca-2", 1, b"other ca"), false)
+                .unwrap()
+                .changed
+        );
+        assert!(
+            merge(&mut set, crl(b"ca-1", 6, b"six"), false)
+                .unwrap()
+                .changed
+        );
+        assert!(
+            !merge(&mut set, crl(b"ca-1", 6, b"six"), false)
+                .unwrap()
+                .changed,
             "same CRL again"
         );
         assert!(matches!(
-            merge(&mut set, crl(b"ca-1", 6, b"forged six")),
+            merge(&mut set, crl(b"ca-1", 6, b"forged six"), false),
             Err(CrlError::Conflict(_))
         ));
         assert!(matches!(
-            merge(&mut set, crl(b"ca-1", 4, b"four")),
+            merge(&mut set, crl(b"ca-1", 4, b"four"), false),
             Err(CrlError::Rollback { .. })
         ));
         assert_eq!(set.len(), 2);
         assert_eq!(set[0].number, BigUint::from(6u32));
+    }
+
+    fn revoking(issuer: &[u8], number: u32, entries: &[(&str, i64)]) -> AppliedCrl {
+        let mut crl = crl(issuer, number, format!("{number}").as_bytes());
+        crl.revoked = entries
+            .iter()
+            .map(|(serial, revoked_at)| RevokedSerial {
+                serial: (*serial).to_string(),
+                revoked_at: *revoked_at,
+            })
+            .collect();
+        crl
+    }
+
+    /// A higher number does not let a CRL drop a revocation that may not have expired; one
+    /// revoked more than MAX_LEAF_DAYS ago may go, and `allow_unrevoke` lets any go, saying
+    /// which.
+    #[test]
+    fn merge_refuses_to_unrevoke_unless_allowed() {
+        let now = now_secs();
+        let long_ago = now - i64::from(crate::pki::MAX_LEAF_DAYS) * 86_400 - 60;
+        let mut set = vec![revoking(b"ca", 1, &[("aa", now - 60), ("bb", long_ago)])];
+        let refused = merge(&mut set, revoking(b"ca", 9, &[]), false);
+        assert!(
+            matches!(&refused, Err(CrlError::Unrevokes { serials, count: 1, .. }) if serials == &["aa"]),
+            "{refused:?}"
+        );
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("Restore the current CA directory"));
+        let merged = merge(&mut set, revoking(b"ca", 2, &[("aa", now - 60)]), false).unwrap();
+        assert!(
+            merged.changed && merged.unrevoked.is_empty(),
+            "expired one dropped"
+        );
+        let merged = merge(&mut set, revoking(b"ca", 3, &[]), true).unwrap();
+        assert_eq!(merged.unrevoked, ["aa"]);
+    }
+
+    /// Names at most SHOWN_SERIALS serials, and how many more.
+    #[test]
+    fn unrevokes_message_is_bounded() {
+        let serials: Vec<String> = (0..SHOWN_SERIALS).map(|i| format!("{i:040x}")).collect();
+        let message = CrlError::Unrevokes {
+            offered: BigUint::from(2u32),
+            serials,
+            count: 10_000,
+        }
+        .to_string();
+        assert!(message.contains("and 9995 more"), "{message}");
+        assert!(message.len() < 1_000);
+    }
+
+    /// The watched CRL file replaced by a newer CRL that drops a revocation: reload leaves the
+    /// revocation in force.
+    #[test]
+    fn reloaded_crl_file_cannot_unrevoke() {
+        use crate::pki::{CertificateAuthority, Revoked, Subject};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("Test CA", 30).unwrap();
+        let server = ca
+            .issue(
+                &Subject::Server(vec!["localhost".into()]),
+                "puente.local",
+                30,
+                None,
+            )
+            .unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            client_ca: dir.path().join("ca.pem"),
+            crl: Some(dir.path().join("crl.pem")),
+        };
+        std::fs::write(&files.cert, &server.cert_pem).unwrap();
+        std::fs::write(&files.key, server.key_pem.as_deref().unwrap()).unwrap();
+        std::fs::write(&files.client_ca, ca.cert_pem()).unwrap();
+        let revoked = Revoked {
+            serial: "7f01".into(),
+            revoked_at: time::OffsetDateTime::now_utc(),
+            reason: rcgen::RevocationReason::KeyCompromise,
+        };
+        std::fs::write(
+            dir.path().join("crl.pem"),
+            ca.crl(&[revoked], 1, 7).unwrap(),
+        )
+        .unwrap();
+        let state = TlsState::load(files, dir.path()).unwrap();
+        assert!(state.revocations().is_revoked("7f01"));
+
+        std::fs::write(dir.path().join("crl.pem"), ca.crl(&[], 2, 7).unwrap()).unwrap();
+        assert_eq!(state.reload().unwrap(), None, "not applied");
+        assert!(state.revocations().is_revoked("7f01"));
     }
 }

@@ -571,3 +571,158 @@ fn every_subcommand_has_help() {
         assert!(stdout.contains("Usage:"), "{path:?}: {stdout}");
     }
 }
+
+/// Copies a directory of plain files (a CA directory), as an administrator's backup would.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the CA directory") {
+        let entry = entry.expect("directory entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a file");
+    }
+}
+
+/// The CRL number the ledger of CA directory `dir` records.
+fn ledger_crl_number(ws: &Workspace, dir: &str) -> u64 {
+    let ledger: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path(&format!("{dir}/ledger.json"))).expect("read ledger"),
+    )
+    .expect("ledger is JSON");
+    ledger["crl_number"].as_u64().expect("crl_number")
+}
+
+/// The issue 14 attack: a copy of the CA directory taken before a key-compromise revocation
+/// publishes again and again; the server refuses every attempt (its CRL would drop a revoked
+/// certificate that has not expired), the CLI never says to retry, the stale copy's CRL number
+/// does not climb, and the compromised agency stays locked out.
+#[test]
+fn a_stale_ca_directory_cannot_unrevoke_a_compromised_certificate() {
+    let (ws, server) = exchange();
+    copy_dir(&ws.path("ca"), &ws.path("ca-old"));
+    ws.ok(&[
+        "admin",
+        "cert",
+        "revoke",
+        "--dir",
+        "ca",
+        "--agency",
+        "ES-CNP",
+        "--reason",
+        "key-compromise",
+    ]);
+    ws.admin_ok(
+        &server,
+        &[
+            "admin",
+            "crl",
+            "--dir",
+            "ca",
+            "--out",
+            "crl.pem",
+            "--publish",
+        ],
+    );
+    assert!(!ws.agencies_as(&server, "es-cnp").status.success());
+
+    let connect = connection(&server, "admin");
+    let stale: Vec<&str> = [
+        "admin",
+        "crl",
+        "--dir",
+        "ca-old",
+        "--out",
+        "old.pem",
+        "--publish",
+    ]
+    .into_iter()
+    .chain(connect.iter().map(String::as_str))
+    .collect();
+    for attempt in 0..10 {
+        if attempt == 5 {
+            // Writing a CRL file from the copy puts its number in force there: the next
+            // publication carries a number above the server's and still drops the revocation.
+            ws.ok(&["admin", "crl", "--dir", "ca-old", "--out", "old-file.pem"]);
+        }
+        let output = ws.fails(&stale);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("again"),
+            "attempt {attempt}: the CLI told the administrator to retry:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("ca-old") || stderr.contains("restore"),
+            "attempt {attempt}: the refusal does not say what to do:\n{stderr}"
+        );
+        assert!(!ws.agencies_as(&server, "es-cnp").status.success());
+    }
+    assert_eq!(
+        ledger_crl_number(&ws, "ca-old"),
+        1,
+        "refused publications advanced the stale copy's CRL number"
+    );
+    assert!(!ws.agencies_as(&server, "es-cnp").status.success());
+    assert!(ws.agencies_as(&server, "co-dijin").status.success());
+
+    // After a restart too.
+    assert!(server.terminate().success());
+    let server = ws.serve();
+    assert!(!ws.agencies_as(&server, "es-cnp").status.success());
+}
+
+/// Un-revoking on purpose works from the same copy, only with --allow-unrevoke and a reason.
+#[test]
+fn allow_unrevoke_with_a_reason_makes_a_revoked_certificate_valid_again() {
+    let (ws, server) = exchange();
+    copy_dir(&ws.path("ca"), &ws.path("ca-old"));
+    ws.ok(&[
+        "admin",
+        "cert",
+        "revoke",
+        "--dir",
+        "ca",
+        "--agency",
+        "ES-CNP",
+        "--reason",
+        "superseded",
+    ]);
+    ws.admin_ok(
+        &server,
+        &[
+            "admin",
+            "crl",
+            "--dir",
+            "ca",
+            "--out",
+            "crl.pem",
+            "--publish",
+        ],
+    );
+    assert!(!ws.agencies_as(&server, "es-cnp").status.success());
+    // Without a reason the flag is refused by the CLI itself.
+    ws.fails(&[
+        "admin",
+        "crl",
+        "--dir",
+        "ca-old",
+        "--out",
+        "old.pem",
+        "--publish",
+        "--allow-unrevoke",
+    ]);
+    ws.ok(&["admin", "crl", "--dir", "ca-old", "--out", "old.pem"]);
+    ws.admin_ok(
+        &server,
+        &[
+            "admin",
+            "crl",
+            "--dir",
+            "ca-old",
+            "--out",
+            "old.pem",
+            "--publish",
+            "--allow-unrevoke",
+            "--reason",
+            "revoked the wrong agency",
+        ],
+    );
+    assert!(ws.agencies_as(&server, "es-cnp").status.success());
+}

@@ -191,3 +191,80 @@ async fn the_server_refuses_to_start_with_an_exposed_or_missing_keyring() {
         Err(ServerError::DataKeys(SealingError::Missing(_)))
     ));
 }
+
+/// Every directory under `dir` (itself included) whose mode is not `dir_mode`, and every file
+/// whose mode is not `file_mode`, as `path mode` lines.
+#[cfg(unix)]
+fn wrong_modes(dir: &Path, dir_mode: u32, file_mode: u32) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let mut wrong = Vec::new();
+    if mode(dir) != dir_mode {
+        wrong.push(format!("{} {:o}", dir.display(), mode(dir)));
+    }
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            wrong.extend(wrong_modes(&path, dir_mode, file_mode));
+        } else if mode(&path) != file_mode {
+            wrong.push(format!("{} {:o}", path.display(), mode(&path)));
+        }
+    }
+    wrong
+}
+
+/// Started under umask 022, the real server still creates its data directory 0700 and every
+/// directory and file in it owner-only (0700 / 0600): the store, the journal, message bodies,
+/// the persisted CRL and the audit signing key — while running and after a clean stop.
+#[cfg(unix)]
+// Multi-threaded: the dropped clients' connections must close while `terminate` blocks, or
+// the server waits out its drain timeout for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_whatever_the_umask() {
+    use puente::pb::v1::admin_service_client::AdminServiceClient;
+    use puente::pb::v1::PublishRevocationListRequest;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    pki.write_server_files(dir.path());
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "umask 022; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_puente"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(ServerProcess::file_args(dir.path()));
+    let server = ServerProcess::spawn(command, "warn", std::process::Stdio::inherit());
+    register_agency(&pki, server.addr, "ES-CNP", Region::Eu).await;
+    register_agency(&pki, server.addr, "CO-DIJIN", Region::Celac).await;
+    // A body large enough to go to objects/, and a CRL the server persists.
+    pki.agency_client("ES-CNP", server.addr)
+        .await
+        .send_message(marked_message("private-modes"))
+        .await
+        .expect("send");
+    AdminServiceClient::new(pki.client_for(&admin_spiffe("root"), server.addr).await)
+        .publish_revocation_list(PublishRevocationListRequest {
+            crl_pem: pki.crl(&[]),
+            ..Default::default()
+        })
+        .await
+        .expect("publish a CRL");
+    let data = dir.path().join("data");
+    for name in ["store", "journal", "objects", "crls.pem", "audit-log.key"] {
+        assert!(data.join(name).exists(), "{name} not created");
+    }
+    assert_eq!(wrong_modes(&data, 0o700, 0o600), Vec::<String>::new());
+    assert!(server.terminate().success());
+    assert_eq!(wrong_modes(&data, 0o700, 0o600), Vec::<String>::new());
+}

@@ -107,7 +107,7 @@ fn a_broken_configuration_fails_naming_what_to_fix() {
     let pki = TestPki::new();
     // (extra configuration, damage to the files, what the error must name)
     type Case = (&'static str, fn(&Path), &'static str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         ("listen_addr = \"0.0.0.0:1\"\n", |_| {}, "listen_addr"),
         (
             "[limits]\nmax_recipients = 0\n",
@@ -124,6 +124,28 @@ fn a_broken_configuration_fails_naming_what_to_fix() {
                 .expect("chmod")
             },
             "chmod 600",
+        ),
+        (
+            "",
+            |dir| {
+                std::fs::set_permissions(
+                    dir.join("server.key"),
+                    std::fs::Permissions::from_mode(0o644),
+                )
+                .expect("chmod")
+            },
+            "chmod 600 server.key",
+        ),
+        (
+            "",
+            |dir| {
+                std::fs::set_permissions(
+                    dir.join("server.key"),
+                    std::fs::Permissions::from_mode(0o620),
+                )
+                .expect("chmod")
+            },
+            "tls_key server.key",
         ),
         (
             "",

@@ -303,6 +303,48 @@ async fn the_query_quota_is_enforced_with_retry_advice() {
     be.query(query(1, three())).await.expect("own quota");
 }
 
+/// A restart (same data directory) does not hand an agency a fresh quota: the window and what
+/// was used of it are in the store.
+#[tokio::test]
+async fn the_query_quota_survives_a_restart() {
+    let pki = TestPki::new();
+    let data = tempfile::tempdir().expect("data dir");
+    let data_dir = data.path().join("data");
+    let start = |dir: std::path::PathBuf| {
+        TestServer::spawn_with(&pki, move |config| {
+            config.match_query_quota_per_hour = 5;
+            config.data_dir = dir;
+        })
+    };
+    let server = start(data_dir.clone()).await;
+    server.register(&pki, "CO-DIJIN", Region::Celac).await;
+    let mut co = matching(&pki, &server, "CO-DIJIN").await;
+    let four = (0..4)
+        .map(|i| firearm(&format!("R{i}")))
+        .collect::<Vec<_>>();
+    let used = co
+        .query(query(1, four.clone()))
+        .await
+        .expect("within quota")
+        .into_inner();
+    assert_eq!(used.remaining_quota, 1);
+    drop(co);
+    server
+        .stop(std::time::Duration::from_secs(1))
+        .await
+        .expect("clean stop");
+
+    let restarted = start(data_dir.clone()).await;
+    let mut co = matching(&pki, &restarted, "CO-DIJIN").await;
+    assert_code(co.query(query(1, four)).await, Code::ResourceExhausted);
+    let last = co
+        .query(query(1, vec![firearm("R9")]))
+        .await
+        .expect("what is left of the quota")
+        .into_inner();
+    assert_eq!(last.remaining_quota, 0);
+}
+
 #[tokio::test]
 async fn only_active_agencies_may_match() {
     let pki = TestPki::new();

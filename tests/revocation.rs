@@ -12,8 +12,11 @@ use common::{
     agency_spiffe, assert_code, assert_refused, connect, inbox_request, TestPki, TestServer, WAIT,
 };
 use puente::pb::v1::admin_service_client::AdminServiceClient;
+use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
-use puente::pb::v1::{ListAgenciesRequest, PublishRevocationListRequest, Region};
+use puente::pb::v1::{
+    AuditAction, ListAgenciesRequest, ListAuditEntriesRequest, PublishRevocationListRequest, Region,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -47,9 +50,53 @@ async fn publish(
     crl_pem: String,
 ) -> Result<u64, tonic::Status> {
     admin
-        .publish_revocation_list(PublishRevocationListRequest { crl_pem })
+        .publish_revocation_list(PublishRevocationListRequest {
+            crl_pem,
+            ..Default::default()
+        })
         .await
         .map(|r| r.into_inner().crl_number)
+}
+
+/// Publishes with `allow_unrevoke` and `reason`.
+async fn publish_unrevoking(
+    admin: &mut AdminServiceClient<Channel>,
+    crl_pem: String,
+    reason: &str,
+) -> Result<u64, tonic::Status> {
+    admin
+        .publish_revocation_list(PublishRevocationListRequest {
+            crl_pem,
+            allow_unrevoke: true,
+            unrevoke_reason: reason.into(),
+        })
+        .await
+        .map(|r| r.into_inner().crl_number)
+}
+
+/// The `reason` of every CRL_APPLIED audit entry, read by an auditor.
+async fn crl_audit_reasons(pki: &TestPki, server: &TestServer) -> Vec<String> {
+    let mut auditor = AuditServiceClient::new(
+        pki.client_for(&common::auditor_spiffe("ana"), server.addr)
+            .await,
+    );
+    let mut stream = auditor
+        .list_audit_entries(ListAuditEntriesRequest {
+            action: AuditAction::CrlApplied as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list audit entries")
+        .into_inner();
+    let mut reasons = Vec::new();
+    while let Some(entry) = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("listing stalled")
+        .expect("audit entry")
+    {
+        reasons.push(entry.event.expect("event").reason);
+    }
+    reasons
 }
 
 /// Polls `check` every 20 ms until it holds or [`WAIT`] passes.
@@ -205,6 +252,99 @@ async fn an_older_crl_cannot_undo_a_revocation() {
         .await
         .expect("republish the same CRL");
     assert_refused(connect(&cert, &key, &pki.ca_pem, server.addr).await).await;
+}
+
+/// A CRL with a higher number that omits a revoked, unexpired certificate (what an old copy of
+/// the CA directory signs) is refused, and the certificate stays revoked.
+#[tokio::test]
+async fn a_newer_crl_that_drops_an_unexpired_revocation_is_refused() {
+    let pki = TestPki::new();
+    let server = server(&pki).await;
+    let (cert, key, serial) = agency_cert(&pki, "ES-CNP");
+    let mut admin = pki.admin_client("root", server.addr).await;
+    publish(&mut admin, pki.crl(&[serial]))
+        .await
+        .expect("publish");
+    for _ in 0..3 {
+        let refused = assert_code(
+            publish(&mut admin, pki.crl(&[])).await,
+            Code::FailedPrecondition,
+        );
+        assert!(refused.message().len() < 1_000, "bounded message");
+    }
+    assert_refused(connect(&cert, &key, &pki.ca_pem, server.addr).await).await;
+}
+
+/// `allow_unrevoke` needs a reason; with one, the CRL applies, the certificate works again and
+/// the audit log names the serial and the reason.
+#[tokio::test]
+async fn allow_unrevoke_needs_a_reason_and_is_audited() {
+    let pki = TestPki::new();
+    let server = server(&pki).await;
+    let (cert, key, serial) = agency_cert(&pki, "ES-CNP");
+    let mut admin = pki.admin_client("root", server.addr).await;
+    publish(&mut admin, pki.crl(std::slice::from_ref(&serial)))
+        .await
+        .expect("publish");
+    assert_code(
+        publish_unrevoking(&mut admin, pki.crl(&[]), " ").await,
+        Code::InvalidArgument,
+    );
+    assert_refused(connect(&cert, &key, &pki.ca_pem, server.addr).await).await;
+
+    publish_unrevoking(&mut admin, pki.crl(&[]), "revoked the wrong agency")
+        .await
+        .expect("un-revoke on purpose");
+    exchange(&cert, &key, &pki, &server)
+        .await
+        .list_agencies(ListAgenciesRequest {})
+        .await
+        .expect("valid again");
+    let reasons = crl_audit_reasons(&pki, &server).await;
+    let serial_hex = hex::encode(serial.as_ref());
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&serial_hex) && r.contains("revoked the wrong agency")),
+        "no audit entry names the un-revoked serial and the reason: {reasons:?}"
+    );
+}
+
+/// A watched CRL file replaced by a newer-numbered CRL that drops a revocation un-revokes
+/// nothing, also when the server starts with it.
+#[tokio::test]
+async fn a_crl_file_that_drops_a_revocation_is_not_applied_at_start() {
+    let pki = TestPki::new();
+    let files = tempfile::tempdir().expect("temporary directory");
+    let crl_path = files.path().join("crl.pem");
+    let data_dir = files.path().join("data");
+    let (cert, key, serial) = agency_cert(&pki, "ES-CNP");
+    {
+        let (path, dir) = (crl_path.clone(), data_dir.clone());
+        let server = TestServer::spawn_with(&pki, |config| {
+            config.crl = Some(path);
+            config.data_dir = dir;
+        })
+        .await;
+        server.register(&pki, "ES-CNP", Region::Eu).await;
+        let mut admin = pki.admin_client("root", server.addr).await;
+        publish(&mut admin, pki.crl(&[serial]))
+            .await
+            .expect("publish");
+        drop(admin);
+        server
+            .stop(Duration::from_secs(1))
+            .await
+            .expect("clean stop");
+    }
+    std::fs::write(&crl_path, pki.crl(&[])).expect("write the CRL file");
+    let (path, dir) = (crl_path.clone(), data_dir.clone());
+    let restarted = TestServer::spawn_with(&pki, |config| {
+        config.crl = Some(path);
+        config.data_dir = dir;
+    })
+    .await;
+    assert_refused(connect(&cert, &key, &pki.ca_pem, restarted.addr).await).await;
 }
 
 #[tokio::test]

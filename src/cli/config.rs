@@ -58,6 +58,7 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
 /// Loads every file the configuration names as the server would; one line per file.
 fn check_files(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
+    check_tls_key_mode(&config.tls_key)?;
     TlsState::load(TlsFiles::of(config), &config.data_dir)
         .context("the TLS files cannot be used")?;
     lines.push(format!(
@@ -89,6 +90,19 @@ fn check_files(config: &Config) -> anyhow::Result<Vec<String>> {
     ));
     lines.push(describe_data_dir(&config.data_dir)?);
     Ok(lines)
+}
+
+/// Refuses a TLS private key others can read or its group change, as the data keyring is.
+fn check_tls_key_mode(path: &Path) -> anyhow::Result<()> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("tls_key {}: cannot be read", path.display()))?;
+    if crate::private_files::is_exposed(&metadata) {
+        anyhow::bail!(
+            "tls_key {0} is open to other users: run `chmod 600 {0}` (or 640, owned by root and the server's group)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Names and expiry of the first certificate of a PEM file.

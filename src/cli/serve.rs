@@ -67,6 +67,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         commit = env!("PUENTE_BUILD_COMMIT"),
         "starting puente"
     );
+    // Whatever the umask it inherited, the server's files are its user's alone (see
+    // `private_files`, which also sets the modes of the files the server makes itself).
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(
+        crate::private_files::SERVER_UMASK,
+    ));
     let mut config = args.config()?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(

@@ -67,15 +67,32 @@ impl AdminService {
         request: Request<PublishRevocationListRequest>,
     ) -> Result<PublishRevocationListResponse, DirectoryError> {
         let caller = require_admin(&request)?;
-        let pem = request.into_inner().crl_pem;
+        let request = request.into_inner();
+        let unrevoke_reason = if request.allow_unrevoke {
+            Some(check_unrevoke_reason(&request.unrevoke_reason)?)
+        } else {
+            None
+        };
+        let pem = request.crl_pem;
+        let allow_unrevoke = request.allow_unrevoke;
         let tls = Arc::clone(&self.tls);
         // Verifying, persisting (fsync) and rebuilding the TLS configuration block.
-        let summary = tokio::task::spawn_blocking(move || tls.apply_crl(pem.as_bytes()))
-            .await
-            .map_err(|e| DirectoryError::Crl(CrlError::Rebuild(e.to_string())))??;
+        let summary =
+            tokio::task::spawn_blocking(move || tls.apply_crl(pem.as_bytes(), allow_unrevoke))
+                .await
+                .map_err(|e| DirectoryError::Crl(CrlError::Rebuild(e.to_string())))??;
         if summary.changed {
             let mut event = audit::event(AuditAction::CrlApplied, Some(&caller));
             event.crl_number = summary.number;
+            if let (Some(reason), false) = (&unrevoke_reason, summary.unrevoked.is_empty()) {
+                // The serials come from the CRL that was in force, not from the request.
+                event.reason = format!(
+                    "allow_unrevoke: un-revoked {} certificate(s) ({}); reason: {reason}",
+                    summary.unrevoked.len(),
+                    summary.unrevoked.join(", ")
+                );
+                tracing::warn!(admin = %caller.id, unrevoked = summary.unrevoked.len(), "certificates un-revoked by an administrator");
+            }
             self.store.record(vec![event]).await?;
         }
         info!(admin = %caller.id, crl_number = summary.number, revoked = summary.revoked_count, "CRL published");
@@ -87,6 +104,26 @@ impl AdminService {
                 .map(|seconds| crate::exchange::timestamp(seconds.saturating_mul(1_000_000))),
         })
     }
+}
+
+/// Longest reason for un-revoking, in characters.
+const MAX_UNREVOKE_REASON: usize = 256;
+
+/// The reason given with `allow_unrevoke`: required, printable, bounded.
+fn check_unrevoke_reason(reason: &str) -> Result<String, DirectoryError> {
+    let reason = reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > MAX_UNREVOKE_REASON
+        || reason.chars().any(char::is_control)
+    {
+        return Err(DirectoryError::Invalid {
+            field: "unrevoke_reason",
+            reason: format!(
+                "is required with allow_unrevoke: 1 to {MAX_UNREVOKE_REASON} printable characters saying why revoked certificates become valid again"
+            ),
+        });
+    }
+    Ok(reason.to_string())
 }
 
 fn require_admin<T>(request: &Request<T>) -> Result<Arc<Caller>, DirectoryError> {

@@ -5,9 +5,10 @@
 //! and a legal basis, count against a per-agency quota, and every query and hit is in the audit
 //! log. The holder of a hit is told through its inbox who asked, for which case, on which basis.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -25,7 +26,7 @@ use crate::pb::v1::{
     PublishIdentifiersResponse, QueryRequest, QueryResponse, QueryResult, SendMessageRequest,
     SourceReliability, Topic, WithdrawIdentifiersRequest, WithdrawIdentifiersResponse,
 };
-use crate::store::records::{keys, MessageRecord, PublishedRecord};
+use crate::store::records::{keys, MessageRecord, PublishedRecord, QuotaRecord};
 use crate::store::{now_micros, NewMessage, Store, StoreError};
 
 /// Most identifiers one publication or withdrawal may carry.
@@ -96,18 +97,14 @@ fn invalid(field: impl Into<String>, reason: &str) -> MatchError {
     }
 }
 
-/// Identifiers used in the current window, per agency.
-struct Window {
-    started: Instant,
-    used: u64,
-}
-
 /// The MatchService handlers.
 pub struct MatchService {
     store: Arc<Store>,
     directory: Arc<Directory>,
     quota_per_hour: u64,
-    windows: Mutex<HashMap<String, Window>>,
+    /// Each agency's quota window, read from the store on its first query after a start and
+    /// written back with every query's audit entry.
+    windows: Mutex<HashMap<String, QuotaRecord>>,
 }
 
 fn check_identifier(
@@ -190,28 +187,37 @@ impl MatchService {
         Ok((caller, agency))
     }
 
-    /// Takes `count` identifiers from the agency's quota, or says when it resets.
-    fn take_quota(&self, agency: &str, count: u64) -> Result<u64, MatchError> {
+    /// Takes `count` identifiers from the agency's quota, or says when it resets. Returns what
+    /// is left and the window to record with the query ([`Store::record_match_query`]).
+    ///
+    /// The window is wall-clock time so that it means the same after a restart. A clock set
+    /// back by less than a window only makes this one last longer; by more, it starts afresh.
+    fn take_quota(&self, agency: &str, count: u64) -> Result<(u64, QuotaRecord), MatchError> {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let window = windows.entry(agency.to_string()).or_insert(Window {
-            started: now,
-            used: 0,
-        });
-        if now.duration_since(window.started) >= QUOTA_WINDOW {
-            *window = Window {
-                started: now,
+        let window_secs = QUOTA_WINDOW.as_secs();
+        let now = u64::try_from(now_micros() / 1_000_000).unwrap_or(0);
+        let window = match windows.entry(agency.to_string()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                entry.insert(self.store.match_quota(agency)?.unwrap_or_default())
+            }
+        };
+        let elapsed = now.saturating_sub(window.window_start_unix_secs);
+        if elapsed >= window_secs || window.window_start_unix_secs > now + window_secs {
+            *window = QuotaRecord {
+                window_start_unix_secs: now,
                 used: 0,
             };
         }
-        if window.used + count > self.quota_per_hour {
+        let elapsed = now.saturating_sub(window.window_start_unix_secs);
+        if window.used.saturating_add(count) > self.quota_per_hour {
             return Err(MatchError::QuotaExceeded {
                 quota: self.quota_per_hour,
-                retry_after: QUOTA_WINDOW.saturating_sub(now.duration_since(window.started)),
+                retry_after: Duration::from_secs(window_secs.saturating_sub(elapsed).max(1)),
             });
         }
         window.used += count;
-        Ok(self.quota_per_hour - window.used)
+        Ok((self.quota_per_hour - window.used, *window))
     }
 
     async fn publish(
@@ -321,7 +327,8 @@ impl MatchService {
             .enumerate()
             .map(|(i, identifier)| check_identifier(&format!("identifiers[{i}]"), Some(identifier)))
             .collect::<Result<Vec<_>, _>>()?;
-        let remaining_quota = self.take_quota(agency.as_str(), identifiers.len() as u64)?;
+        let (remaining_quota, window) =
+            self.take_quota(agency.as_str(), identifiers.len() as u64)?;
 
         let mut results = Vec::with_capacity(identifiers.len());
         let mut hits = Vec::new();
@@ -356,7 +363,10 @@ impl MatchService {
             results.len(),
             hits.len()
         );
-        self.store.record(vec![event]).await?;
+        // The quota window goes to the store with the query's audit entry: one group commit.
+        self.store
+            .record_match_query(agency.as_str(), window, event)
+            .await?;
         for (holder, kind, published) in hits {
             self.notify(
                 &caller,

@@ -41,11 +41,37 @@ pub struct LedgerEntry {
 pub struct Ledger {
     /// Trust domain of the SPIFFE IDs this CA issues.
     pub trust_domain: String,
-    /// Number of the last CRL signed.
+    /// Number of the last CRL put in force: written to a file, or accepted by the exchange.
+    /// A publication the exchange refused does not advance it.
     pub crl_number: u64,
     /// Every certificate issued, oldest first.
     pub certificates: Vec<LedgerEntry>,
+    /// The CRL signed last and not yet recorded as in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_crl: Option<PendingCrl>,
 }
+
+/// A CRL signed (numbered one above [`Ledger::crl_number`]) but not yet known to be in force.
+/// Signing again while nothing changed returns it as it is, so that retrying a publication
+/// whose answer was lost sends the very same CRL rather than a different one with the same
+/// number, and repeated refused publications never move the number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCrl {
+    /// Its number.
+    pub number: u64,
+    /// Signed at, Unix seconds.
+    pub signed_at: i64,
+    /// The days until its next update it was signed with.
+    pub next_update_days: u32,
+    /// The serials it lists, in ledger order.
+    pub serials: Vec<String>,
+    /// The CRL, PEM.
+    pub pem: String,
+}
+
+/// How long a pending CRL is reused, in seconds: later its next-update time would have moved
+/// too far toward now.
+const PENDING_CRL_REUSE_SECS: i64 = 3_600;
 
 /// Which certificates to revoke.
 #[derive(Debug, Clone)]
@@ -121,7 +147,8 @@ impl Authority {
     ) -> Result<Authority, PkiError> {
         crate::identity::validate_trust_domain(trust_domain)
             .map_err(|e| PkiError::Invalid(e.to_string()))?;
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // Owner-only: it holds the CA key and the ledger.
+        crate::private_files::create_dir(dir).map_err(io_error(dir))?;
         for name in ["ca.pem", "ca.key", "ledger.json"] {
             if dir.join(name).exists() {
                 return Err(PkiError::Invalid(format!(
@@ -259,18 +286,27 @@ impl Authority {
         Ok(revoked)
     }
 
-    /// Signs the next CRL (its number one above the last) listing every revoked certificate
-    /// that has not expired yet, and records the number. Returns the PEM and the number.
+    /// Signs the next CRL (its number one above the last in force) listing every revoked
+    /// certificate that may not have expired yet, and keeps it as pending; returns the PEM and
+    /// the number. While nothing changed, the pending CRL is returned again. The CRL number in
+    /// force moves only with [`Authority::record_crl`], once the CRL is published.
     ///
     /// # Errors
     /// Signing failed, or the ledger cannot be written.
-    pub fn crl(&mut self, next_update_days: u32) -> Result<(String, u64), PkiError> {
+    pub fn sign_crl(&mut self, next_update_days: u32) -> Result<(String, u64), PkiError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let revoked: Vec<Revoked> = self
             .ledger
             .certificates
             .iter()
-            .filter(|entry| entry.not_after > now)
+            // Listed while the certificate may be valid by either measure: the exchange refuses
+            // a CRL that drops a serial revoked less than MAX_LEAF_DAYS ago.
+            .filter(|entry| {
+                entry.not_after > now
+                    || entry
+                        .revoked_at
+                        .is_some_and(|at| super::revoked_may_be_unexpired(at, now))
+            })
             .filter_map(|entry| {
                 let revoked_at = OffsetDateTime::from_unix_timestamp(entry.revoked_at?).ok()?;
                 let code = entry.revocation_reason.unwrap_or(0);
@@ -286,10 +322,44 @@ impl Authority {
             })
             .collect();
         let number = self.ledger.crl_number + 1;
+        let serials: Vec<String> = revoked.iter().map(|r| r.serial.clone()).collect();
+        if let Some(pending) = &self.ledger.pending_crl {
+            if pending.number == number
+                && pending.serials == serials
+                && pending.next_update_days == next_update_days
+                && (0..PENDING_CRL_REUSE_SECS).contains(&(now - pending.signed_at))
+            {
+                return Ok((pending.pem.clone(), number));
+            }
+        }
         let pem = self.ca.crl(&revoked, number, next_update_days)?;
-        self.ledger.crl_number = number;
+        self.ledger.pending_crl = Some(PendingCrl {
+            number,
+            signed_at: now,
+            next_update_days,
+            serials,
+            pem: pem.clone(),
+        });
         self.save()?;
         Ok((pem, number))
+    }
+
+    /// Records that CRL `number` is in force (written to the CRL file, or accepted by the
+    /// exchange): the next one is numbered above it.
+    ///
+    /// # Errors
+    /// The ledger cannot be written.
+    pub fn record_crl(&mut self, number: u64) -> Result<(), PkiError> {
+        self.ledger.crl_number = self.ledger.crl_number.max(number);
+        if self
+            .ledger
+            .pending_crl
+            .as_ref()
+            .is_some_and(|pending| pending.number <= number)
+        {
+            self.ledger.pending_crl = None;
+        }
+        self.save()
     }
 }
 
@@ -341,8 +411,16 @@ mod tests {
             .unwrap();
         assert_eq!(revoked.len(), 1, "only the one not yet revoked");
         assert_eq!(revoked[0].serial, second.serial);
-        let (_, one) = ca.crl(7).unwrap();
-        let (_, two) = ca.crl(7).unwrap();
+        let (first_pem, one) = ca.sign_crl(7).unwrap();
+        let (again_pem, again) = ca.sign_crl(7).unwrap();
+        assert_eq!(
+            (again, &again_pem),
+            (one, &first_pem),
+            "unpublished: signing again returns the same CRL"
+        );
+        ca.record_crl(one).unwrap();
+        let (_, two) = ca.sign_crl(7).unwrap();
+        ca.record_crl(two).unwrap();
         assert_eq!((one, two), (1, 2));
         let reopened = Authority::open(dir.path(), None).unwrap();
         assert_eq!(reopened.ledger().crl_number, 2);

@@ -95,7 +95,7 @@ pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki
         path: dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::private_files::create_dir(dir).map_err(io)?;
     let mut authority = if dir.join("ca.pem").exists() {
         Authority::open(dir, None)?
     } else {

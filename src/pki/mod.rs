@@ -25,6 +25,14 @@ pub use keyfile::{decrypt_key, encrypt_key};
 /// ceiling, short enough that lost keys age out.
 pub const MAX_LEAF_DAYS: u32 = 825;
 
+/// Whether a certificate revoked at `revoked_at` (Unix seconds) may still be within its
+/// validity at `now`, judged from the revocation date alone: it was issued before it was
+/// revoked, for at most [`MAX_LEAF_DAYS`]. CRLs keep listing it until then, and the exchange
+/// refuses a CRL that drops it earlier (an old copy of the CA directory would).
+pub fn revoked_may_be_unexpired(revoked_at: i64, now: i64) -> bool {
+    revoked_at.saturating_add(i64::from(MAX_LEAF_DAYS) * 86_400) > now
+}
+
 /// Why a certificate, key or CRL could not be made, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -346,11 +354,14 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
         path: path.display().to_string(),
         source,
     };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io)?;
+    let mut file = crate::private_files::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    // A file that existed keeps its mode through open: narrow it before writing the secret.
+    crate::private_files::restrict(path).map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)
 }

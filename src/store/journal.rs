@@ -60,7 +60,7 @@ impl Journal {
         db: &sled::Db,
         db_file: &File,
     ) -> Result<(Journal, usize), StoreError> {
-        fs::create_dir_all(dir)?;
+        crate::private_files::create_dir(dir)?;
         let generations = generations(dir)?;
         let mut replayed = 0;
         for generation in &generations {
@@ -92,7 +92,7 @@ impl Journal {
         let (file, preallocated) = match OpenOptions::new().write(true).open(&path) {
             Ok(file) => (file, true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let file = OpenOptions::new()
+                let file = crate::private_files::options()
                     .write(true)
                     .create_new(true)
                     .open(&path)?;
@@ -207,7 +207,11 @@ pub(super) fn prepare(dir: &Path, generation: u64) -> io::Result<()> {
         return Ok(());
     }
     let temporary = path.with_extension("journal.tmp");
-    let mut file = File::create(&temporary)?;
+    let mut file = crate::private_files::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary)?;
     let zeros = vec![0; 1024 * 1024];
     for _ in 0..PREALLOCATED_BYTES / zeros.len() as u64 {
         file.write_all(&zeros)?;

@@ -28,7 +28,9 @@ pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields};
+use records::{
+    keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, QuotaRecord, SealedFields,
+};
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
@@ -231,13 +233,17 @@ impl Store {
     /// # Errors
     /// The directory or sled cannot be opened, or a directory record is corrupt.
     pub fn open(data_dir: &Path, data_keys: Arc<DataKeys>) -> Result<Arc<Store>, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
+        // Owner-only whatever the umask: the directories here, and sled's files after it made
+        // them (sled sets no modes of its own; `puente serve` also sets a umask of 077).
+        crate::private_files::create_dir(data_dir)?;
         let db_dir = data_dir.join("store");
+        crate::private_files::create_dir(&db_dir)?;
         let db = sled::Config::new()
             .path(&db_dir)
             .cache_capacity(128 * 1024 * 1024)
             .flush_every_ms(None)
             .open()?;
+        crate::private_files::restrict_tree(&db_dir)?;
         // Kept for `flush_sled`, which fdatasyncs it after each sled flush.
         let db_file = File::open(db_dir.join("db"))?;
         let journal_dir = data_dir.join("journal");
@@ -743,6 +749,38 @@ impl Store {
                 Ok((key[prefix.len()..].to_vec(), value.to_vec()))
             })
             .collect()
+    }
+
+    /// The match query quota window last recorded for `agency`.
+    ///
+    /// # Errors
+    /// sled errors and a corrupt record.
+    pub fn match_quota(&self, agency: &str) -> Result<Option<QuotaRecord>, StoreError> {
+        let key = keys::match_quota(agency);
+        self.db
+            .get(&key)?
+            .map(|value| decode(&key, &value))
+            .transpose()
+    }
+
+    /// Records a match query: its audit entry and the agency's quota window after it, in the
+    /// same group commit (one small record per agency, overwritten).
+    ///
+    /// # Errors
+    /// As [`Store::update_index`].
+    pub async fn record_match_query(
+        &self,
+        agency: &str,
+        window: QuotaRecord,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        use prost::Message as _;
+        self.update_index(
+            vec![(keys::match_quota(agency), window.encode_to_vec())],
+            Vec::new(),
+            vec![event],
+        )
+        .await
     }
 
     /// The value of one index key.

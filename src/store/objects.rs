@@ -4,7 +4,7 @@
 //! never fsyncs, so large bodies live here instead: written and fsynced (file and directory)
 //! before the batch that references them commits.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,7 @@ impl Objects {
     /// # Errors
     /// The directory cannot be created.
     pub fn open(dir: PathBuf) -> io::Result<Objects> {
-        fs::create_dir_all(&dir)?;
+        crate::private_files::create_dir(&dir)?;
         Ok(Objects { dir })
     }
 
@@ -39,7 +39,7 @@ impl Objects {
     pub fn put(&self, message_id: &str, body: &[u8]) -> io::Result<()> {
         let final_path = self.path(message_id);
         let tmp_path = self.dir.join(format!("{message_id}.tmp"));
-        let mut file = OpenOptions::new()
+        let mut file = crate::private_files::options()
             .write(true)
             .create(true)
             .truncate(true)

@@ -245,6 +245,18 @@ pub struct AgencyRecord {
     pub updated_at_micros: i64,
 }
 
+/// An agency's match query quota window: when it started and how many identifiers it queried
+/// in it. Kept so that a restart does not hand the agency a fresh quota.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct QuotaRecord {
+    /// Start of the window, Unix seconds.
+    #[prost(uint64, tag = "1")]
+    pub window_start_unix_secs: u64,
+    /// Identifiers queried in the window.
+    #[prost(uint64, tag = "2")]
+    pub used: u64,
+}
+
 /// Key layout of the single sled tree. One tree, so that one journal record (a group commit)
 /// covers every record a message touches. Agency ids never contain `/`, and message ids are fixed-length UUIDs.
 pub mod keys {
@@ -386,6 +398,11 @@ pub mod keys {
     /// decision on forwarding its message to `agency`.
     pub fn consent(original: &str, agency: &str) -> Vec<u8> {
         [b"g/", original.as_bytes(), b"/", agency.as_bytes()].concat()
+    }
+
+    /// `q/<agency>` → `QuotaRecord`: the agency's match query quota window.
+    pub fn match_quota(agency: &str) -> Vec<u8> {
+        [b"q/", agency.as_bytes()].concat()
     }
 
     /// `b/<epoch><kind><blinded>` prefix: who published one blinded identifier.

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -136,8 +136,7 @@ impl DataKeys {
             }
             metadata => metadata.map_err(io)?,
         };
-        let mode = metadata.permissions().mode();
-        if mode & 0o027 != 0 {
+        if crate::private_files::is_exposed(&metadata) {
             return Err(SealingError::Exposed(shown));
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
@@ -304,6 +303,7 @@ fn valid_key_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn keyring() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");

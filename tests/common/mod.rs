@@ -288,6 +288,7 @@ impl TestPki {
     /// Writes the files [`ServerProcess::start`] reads from `dir`: `server.pem`, `server.key`,
     /// `ca.pem` (the client CA bundle) and `data.keys`.
     pub fn write_server_files(&self, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
         for (name, pem) in [
             ("server.pem", &self.server_cert_pem),
             ("server.key", &self.server_key_pem),
@@ -295,6 +296,12 @@ impl TestPki {
         ] {
             std::fs::write(dir.join(name), pem).expect("write TLS file");
         }
+        // A private key is its owner's alone (`puente config check` refuses it otherwise).
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod 600 server.key");
         self.write_data_keys(&dir.join("data.keys"));
     }
 }
