@@ -114,7 +114,7 @@ fn check_unrevoke_reason(reason: &str) -> Result<String, DirectoryError> {
     let reason = reason.trim();
     if reason.is_empty()
         || reason.chars().count() > MAX_UNREVOKE_REASON
-        || reason.chars().any(char::is_control)
+        || crate::text::check(reason, crate::text::Shape::Line).is_err()
     {
         return Err(DirectoryError::Invalid {
             field: "unrevoke_reason",
