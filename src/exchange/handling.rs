@@ -16,7 +16,7 @@ use crate::pb::v1::{
     GrantConsentResponse, HandlingCode, MessageKind, RequestConsentRequest, RequestConsentResponse,
     RetractMessageRequest, RetractMessageResponse, SendMessageRequest,
 };
-use crate::store::records::{keys, ForwardHopRecord, MessageRecord};
+use crate::store::records::{keys, ConsentRecord, ForwardHopRecord, MessageRecord};
 use crate::store::{now_micros, StoreError};
 
 /// Longest reason given with a forward, consent or notice, in characters.
@@ -96,13 +96,14 @@ impl ExchangeService {
         Ok(record)
     }
 
-    /// Whether the originator consented to `agency` receiving `original`.
-    fn consented(&self, original: &str, agency: &str) -> Result<bool, StoreError> {
+    /// Whether the originator granted `holder`'s own request to pass `original` to `agency`.
+    /// Nobody else's consent counts: not one given to another holder for the same agency, nor
+    /// the one under which `holder`'s copy reached it.
+    fn consented(&self, original: &str, holder: &str, agency: &str) -> Result<bool, StoreError> {
         Ok(self
             .store
-            .index_value(&keys::consent(original, agency))?
-            .as_deref()
-            == Some(b"1".as_slice()))
+            .consent(original, holder, agency)?
+            .is_some_and(|consent| consent.is_granted()))
     }
 
     /// Whether the originator retracted `original` (a RETRACTION notice was sent for it).
@@ -192,9 +193,9 @@ impl ExchangeService {
         let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
         if matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
             for target in &expanded {
-                if !self.consented(&original_id, target)? {
+                if !self.consented(&original_id, agency.as_str(), target)? {
                     return Err(ExchangeError::HandlingRefused(format!(
-                        "message {original_id} is {} and {originator} has not consented to {target} receiving it: ask with RequestConsent",
+                        "message {original_id} is {} and {originator} has not consented to {agency} passing it to {target}: ask with RequestConsent",
                         handling.as_str_name()
                     )));
                 }
@@ -276,6 +277,12 @@ impl ExchangeService {
         let held = self.held(&agency, &id)?;
         let target = AgencyId::parse(&request.agency_id)
             .map_err(|e| ExchangeError::invalid("agency_id", &e.to_string()))?;
+        if target == agency {
+            return Err(ExchangeError::invalid(
+                "agency_id",
+                "is the caller itself: consent is asked to pass a message to another agency",
+            ));
+        }
         if self.directory.get(target.as_str()).is_none() {
             return Err(ExchangeError::invalid(
                 "agency_id",
@@ -291,11 +298,34 @@ impl ExchangeService {
             ));
         }
         let (original_id, originator) = origin(&held);
+        if target.as_str() == originator {
+            return Err(ExchangeError::invalid(
+                "agency_id",
+                "is the message's originator, which needs no consent to hold its own message",
+            ));
+        }
+        // One open question per holder, message and agency: asking again while the originator
+        // has not answered (or after it granted) would only fill its inbox.
+        if let Some(asked) = self
+            .store
+            .consent(&original_id, agency.as_str(), target.as_str())?
+            .filter(|asked| !asked.decided || asked.granted)
+        {
+            return Err(ExchangeError::ConsentAlreadyAsked {
+                consent_request_id: asked.consent_request_id,
+                granted: asked.granted,
+            });
+        }
         if !self.directory.is_active(&originator) {
             return Err(ExchangeError::RecipientSuspended(originator));
         }
         let (body, content_sha256) = empty_body();
         let request_id = MessageId::generate();
+        let pending = ConsentRecord {
+            consent_request_id: request_id.to_string(),
+            decided: false,
+            granted: false,
+        };
         let record = MessageRecord {
             message_id: request_id.to_string(),
             sender: agency.to_string(),
@@ -328,7 +358,10 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
-                    index_entries: Vec::new(),
+                    index_entries: vec![(
+                        keys::consent(&original_id, agency.as_str(), target.as_str()),
+                        pending.encode_to_vec(),
+                    )],
                     action: AuditAction::ConsentRequested,
                     related_message_id: &original_id,
                 },
@@ -359,6 +392,21 @@ impl ExchangeService {
             ));
         }
         let reason = check_reason(reason, !granted)?;
+        let holder = asked.sender.clone();
+        let latest =
+            self.store
+                .consent(&asked.related_message_id, &holder, &asked.consent_agency)?;
+        // Only the holder's latest request is open to a decision (the originator may change
+        // its mind on it); an earlier one was superseded when the holder asked again after a
+        // denial. No record: a request from before consent was bound to the holder.
+        if let Some(latest) = latest.filter(|l| l.consent_request_id != asked.message_id) {
+            return Err(ExchangeError::ConsentSuperseded(latest.consent_request_id));
+        }
+        let decided = ConsentRecord {
+            consent_request_id: asked.message_id.clone(),
+            decided: true,
+            granted,
+        };
         let (body, content_sha256) = empty_body();
         let decision_id = MessageId::generate();
         let record = MessageRecord {
@@ -388,11 +436,6 @@ impl ExchangeService {
             reason,
             ..MessageRecord::default()
         };
-        let decision = if granted {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        };
         let key = generated_key();
         let accepted = self
             .commit(
@@ -402,8 +445,8 @@ impl ExchangeService {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
                     index_entries: vec![(
-                        keys::consent(&asked.related_message_id, &asked.consent_agency),
-                        decision,
+                        keys::consent(&asked.related_message_id, &holder, &asked.consent_agency),
+                        decided.encode_to_vec(),
                     )],
                     action: if granted {
                         AuditAction::ConsentGranted

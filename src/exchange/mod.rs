@@ -80,6 +80,24 @@ pub enum ExchangeError {
     /// The originator retracted the message: it is not to be passed on any more.
     #[error("message {0} was retracted by its originator and cannot be forwarded")]
     Retracted(String),
+    /// The holder already asked the originator about this message and agency: the request is
+    /// still pending, or was granted.
+    #[error("{}", if *granted {
+        format!("consent to pass this message to that agency was already granted on request {consent_request_id}: forward it")
+    } else {
+        format!("consent to pass this message to that agency was already asked in request {consent_request_id}, still pending: wait for the originator's decision")
+    })]
+    ConsentAlreadyAsked {
+        /// The earlier request.
+        consent_request_id: String,
+        /// Whether it was granted (else it is pending).
+        granted: bool,
+    },
+    /// The consent request was replaced by a later one of the same holder for the same agency.
+    #[error(
+        "this consent request was superseded by the holder's later request {0}; decide that one"
+    )]
+    ConsentSuperseded(String),
     /// The idempotency key was used for a different request.
     #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
     IdempotencyConflict(String),
@@ -127,11 +145,13 @@ impl From<ExchangeError> for Status {
             ExchangeError::InvalidField { field, reason } => {
                 crate::errors::bad_request(&field, &reason)
             }
-            ExchangeError::RecipientSuspended(_) | ExchangeError::Retracted(_) => {
-                Status::failed_precondition(err.to_string())
-            }
+            ExchangeError::RecipientSuspended(_)
+            | ExchangeError::Retracted(_)
+            | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),
             ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
-            ExchangeError::IdempotencyConflict(_) => Status::already_exists(err.to_string()),
+            ExchangeError::IdempotencyConflict(_) | ExchangeError::ConsentAlreadyAsked { .. } => {
+                Status::already_exists(err.to_string())
+            }
             ExchangeError::TooManyStreams { .. } => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
@@ -523,7 +543,7 @@ impl ExchangeService {
                 "only the sender can see a message's delivery status",
             ));
         }
-        let repliers = self.repliers(id.as_str())?;
+        let repliers = self.repliers_seen_by(id.as_str(), &agency)?;
         let now = crate::store::now_micros();
         let due = record.respond_by_micros;
         let statuses = |message: &MessageRecord| -> Result<Vec<RecipientStatus>, ExchangeError> {

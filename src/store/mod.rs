@@ -28,7 +28,10 @@ pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-use records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields};
+use records::{
+    keys, AgencyRecord, ConsentRecord, DeliveryRecord, IdempotencyRecord, MessageRecord,
+    SealedFields,
+};
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
 use writer::{Flusher, LogState, Op, Writer};
@@ -743,6 +746,19 @@ impl Store {
                 Ok((key[prefix.len()..].to_vec(), value.to_vec()))
             })
             .collect()
+    }
+
+    /// `holder`'s latest consent request to forward `original` to `agency`, and its decision.
+    ///
+    /// # Errors
+    /// sled errors and corrupt records.
+    pub fn consent(
+        &self,
+        original: &str,
+        holder: &str,
+        agency: &str,
+    ) -> Result<Option<ConsentRecord>, StoreError> {
+        get_record(&self.db, &keys::consent(original, holder, agency))
     }
 
     /// The value of one index key.
