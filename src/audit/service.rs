@@ -14,6 +14,7 @@ use tracing::instrument;
 use super::merkle::{self, MerkleError};
 use super::{event, parties, refusal_event, AuditError, AuditLog};
 use crate::directory::Directory;
+use crate::errors::excerpt;
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::audit_service_server::AuditService as AuditApi;
 use crate::pb::v1::{
@@ -197,11 +198,12 @@ impl Filters {
     }
 }
 
-/// The filters of a listing as stable `key=value` pairs, for the audit-query entry.
+/// The filters of a listing as stable `key=value` pairs, for the audit-query entry. Values the
+/// caller typed are cut like error messages: the entry is permanent.
 fn describe(request: &ListAuditEntriesRequest) -> String {
     let mut parts = vec![format!("start_index={}", request.start_index)];
     if !request.agency_id.is_empty() {
-        parts.push(format!("agency_id={}", request.agency_id));
+        parts.push(format!("agency_id={}", excerpt(&request.agency_id)));
     }
     if let Ok(action) = AuditAction::try_from(request.action) {
         if action != AuditAction::Unspecified {
@@ -215,7 +217,7 @@ fn describe(request: &ListAuditEntriesRequest) -> String {
         parts.push(format!("until_micros={}", micros(until)));
     }
     if !request.message_id.is_empty() {
-        parts.push(format!("message_id={}", request.message_id));
+        parts.push(format!("message_id={}", excerpt(&request.message_id)));
     }
     if request.limit != 0 {
         parts.push(format!("limit={}", request.limit));
