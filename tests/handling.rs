@@ -781,8 +781,27 @@ async fn consent_granted_to_one_holder_does_not_let_another_holder_forward() {
         Code::PermissionDenied,
     );
     assert!(inbox(&mut x.be).await.is_empty(), "BE-FPJ got a copy");
-    // The holder that asked may use it.
-    forward(&mut x.co, "f-co", &original, &["BE-FPJ"]).await;
+    // The holder that asked may use it; the forward's audit entry names the granted request.
+    let copy = forward(&mut x.co, "f-co", &original, &["BE-FPJ"]).await;
+    let mut auditor = AuditServiceClient::new(
+        x.pki
+            .client_for(&auditor_spiffe("ana"), x.server.addr)
+            .await,
+    );
+    let audited = auditor
+        .list_audit_entries(ListAuditEntriesRequest {
+            action: AuditAction::MessageForwarded as i32,
+            message_id: copy.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit listing")
+        .into_inner();
+    let entries = collect(audited).await;
+    assert_eq!(entries.len(), 1, "one MESSAGE_FORWARDED entry for {copy}");
+    let event = entries[0].event.as_ref().expect("event");
+    assert_eq!(event.actor_agency, "CO-DIJIN");
+    assert_eq!(event.reason, format!("under consent requests {asked}"));
 }
 
 /// A forwarded copy never inherits consent: BE-FPJ, holding only the copy CO-DIJIN passed on

@@ -96,14 +96,20 @@ impl ExchangeService {
         Ok(record)
     }
 
-    /// Whether the originator granted `holder`'s own request to pass `original` to `agency`.
-    /// Nobody else's consent counts: not one given to another holder for the same agency, nor
-    /// the one under which `holder`'s copy reached it.
-    fn consented(&self, original: &str, holder: &str, agency: &str) -> Result<bool, StoreError> {
+    /// The consent request of `holder`'s own that the originator granted to pass `original`
+    /// to `agency`, if any. Nobody else's consent counts: not one given to another holder for
+    /// the same agency, nor the one under which `holder`'s copy reached it.
+    fn consent_of(
+        &self,
+        original: &str,
+        holder: &str,
+        agency: &str,
+    ) -> Result<Option<String>, StoreError> {
         Ok(self
             .store
             .consent(original, holder, agency)?
-            .is_some_and(|consent| consent.is_granted()))
+            .filter(ConsentRecord::is_granted)
+            .map(|consent| consent.consent_request_id))
     }
 
     /// Whether the originator retracted `original` (a RETRACTION notice was sent for it).
@@ -191,9 +197,14 @@ impl ExchangeService {
             return Err(ExchangeError::Retracted(original_id));
         }
         let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
+        // The granted requests this forward relies on, named in its audit entry: each carries
+        // the holder's reason and the originator's decision.
+        let mut consents = Vec::new();
         if matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
             for target in &expanded {
-                if !self.consented(&original_id, agency.as_str(), target)? {
+                if let Some(request_id) = self.consent_of(&original_id, agency.as_str(), target)? {
+                    consents.push(request_id);
+                } else {
                     return Err(ExchangeError::HandlingRefused(format!(
                         "message {original_id} is {} and {originator} has not consented to {agency} passing it to {target}: ask with RequestConsent",
                         handling.as_str_name()
@@ -251,6 +262,8 @@ impl ExchangeService {
                     ),
                     action: AuditAction::MessageForwarded,
                     related_message_id: &original_id,
+                    audit_reason: (!consents.is_empty())
+                        .then(|| format!("under consent requests {}", consents.join(" "))),
                 },
             )
             .await
@@ -364,6 +377,7 @@ impl ExchangeService {
                     )],
                     action: AuditAction::ConsentRequested,
                     related_message_id: &original_id,
+                    audit_reason: None,
                 },
             )
             .await?;
@@ -454,6 +468,7 @@ impl ExchangeService {
                         AuditAction::ConsentDenied
                     },
                     related_message_id: &asked.related_message_id,
+                    audit_reason: None,
                 },
             )
             .await?;
@@ -570,6 +585,7 @@ impl ExchangeService {
                     ),
                     action,
                     related_message_id: &original.message_id,
+                    audit_reason: None,
                 },
             )
             .await?;

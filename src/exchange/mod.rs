@@ -429,6 +429,7 @@ impl ExchangeService {
                     index_entries,
                     action: AuditAction::MessageAccepted,
                     related_message_id: "",
+                    audit_reason: None,
                 },
             )
             .await
@@ -446,7 +447,9 @@ impl ExchangeService {
     ) -> Result<Accepted, StoreError> {
         let mut event = audit::message_event(commit.action, Some(caller), &record);
         event.related_message_id = commit.related_message_id.to_string();
-        if !record.consent_agency.is_empty() {
+        if let Some(reason) = commit.audit_reason {
+            event.reason = reason;
+        } else if !record.consent_agency.is_empty() {
             // Named here, not as `subject_agency`: that would make the prospective recipient a
             // party to the entry and reveal the message's existence to it.
             event.reason = format!("consent for forwarding to {}", record.consent_agency);
@@ -637,6 +640,8 @@ struct NewCommit<'a> {
     index_entries: Vec<crate::store::IndexEntry>,
     action: AuditAction,
     related_message_id: &'a str,
+    /// The audit entry's reason, when the action has one to record.
+    audit_reason: Option<String>,
 }
 
 fn response(accepted: Accepted) -> SendMessageResponse {
