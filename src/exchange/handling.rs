@@ -96,8 +96,8 @@ impl ExchangeService {
         Ok(record)
     }
 
-    /// The consent request of `holder`'s own that the originator granted to pass `original`
-    /// to `agency`, if any. Nobody else's consent counts: not one given to another holder for
+    /// `holder`'s own consent request to pass `original` to `agency`, if the originator
+    /// granted it. Nobody else's consent counts: not one given to another holder for
     /// the same agency, nor the one under which `holder`'s copy reached it.
     fn consent_of(
         &self,
@@ -322,12 +322,13 @@ impl ExchangeService {
         if let Some(asked) = self
             .store
             .consent(&original_id, agency.as_str(), target.as_str())?
-            .filter(|asked| !asked.decided || asked.granted)
         {
-            return Err(ExchangeError::ConsentAlreadyAsked {
-                consent_request_id: asked.consent_request_id,
-                granted: asked.granted,
-            });
+            if !asked.decided {
+                return Err(ExchangeError::ConsentPending(asked.consent_request_id));
+            }
+            if asked.granted {
+                return Err(ExchangeError::ConsentGranted(asked.consent_request_id));
+            }
         }
         if !self.directory.is_active(&originator) {
             return Err(ExchangeError::RecipientSuspended(originator));

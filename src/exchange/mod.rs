@@ -80,19 +80,13 @@ pub enum ExchangeError {
     /// The originator retracted the message: it is not to be passed on any more.
     #[error("message {0} was retracted by its originator and cannot be forwarded")]
     Retracted(String),
-    /// The holder already asked the originator about this message and agency: the request is
-    /// still pending, or was granted.
-    #[error("{}", if *granted {
-        format!("consent to pass this message to that agency was already granted on request {consent_request_id}: forward it")
-    } else {
-        format!("consent to pass this message to that agency was already asked in request {consent_request_id}, still pending: wait for the originator's decision")
-    })]
-    ConsentAlreadyAsked {
-        /// The earlier request.
-        consent_request_id: String,
-        /// Whether it was granted (else it is pending).
-        granted: bool,
-    },
+    /// The holder's earlier request (named) to pass this message to this agency still awaits
+    /// the originator's decision.
+    #[error("consent to pass this message to that agency was already asked in request {0}, still pending: wait for the originator's decision")]
+    ConsentPending(String),
+    /// The originator already granted the holder's request (named) for this message and agency.
+    #[error("consent to pass this message to that agency was already granted on request {0}: forward it")]
+    ConsentGranted(String),
     /// The consent request was replaced by a later one of the same holder for the same agency.
     #[error(
         "this consent request was superseded by the holder's later request {0}; decide that one"
@@ -149,9 +143,9 @@ impl From<ExchangeError> for Status {
             | ExchangeError::Retracted(_)
             | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),
             ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
-            ExchangeError::IdempotencyConflict(_) | ExchangeError::ConsentAlreadyAsked { .. } => {
-                Status::already_exists(err.to_string())
-            }
+            ExchangeError::IdempotencyConflict(_)
+            | ExchangeError::ConsentPending(_)
+            | ExchangeError::ConsentGranted(_) => Status::already_exists(err.to_string()),
             ExchangeError::TooManyStreams { .. } => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
