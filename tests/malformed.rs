@@ -111,6 +111,12 @@ async fn callers() -> Callers {
 #[track_caller]
 fn assert_short<T: std::fmt::Debug>(what: &str, result: Result<T, Status>, code: Code) {
     let status = assert_code(result, code);
+    // The figures RELIABILITY.md quotes: `cargo test --test malformed -- --nocapture`.
+    eprintln!(
+        "{what}: message {} bytes, details {} bytes",
+        status.message().len(),
+        status.details().len()
+    );
     assert!(
         status.message().len() < MAX_STATUS_MESSAGE,
         "{what}: {} bytes of message: {:.300}",
@@ -165,6 +171,7 @@ async fn undecodable_requests_are_invalid_argument_on_every_service() {
         ];
         for (case, bytes) in cases {
             let (code, message) = raw_call(channel, path, bytes).await;
+            eprintln!("{path}, {case}: {code:?}, message {} bytes", message.len());
             assert_eq!(
                 code,
                 Code::InvalidArgument,
@@ -350,7 +357,7 @@ async fn audit_query_entries_record_only_the_start_of_oversized_filters() {
         .await
         .expect("auditor may list")
         .into_inner();
-    let mut queries = 0;
+    let (mut queries, mut largest) = (0, 0);
     while let Some(entry) = tokio::time::timeout(WAIT, all.message())
         .await
         .expect("listing stalled")
@@ -362,7 +369,9 @@ async fn audit_query_entries_record_only_the_start_of_oversized_filters() {
             entry.index,
             entry.leaf.len()
         );
+        largest = largest.max(entry.leaf.len());
         queries += usize::from(entry.event.is_some_and(|e| e.reason.contains("_id=")));
     }
     assert!(queries >= 2, "the two queries were not recorded");
+    eprintln!("largest audit entry: {largest} bytes");
 }
