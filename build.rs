@@ -118,10 +118,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     // `prost::Name` on every message, so the JSON mapping in `pb::json` finds a message's
-    // descriptor from its type.
+    // descriptor from its type. The servers decode requests with `codec::ServerCodec`, which
+    // answers INVALID_ARGUMENT for a request that does not decode; the clients keep tonic's
+    // codec (an answer that does not decode is the server's fault, INTERNAL), so they are
+    // generated apart, into `client/`, referring to the messages generated here.
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
-    tonic_prost_build::configure().compile_fds_with_config(descriptors, config)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::codec::ServerCodec")
+        .compile_fds_with_config(descriptors.clone(), config)?;
+    let client_dir = out_dir.join("client");
+    fs::create_dir_all(&client_dir)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".puente.v1", "crate::pb::v1")
+        .out_dir(&client_dir)
+        .compile_fds(descriptors)?;
 
     let bench = protox::compile(proto_files("proto/puente/bench/v1")?, ["proto"])?;
     tonic_prost_build::compile_fds(bench)?;

@@ -205,7 +205,9 @@ impl SpiffeId {
             (Some("agency"), Some(id), None) => Ok(Role::Agency(AgencyId::parse(id)?)),
             (Some("auditor"), Some(name), None) => Ok(Role::Auditor(name.to_string())),
             (Some("admin"), Some(name), None) => Ok(Role::Admin(name.to_string())),
-            _ => Err(IdentityError::UnknownRole(self.path.clone())),
+            _ => Err(IdentityError::UnknownRole(crate::errors::excerpt(
+                &self.path,
+            ))),
         }
     }
 }
@@ -251,7 +253,7 @@ impl AgencyId {
         if valid {
             Ok(AgencyId(s.to_string()))
         } else {
-            Err(IdentityError::BadAgencyId(s.to_string()))
+            Err(IdentityError::BadAgencyId(crate::errors::excerpt(s)))
         }
     }
 

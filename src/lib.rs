@@ -8,6 +8,7 @@
 //! - [`identity`]: SPIFFE IDs, agency ids, and the `Caller` parsed from a client certificate.
 //! - [`tls`]: the rustls server configuration (mutual TLS, CRLs, no resumption).
 //! - [`server`]: `run(listener, config, shutdown)`: accept loop, handshakes, tonic router.
+//! - [`codec`]: requests off the wire: undecodable or truncated ones are INVALID_ARGUMENT.
 //! - [`metrics`]: Prometheus metrics, the per-call observation layer of the router (metrics and
 //!   one log line per call), and the loopback HTTP endpoint that serves them.
 //! - [`telemetry`]: log lines on stderr, as text or JSON, filtered like `RUST_LOG`.
@@ -34,6 +35,7 @@ pub mod admission;
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod directory;
 pub mod errors;

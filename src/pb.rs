@@ -9,6 +9,8 @@ pub mod json;
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("puente.v1");
+    // The clients, generated apart with tonic's own codec (see `build.rs`).
+    include!(concat!(env!("OUT_DIR"), "/client/puente.v1.rs"));
 }
 
 /// The echo service that `puente bench` measures its bare-tonic bound with, package

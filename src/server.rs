@@ -245,6 +245,7 @@ pub async fn run_with_metrics(
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
     let serve = server_builder(&config)
         .layer(RpcLayer::new(metrics))
+        .layer(crate::codec::FramingLayer)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -755,9 +755,141 @@ async fn consent_for_an_onward_forward_is_checked_against_the_original() {
     assert_eq!(copy.handling, HandlingCode::H2 as i32);
     assert_eq!(copy.original_message_id, original);
     assert_eq!(copy.provenance.len(), 2);
-    // The consent for BE-FPJ also covers CO-DIJIN sending it there directly: it is the
-    // originator's consent to BE-FPJ receiving the original.
-    forward(&mut x.co, "f-3", &original, &["BE-FPJ"]).await;
+    // The consent MX-FGR obtained for BE-FPJ is MX-FGR's: CO-DIJIN must ask for itself.
+    assert_code(
+        try_forward(&mut x.co, "f-3", &original, &["BE-FPJ"]).await,
+        Code::PermissionDenied,
+    );
+}
+
+/// Consent binds the holder that asked: after the originator granted CO-DIJIN's request to
+/// pass an H2 message to BE-FPJ, MX-FGR (another recipient of the same message) cannot use
+/// that consent to forward it to BE-FPJ without asking.
+#[tokio::test]
+async fn consent_granted_to_one_holder_does_not_let_another_holder_forward() {
+    let mut x = exchange().await;
+    let original = send(
+        &mut x.es,
+        with_handling("bind-1", &["CO-DIJIN", "MX-FGR"], HandlingCode::H2),
+    )
+    .await;
+    let asked = request_consent(&mut x.co, &original, "BE-FPJ").await;
+    try_grant(&mut x.es, &asked).await.expect("grant");
+
+    assert_code(
+        try_forward(&mut x.mx, "f-mx", &original, &["BE-FPJ"]).await,
+        Code::PermissionDenied,
+    );
+    assert!(inbox(&mut x.be).await.is_empty(), "BE-FPJ got a copy");
+    // The holder that asked may use it; the forward's audit entry names the granted request.
+    let copy = forward(&mut x.co, "f-co", &original, &["BE-FPJ"]).await;
+    let mut auditor = AuditServiceClient::new(
+        x.pki
+            .client_for(&auditor_spiffe("ana"), x.server.addr)
+            .await,
+    );
+    let audited = auditor
+        .list_audit_entries(ListAuditEntriesRequest {
+            action: AuditAction::MessageForwarded as i32,
+            message_id: copy.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit listing")
+        .into_inner();
+    let entries = collect(audited).await;
+    assert_eq!(entries.len(), 1, "one MESSAGE_FORWARDED entry for {copy}");
+    let event = entries[0].event.as_ref().expect("event");
+    assert_eq!(event.actor_agency, "CO-DIJIN");
+    assert_eq!(event.reason, format!("under consent requests {asked}"));
+}
+
+/// A forwarded copy never inherits consent: BE-FPJ, holding only the copy CO-DIJIN passed on
+/// with consent, cannot forward it to an agency the originator consented to for CO-DIJIN.
+#[tokio::test]
+async fn a_forwarded_copy_does_not_inherit_the_consent_it_was_passed_on_with() {
+    let mut x = exchange().await;
+    let original = send(
+        &mut x.es,
+        with_handling("inherit-1", &["CO-DIJIN"], HandlingCode::H3),
+    )
+    .await;
+    for agency in ["BE-FPJ", "MX-FGR"] {
+        let asked = request_consent(&mut x.co, &original, agency).await;
+        try_grant(&mut x.es, &asked).await.expect("grant");
+    }
+    let copy = forward(&mut x.co, "f-1", &original, &["BE-FPJ"]).await;
+
+    assert_code(
+        try_forward(&mut x.be, "f-2", &copy, &["MX-FGR"]).await,
+        Code::PermissionDenied,
+    );
+    assert!(inbox(&mut x.mx).await.is_empty(), "MX-FGR got a copy");
+    // BE-FPJ asks for itself; once granted, it may pass its copy on.
+    let own = request_consent(&mut x.be, &copy, "MX-FGR").await;
+    try_grant(&mut x.es, &own).await.expect("grant");
+    forward(&mut x.be, "f-3", &copy, &["MX-FGR"]).await;
+}
+
+/// Asking consent to pass a message to oneself or back to its originator makes no sense and
+/// would only fill the originator's inbox: both are INVALID_ARGUMENT on `agency_id`.
+#[tokio::test]
+async fn consent_cannot_be_asked_for_oneself_or_for_the_originator() {
+    let mut x = exchange().await;
+    let original = send(
+        &mut x.es,
+        with_handling("self-1", &["CO-DIJIN"], HandlingCode::H2),
+    )
+    .await;
+    for agency in ["CO-DIJIN", "ES-CNP"] {
+        assert_bad_field(
+            try_request_consent(&mut x.co, &original, agency).await,
+            "agency_id",
+        );
+    }
+    assert!(inbox_of_kind(&mut x.es, MessageKind::ConsentRequest)
+        .await
+        .is_empty());
+}
+
+/// A holder cannot flood the originator with the same question: while its request (same
+/// message, same prospective recipient) is pending, or once it is granted, another one is
+/// ALREADY_EXISTS; after a denial it may ask again. Another holder's request is its own.
+#[tokio::test]
+async fn a_repeated_consent_request_is_already_exists_while_one_is_pending_or_granted() {
+    let mut x = exchange().await;
+    let original = send(
+        &mut x.es,
+        with_handling("again-1", &["CO-DIJIN", "BE-FPJ"], HandlingCode::H2),
+    )
+    .await;
+    let first = request_consent(&mut x.co, &original, "MX-FGR").await;
+    for _ in 0..3 {
+        assert_code(
+            try_request_consent(&mut x.co, &original, "MX-FGR").await,
+            Code::AlreadyExists,
+        );
+    }
+    // Another holder, or another prospective recipient, is another question.
+    request_consent(&mut x.be, &original, "MX-FGR").await;
+    request_consent(&mut x.co, &original, "BE-FPJ").await;
+    assert_eq!(
+        inbox_of_kind(&mut x.es, MessageKind::ConsentRequest)
+            .await
+            .len(),
+        3
+    );
+
+    try_deny(&mut x.es, &first).await.expect("deny");
+    let second = request_consent(&mut x.co, &original, "MX-FGR").await;
+    // The superseded request can no longer be decided.
+    assert_code(try_grant(&mut x.es, &first).await, Code::FailedPrecondition);
+    try_grant(&mut x.es, &second).await.expect("grant");
+    assert_code(
+        try_request_consent(&mut x.co, &original, "MX-FGR").await,
+        Code::AlreadyExists,
+    );
+    forward(&mut x.co, "f-1", &original, &["MX-FGR"]).await;
 }
 
 // === Retraction and correction ===
@@ -1046,6 +1178,35 @@ async fn recipients_are_overdue_after_respond_by_until_they_reply() {
         [
             ("BE-FPJ".to_string(), true, false),
             ("CO-DIJIN".to_string(), true, false)
+        ]
+    );
+}
+
+/// `replied` tells the sender only of answers it may read: a recipient that answered only to
+/// other agencies has not replied as far as the sender can see (and stays overdue).
+#[tokio::test]
+async fn replied_counts_only_replies_the_sender_can_read() {
+    let mut x = exchange().await;
+    let asked = send(&mut x.es, message("asked-1", &["CO-DIJIN", "BE-FPJ"])).await;
+
+    let mut aside = message("aside-co", &["MX-FGR"]);
+    aside.in_reply_to = asked.clone();
+    send(&mut x.co, aside).await;
+    let mut answer = message("answer-be", &["MX-FGR", "ES-CNP"]);
+    answer.in_reply_to = asked.clone();
+    send(&mut x.be, answer).await;
+
+    let replied: Vec<(String, bool)> = status(&mut x.es, &asked)
+        .await
+        .recipients
+        .iter()
+        .map(|r| (r.agency_id.clone(), r.replied))
+        .collect();
+    assert_eq!(
+        replied,
+        [
+            ("BE-FPJ".to_string(), true),
+            ("CO-DIJIN".to_string(), false)
         ]
     );
 }

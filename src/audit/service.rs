@@ -14,6 +14,7 @@ use tracing::instrument;
 use super::merkle::{self, MerkleError};
 use super::{event, parties, refusal_event, AuditError, AuditLog};
 use crate::directory::Directory;
+use crate::errors::excerpt;
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::audit_service_server::AuditService as AuditApi;
 use crate::pb::v1::{
@@ -197,7 +198,8 @@ impl Filters {
     }
 }
 
-/// The filters of a listing as stable `key=value` pairs, for the audit-query entry.
+/// The filters of a listing as stable `key=value` pairs, for the audit-query entry. Values the
+/// caller typed are cut like error messages: the entry is permanent.
 fn describe(request: &ListAuditEntriesRequest) -> String {
     let mut parts = vec![format!("start_index={}", request.start_index)];
     if !request.agency_id.is_empty() {
@@ -223,19 +225,11 @@ fn describe(request: &ListAuditEntriesRequest) -> String {
     parts.join(" ")
 }
 
-/// Longest filter value copied into the audit-query entry, in characters.
-const MAX_FILTER_CHARS: usize = 64;
-
-/// A filter value as the caller sent it, for the permanent log that people read: cut at
-/// [`MAX_FILTER_CHARS`] and escaped by [`crate::text::line`], so that a caller can neither grow
-/// the log with a long value nor reach an auditor's terminal through it.
+/// A filter value as the caller sent it, for the permanent log that people read: its
+/// [`excerpt`], escaped by [`crate::text::line`], so that a caller can neither grow the log
+/// with a long value nor reach an auditor's terminal through it.
 fn filter_value(value: &str) -> String {
-    let cut: String = value.chars().take(MAX_FILTER_CHARS).collect();
-    let mut shown = crate::text::line(&cut).into_owned();
-    if cut.len() < value.len() {
-        shown.push('…');
-    }
-    shown
+    crate::text::line(&excerpt(value)).into_owned()
 }
 
 fn micros(timestamp: &prost_types::Timestamp) -> i64 {

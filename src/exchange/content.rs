@@ -12,6 +12,7 @@
 use time::{Date, Month};
 
 use super::ExchangeError;
+use crate::errors::excerpt;
 use crate::pb::v1::{
     message, send_message_request, Account, AlertType, EarlyWarningAlert, Entity, Evaluation,
     FinancialIntelligenceReport, FirearmMarkings, FirearmRecord, FirearmStatus,
@@ -313,7 +314,8 @@ fn check_country(path: &Path, code: &str, required: bool) -> Result<(), Exchange
     }
     if !is_country(code) {
         return Err(path.invalid(format!(
-            "{code:?} is not an ISO 3166-1 alpha-2 country code (upper case, such as ES or CO)"
+            "{:?} is not an ISO 3166-1 alpha-2 country code (upper case, such as ES or CO)",
+            excerpt(code)
         )));
     }
     Ok(())
@@ -322,6 +324,11 @@ fn check_country(path: &Path, code: &str, required: bool) -> Result<(), Exchange
 /// Whether `code` is an accepted ISO 4217 currency code (upper case).
 fn is_currency(code: &str) -> bool {
     CURRENCIES.binary_search(&code).is_ok()
+}
+
+/// The refusal of a date field that does not parse.
+fn not_a_date(value: &str) -> String {
+    format!("{:?} is not a calendar date YYYY-MM-DD", excerpt(value))
 }
 
 /// Parses an ISO 8601 calendar date `YYYY-MM-DD` that exists (`2024-02-29` does, `2026-02-29`
@@ -464,8 +471,7 @@ impl Rules {
         if value.is_empty() {
             return Ok(());
         }
-        let date = parse_date(value)
-            .ok_or_else(|| path.invalid(format!("{value:?} is not a calendar date YYYY-MM-DD")))?;
+        let date = parse_date(value).ok_or_else(|| path.invalid(not_a_date(value)))?;
         if self
             .today
             .next_day()
@@ -479,7 +485,7 @@ impl Rules {
     /// An optional date: if set, `YYYY-MM-DD`, a real calendar date.
     fn optional_date(&self, path: &Path, value: &str) -> Result<(), ExchangeError> {
         if !value.is_empty() && parse_date(value).is_none() {
-            return Err(path.invalid(format!("{value:?} is not a calendar date YYYY-MM-DD")));
+            return Err(path.invalid(not_a_date(value)));
         }
         Ok(())
     }
@@ -777,7 +783,7 @@ impl Rules {
         if !is_currency(&amount.currency_code) {
             return Err(amount_path.field("currency_code").invalid(format!(
                 "{:?} is not an ISO 4217 currency code (upper case, such as EUR, COP or USD)",
-                amount.currency_code
+                excerpt(&amount.currency_code)
             )));
         }
         Text::line(MAX_NAME_CHARS).check(&path.field("from_party"), &transaction.from_party)?;

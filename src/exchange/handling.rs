@@ -16,7 +16,7 @@ use crate::pb::v1::{
     GrantConsentResponse, HandlingCode, MessageKind, RequestConsentRequest, RequestConsentResponse,
     RetractMessageRequest, RetractMessageResponse, SendMessageRequest,
 };
-use crate::store::records::{keys, ForwardHopRecord, MessageRecord};
+use crate::store::records::{keys, ConsentRecord, ForwardHopRecord, MessageRecord};
 use crate::store::{now_micros, StoreError};
 
 /// Longest reason given with a forward, consent or notice, in characters.
@@ -95,13 +95,20 @@ impl ExchangeService {
         Ok(record)
     }
 
-    /// Whether the originator consented to `agency` receiving `original`.
-    fn consented(&self, original: &str, agency: &str) -> Result<bool, StoreError> {
+    /// `holder`'s own consent request to pass `original` to `agency`, if the originator
+    /// granted it. Nobody else's consent counts: not one given to another holder for
+    /// the same agency, nor the one under which `holder`'s copy reached it.
+    fn consent_of(
+        &self,
+        original: &str,
+        holder: &str,
+        agency: &str,
+    ) -> Result<Option<String>, StoreError> {
         Ok(self
             .store
-            .index_value(&keys::consent(original, agency))?
-            .as_deref()
-            == Some(b"1".as_slice()))
+            .consent(original, holder, agency)?
+            .filter(ConsentRecord::is_granted)
+            .map(|consent| consent.consent_request_id))
     }
 
     /// Whether the originator retracted `original` (a RETRACTION notice was sent for it).
@@ -189,11 +196,16 @@ impl ExchangeService {
             return Err(ExchangeError::Retracted(original_id));
         }
         let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
+        // The granted requests this forward relies on, named in its audit entry: each carries
+        // the holder's reason and the originator's decision.
+        let mut consents = Vec::new();
         if matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
             for target in &expanded {
-                if !self.consented(&original_id, target)? {
+                if let Some(request_id) = self.consent_of(&original_id, agency.as_str(), target)? {
+                    consents.push(request_id);
+                } else {
                     return Err(ExchangeError::HandlingRefused(format!(
-                        "message {original_id} is {} and {originator} has not consented to {target} receiving it: ask with RequestConsent",
+                        "message {original_id} is {} and {originator} has not consented to {agency} passing it to {target}: ask with RequestConsent",
                         handling.as_str_name()
                     )));
                 }
@@ -249,6 +261,8 @@ impl ExchangeService {
                     ),
                     action: AuditAction::MessageForwarded,
                     related_message_id: &original_id,
+                    audit_reason: (!consents.is_empty())
+                        .then(|| format!("under consent requests {}", consents.join(" "))),
                 },
             )
             .await
@@ -275,6 +289,12 @@ impl ExchangeService {
         let held = self.held(&agency, &id)?;
         let target = AgencyId::parse(&request.agency_id)
             .map_err(|e| ExchangeError::invalid("agency_id", &e.to_string()))?;
+        if target == agency {
+            return Err(ExchangeError::invalid(
+                "agency_id",
+                "is the caller itself: consent is asked to pass a message to another agency",
+            ));
+        }
         if self.directory.get(target.as_str()).is_none() {
             return Err(ExchangeError::invalid(
                 "agency_id",
@@ -290,11 +310,35 @@ impl ExchangeService {
             ));
         }
         let (original_id, originator) = origin(&held);
+        if target.as_str() == originator {
+            return Err(ExchangeError::invalid(
+                "agency_id",
+                "is the message's originator, which needs no consent to hold its own message",
+            ));
+        }
+        // One open question per holder, message and agency: asking again while the originator
+        // has not answered (or after it granted) would only fill its inbox.
+        if let Some(asked) = self
+            .store
+            .consent(&original_id, agency.as_str(), target.as_str())?
+        {
+            if !asked.decided {
+                return Err(ExchangeError::ConsentPending(asked.consent_request_id));
+            }
+            if asked.granted {
+                return Err(ExchangeError::ConsentGranted(asked.consent_request_id));
+            }
+        }
         if !self.directory.is_active(&originator) {
             return Err(ExchangeError::RecipientSuspended(originator));
         }
         let (body, content_sha256) = empty_body();
         let request_id = MessageId::generate();
+        let pending = ConsentRecord {
+            consent_request_id: request_id.to_string(),
+            decided: false,
+            granted: false,
+        };
         let record = MessageRecord {
             message_id: request_id.to_string(),
             sender: agency.to_string(),
@@ -327,9 +371,13 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
-                    index_entries: Vec::new(),
+                    index_entries: vec![(
+                        keys::consent(&original_id, agency.as_str(), target.as_str()),
+                        pending.encode_to_vec(),
+                    )],
                     action: AuditAction::ConsentRequested,
                     related_message_id: &original_id,
+                    audit_reason: None,
                 },
             )
             .await?;
@@ -358,6 +406,21 @@ impl ExchangeService {
             ));
         }
         let reason = check_reason(reason, !granted)?;
+        let holder = asked.sender.clone();
+        let latest =
+            self.store
+                .consent(&asked.related_message_id, &holder, &asked.consent_agency)?;
+        // Only the holder's latest request is open to a decision (the originator may change
+        // its mind on it); an earlier one was superseded when the holder asked again after a
+        // denial. No record: a request from before consent was bound to the holder.
+        if let Some(latest) = latest.filter(|l| l.consent_request_id != asked.message_id) {
+            return Err(ExchangeError::ConsentSuperseded(latest.consent_request_id));
+        }
+        let decided = ConsentRecord {
+            consent_request_id: asked.message_id.clone(),
+            decided: true,
+            granted,
+        };
         let (body, content_sha256) = empty_body();
         let decision_id = MessageId::generate();
         let record = MessageRecord {
@@ -387,11 +450,6 @@ impl ExchangeService {
             reason,
             ..MessageRecord::default()
         };
-        let decision = if granted {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        };
         let key = generated_key();
         let accepted = self
             .commit(
@@ -401,8 +459,8 @@ impl ExchangeService {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
                     index_entries: vec![(
-                        keys::consent(&asked.related_message_id, &asked.consent_agency),
-                        decision,
+                        keys::consent(&asked.related_message_id, &holder, &asked.consent_agency),
+                        decided.encode_to_vec(),
                     )],
                     action: if granted {
                         AuditAction::ConsentGranted
@@ -410,6 +468,7 @@ impl ExchangeService {
                         AuditAction::ConsentDenied
                     },
                     related_message_id: &asked.related_message_id,
+                    audit_reason: None,
                 },
             )
             .await?;
@@ -526,6 +585,7 @@ impl ExchangeService {
                     ),
                     action,
                     related_message_id: &original.message_id,
+                    audit_reason: None,
                 },
             )
             .await?;

@@ -80,6 +80,18 @@ pub enum ExchangeError {
     /// The originator retracted the message: it is not to be passed on any more.
     #[error("message {0} was retracted by its originator and cannot be forwarded")]
     Retracted(String),
+    /// The holder's earlier request (named) to pass this message to this agency still awaits
+    /// the originator's decision.
+    #[error("consent to pass this message to that agency was already asked in request {0}, still pending: wait for the originator's decision")]
+    ConsentPending(String),
+    /// The originator already granted the holder's request (named) for this message and agency.
+    #[error("consent to pass this message to that agency was already granted on request {0}: forward it")]
+    ConsentGranted(String),
+    /// The consent request was replaced by a later one of the same holder for the same agency.
+    #[error(
+        "this consent request was superseded by the holder's later request {0}; decide that one"
+    )]
+    ConsentSuperseded(String),
     /// The idempotency key was used for a different request.
     #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
     IdempotencyConflict(String),
@@ -127,11 +139,13 @@ impl From<ExchangeError> for Status {
             ExchangeError::InvalidField { field, reason } => {
                 crate::errors::bad_request(&field, &reason)
             }
-            ExchangeError::RecipientSuspended(_) | ExchangeError::Retracted(_) => {
-                Status::failed_precondition(err.to_string())
-            }
+            ExchangeError::RecipientSuspended(_)
+            | ExchangeError::Retracted(_)
+            | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),
             ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
-            ExchangeError::IdempotencyConflict(_) => Status::already_exists(err.to_string()),
+            ExchangeError::IdempotencyConflict(_)
+            | ExchangeError::ConsentPending(_)
+            | ExchangeError::ConsentGranted(_) => Status::already_exists(err.to_string()),
             ExchangeError::TooManyStreams { .. } => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
@@ -409,6 +423,7 @@ impl ExchangeService {
                     index_entries,
                     action: AuditAction::MessageAccepted,
                     related_message_id: "",
+                    audit_reason: None,
                 },
             )
             .await
@@ -426,7 +441,9 @@ impl ExchangeService {
     ) -> Result<Accepted, StoreError> {
         let mut event = audit::message_event(commit.action, Some(caller), &record);
         event.related_message_id = commit.related_message_id.to_string();
-        if !record.consent_agency.is_empty() {
+        if let Some(reason) = commit.audit_reason {
+            event.reason = reason;
+        } else if !record.consent_agency.is_empty() {
             // Named here, not as `subject_agency`: that would make the prospective recipient a
             // party to the entry and reveal the message's existence to it.
             event.reason = format!("consent for forwarding to {}", record.consent_agency);
@@ -523,7 +540,7 @@ impl ExchangeService {
                 "only the sender can see a message's delivery status",
             ));
         }
-        let repliers = self.repliers(id.as_str())?;
+        let repliers = self.repliers_seen_by(id.as_str(), &agency)?;
         let now = crate::store::now_micros();
         let due = record.respond_by_micros;
         let statuses = |message: &MessageRecord| -> Result<Vec<RecipientStatus>, ExchangeError> {
@@ -617,6 +634,8 @@ struct NewCommit<'a> {
     index_entries: Vec<crate::store::IndexEntry>,
     action: AuditAction,
     related_message_id: &'a str,
+    /// The audit entry's reason, when the action has one to record.
+    audit_reason: Option<String>,
 }
 
 fn response(accepted: Accepted) -> SendMessageResponse {

@@ -32,13 +32,26 @@ impl ExchangeService {
             .collect())
     }
 
-    /// Agencies that answered `message_id` (sent a message `in_reply_to` it).
-    pub(super) fn repliers(&self, message_id: &str) -> Result<BTreeSet<String>, StoreError> {
-        Ok(self
-            .reply_entries(message_id)?
-            .into_iter()
-            .map(|(agency, _)| agency)
-            .collect())
+    /// Agencies that answered `message_id` (sent a message `in_reply_to` it) with a reply
+    /// `viewer` may read. A reply addressed only to others is not `viewer`'s business: saying
+    /// it exists would leak a message the sender is not party to.
+    pub(super) fn repliers_seen_by(
+        &self,
+        message_id: &str,
+        viewer: &AgencyId,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let mut repliers = BTreeSet::new();
+        for (agency, reply) in self.reply_entries(message_id)? {
+            if repliers.contains(&agency) {
+                continue;
+            }
+            if let Some(reply) = self.store.message(&reply)? {
+                if is_party(&reply, viewer) {
+                    repliers.insert(agency);
+                }
+            }
+        }
+        Ok(repliers)
     }
 
     fn replies(&self, message_id: &str) -> Result<Vec<String>, StoreError> {

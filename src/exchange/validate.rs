@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::ExchangeError;
 use crate::config::Limits;
+use crate::errors::excerpt;
 use crate::identity::AgencyId;
 use crate::pb::v1::send_message_request::Content;
 use crate::pb::v1::{
@@ -370,12 +371,16 @@ fn parse_recipient(entry: &str) -> Result<Recipient, String> {
             "CELAC" => Ok(Recipient::Region(Region::Celac)),
             "INTERNATIONAL" => Ok(Recipient::Region(Region::International)),
             _ => Err(format!(
-                "unknown region {region:?}: use region:EU, region:CELAC or region:INTERNATIONAL"
+                "unknown region {:?}: use region:EU, region:CELAC or region:INTERNATIONAL",
+                excerpt(region)
             )),
         };
     }
     AgencyId::parse(entry).map(Recipient::Agency).map_err(|_| {
-        format!("{entry:?} is not an agency id (such as CO-DIJIN), region:<REGION> or *")
+        format!(
+            "{:?} is not an agency id (such as CO-DIJIN), region:<REGION> or *",
+            excerpt(entry)
+        )
     })
 }
 

@@ -29,7 +29,8 @@ use journal::Journal;
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 use records::{
-    keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, QuotaRecord, SealedFields,
+    keys, AgencyRecord, ConsentRecord, DeliveryRecord, IdempotencyRecord, MessageRecord,
+    QuotaRecord, SealedFields,
 };
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
@@ -781,6 +782,19 @@ impl Store {
             vec![event],
         )
         .await
+    }
+
+    /// `holder`'s latest consent request to forward `original` to `agency`, and its decision.
+    ///
+    /// # Errors
+    /// sled errors and corrupt records.
+    pub fn consent(
+        &self,
+        original: &str,
+        holder: &str,
+        agency: &str,
+    ) -> Result<Option<ConsentRecord>, StoreError> {
+        get_record(&self.db, &keys::consent(original, holder, agency))
     }
 
     /// The value of one index key.

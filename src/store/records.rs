@@ -219,6 +219,31 @@ impl DeliveryRecord {
     }
 }
 
+/// One holder's question to an originator — may `holder` pass `original` to `agency`? — and
+/// the answer: the state behind `keys::consent`. Consent belongs to the holder that asked, for
+/// that agency, and to nobody else: not to another holder, not to the agency a copy went to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConsentRecord {
+    /// The latest CONSENT_REQUEST message of this holder for this agency (it carries the
+    /// holder's reason); a decision on any other request of theirs is refused as superseded.
+    #[prost(string, tag = "1")]
+    pub consent_request_id: String,
+    /// The originator decided that request.
+    #[prost(bool, tag = "2")]
+    pub decided: bool,
+    /// The decision was to grant (meaningful once `decided`).
+    #[prost(bool, tag = "3")]
+    pub granted: bool,
+}
+
+impl ConsentRecord {
+    /// Whether the holder may forward under it.
+    #[must_use]
+    pub fn is_granted(&self) -> bool {
+        self.decided && self.granted
+    }
+}
+
 /// A directory entry.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AgencyRecord {
@@ -394,10 +419,20 @@ pub mod keys {
         [notices_prefix(original).as_slice(), notice_id.as_bytes()].concat()
     }
 
-    /// `g/<original_message_id>/<agency>` → `1` (granted) or `0` (denied): the originator's
-    /// decision on forwarding its message to `agency`.
-    pub fn consent(original: &str, agency: &str) -> Vec<u8> {
-        [b"g/", original.as_bytes(), b"/", agency.as_bytes()].concat()
+    /// `g/<original_message_id>/<holder>/<agency>` → `ConsentRecord`: `holder`'s request to
+    /// forward the originator's message to `agency`, and the decision on it. (Release 1 wrote
+    /// `g/<original>/<agency>` → `1`/`0`, consent for any holder; those keys are no longer read,
+    /// so such a holder asks again.)
+    pub fn consent(original: &str, holder: &str, agency: &str) -> Vec<u8> {
+        [
+            b"g/",
+            original.as_bytes(),
+            b"/",
+            holder.as_bytes(),
+            b"/",
+            agency.as_bytes(),
+        ]
+        .concat()
     }
 
     /// `q/<agency>` → `QuotaRecord`: the agency's match query quota window.
