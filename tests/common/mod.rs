@@ -373,12 +373,14 @@ pub async fn assert_refused(connected: Result<Channel, tonic::transport::Error>)
     }
 }
 
-/// Whether a status comes from the client's transport rather than from a server handler.
+/// Whether a status comes from the client's transport rather than from a server handler: also
+/// `INTERNAL` made by the client from an HTTP/2 error (a GOAWAY racing a call while the server
+/// drains).
 pub fn is_transport_failure(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    ) || std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
 // === TestServer ===
