@@ -28,7 +28,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::RateLimits;
+use crate::admission::{RateLimits, ResponseBytesLayer};
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::bench::Echo;
@@ -245,6 +245,7 @@ pub async fn run_with_metrics(
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
     let serve = server_builder(&config)
         .layer(RpcLayer::new(metrics))
+        .layer(ResponseBytesLayer)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

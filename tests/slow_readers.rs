@@ -1,0 +1,275 @@
+//! Hostile slow readers (issue #14, items 2 and 3): callers that open calls with large answers
+//! and never read them, against the `puente` binary, whose resident memory is read from
+//! `/proc/<pid>/status`. The bytes a caller can leave queued for it must be bounded per caller
+//! and in total, whatever it does, and other agencies must be served meanwhile.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{agency_spiffe, register_agency, text_message, ServerProcess, TestPki, WAIT};
+use futures::future::join_all;
+use prost::bytes::Bytes;
+use prost::Message as _;
+use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
+use puente::pb::v1::{
+    Attachment, GetMessageRequest, ListAgenciesRequest, Region, SendMessageRequest,
+};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::Channel;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// The stream window the raw client gives the server: what of one answer may leave the server
+/// before the client reads, which it never does.
+const RAW_STREAM_WINDOW: u32 = 1024;
+
+/// Resident memory of a process now (`VmRSS`), in bytes.
+fn rss(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix(" kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+        * KIB
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+/// A message to `to` with one attachment of `bytes` bytes.
+fn large(id: &str, to: &str, bytes: usize) -> SendMessageRequest {
+    let mut request = text_message(id, &[to], "Ledger scan attached.");
+    request.attachments = vec![Attachment {
+        filename: "ledger.bin".into(),
+        media_type: "application/octet-stream".into(),
+        data: vec![0x5a; bytes],
+    }];
+    request
+}
+
+/// A raw HTTP/2 connection over mutual TLS as agency `id`, driven in the background, whose
+/// stream windows the client never opens beyond [`RAW_STREAM_WINDOW`]: what it does not read
+/// stays in the server.
+async fn raw_connection(
+    pki: &TestPki,
+    id: &str,
+    addr: SocketAddr,
+) -> h2::client::SendRequest<Bytes> {
+    let (cert_pem, key_pem) = pki.issue(&agency_spiffe(id));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("CA PEM"))
+        .expect("CA certificate");
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client certificate");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(RAW_STREAM_WINDOW)
+        .handshake(tls)
+        .await
+        .expect("HTTP/2 handshake");
+    // The connection task answers pings and settings; it never releases window capacity, which
+    // only reading a response body does.
+    tokio::spawn(connection);
+    client
+}
+
+/// A gRPC call of `path` with `message` as its request, on a fresh stream of `client`. Returns
+/// the response head once it arrives (never reading its body), or the status of a
+/// trailers-only answer.
+async fn raw_call(
+    client: h2::client::SendRequest<Bytes>,
+    path: &str,
+    message: &impl prost::Message,
+) -> RawAnswer {
+    let mut client = client.ready().await.expect("stream available");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request head");
+    let (response, mut body) = client.send_request(request, false).expect("send request");
+    let encoded = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + encoded.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(encoded.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    body.send_data(Bytes::from(frame), true)
+        .expect("send request body");
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .unwrap_or_else(|_| panic!("no response head to {path} within {WAIT:?}"))
+        .expect("response head");
+    let headers = response.headers();
+    match headers.get("grpc-status") {
+        Some(code) => RawAnswer::Status {
+            code: code.to_str().unwrap_or("?").to_string(),
+            retry_info: headers.contains_key("grpc-status-details-bin"),
+            message: headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        },
+        // Kept, unread, until the test drops it.
+        None => RawAnswer::Streaming(response.into_body()),
+    }
+}
+
+/// What a raw call got.
+enum RawAnswer {
+    /// A response whose body is coming (and never read).
+    Streaming(#[allow(dead_code)] h2::RecvStream),
+    /// A trailers-only answer.
+    Status {
+        code: String,
+        retry_info: bool,
+        message: String,
+    },
+}
+
+/// Another agency's calls, which must succeed while the attack holds: it lists agencies, sends
+/// a message and reads it back.
+async fn served_normally(client: &mut ExchangeServiceClient<Channel>, n: usize, to: &str) {
+    tokio::time::timeout(WAIT, async {
+        client
+            .list_agencies(ListAgenciesRequest {})
+            .await
+            .expect("ListAgencies of a bystander");
+        let id = client
+            .send_message(text_message(&format!("bystander-{n}"), &[to], "Routine."))
+            .await
+            .expect("SendMessage of a bystander")
+            .into_inner()
+            .message_id;
+        client
+            .get_message(GetMessageRequest { message_id: id })
+            .await
+            .expect("GetMessage of a bystander");
+    })
+    .await
+    .expect("a bystander's calls complete while the attack holds");
+}
+
+/// An agency that opens 80 `GetMessage` calls for its own 16 MiB message on 8 raw HTTP/2
+/// connections and never reads an answer (issue #14, item 2) grows the server by less than
+/// 256 MiB: the calls over its budget of response bytes in flight are refused with
+/// RESOURCE_EXHAUSTED and a retry delay, and another agency is served normally throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_read_large_answers_are_bounded_per_caller_and_others_are_served() {
+    const CONNECTIONS: usize = 8;
+    const CALLS_PER_CONNECTION: usize = 10;
+    const GROWTH_BOUND: u64 = 256 * MIB;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    pki.write_server_files(dir.path());
+    let server = ServerProcess::start(dir.path());
+    let (addr, pid) = (server.addr, server.pid());
+    for (id, region) in [
+        ("ES-HOARD", Region::Eu),
+        ("CO-PEER", Region::Celac),
+        ("FR-BYSTANDER", Region::Eu),
+    ] {
+        register_agency(&pki, addr, id, region).await;
+    }
+    let mut hoarder = pki.agency_client("ES-HOARD", addr).await;
+    let message_id = hoarder
+        .send_message(large("hoard", "CO-PEER", (16 * MIB - 64 * KIB) as usize))
+        .await
+        .expect("send the 16 MiB message")
+        .into_inner()
+        .message_id;
+    drop(hoarder);
+    let mut bystander = pki.agency_client("FR-BYSTANDER", addr).await;
+    served_normally(&mut bystander, 0, "CO-PEER").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss(pid);
+
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        connections.push(raw_connection(&pki, "ES-HOARD", addr).await);
+    }
+    let request = GetMessageRequest {
+        message_id: message_id.clone(),
+    };
+    let calls = connections.iter().flat_map(|connection| {
+        (0..CALLS_PER_CONNECTION).map(|_| {
+            raw_call(
+                connection.clone(),
+                "/puente.v1.ExchangeService/GetMessage",
+                &request,
+            )
+        })
+    });
+    let answers = join_all(calls).await;
+    // Let the admitted answers be encoded and queued.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in 1..=3 {
+        served_normally(&mut bystander, n, "CO-PEER").await;
+    }
+    let during = rss(pid);
+
+    let streaming = answers
+        .iter()
+        .filter(|a| matches!(a, RawAnswer::Streaming(_)))
+        .count();
+    let mut refused = 0;
+    for answer in &answers {
+        if let RawAnswer::Status {
+            code,
+            retry_info,
+            message,
+        } = answer
+        {
+            assert_eq!(code, "8", "refused with RESOURCE_EXHAUSTED: {message}");
+            assert!(*retry_info, "the refusal carries a retry delay: {message}");
+            refused += 1;
+        }
+    }
+    eprintln!(
+        "{} never-read GetMessage calls: {streaming} answered, {refused} refused; server {} before, {} during (+{})",
+        answers.len(),
+        mib(before),
+        mib(during),
+        mib(during.saturating_sub(before)),
+    );
+    assert!(
+        during.saturating_sub(before) < GROWTH_BOUND,
+        "{streaming} never-read 16 MiB answers grew the server by {} (bound {})",
+        mib(during.saturating_sub(before)),
+        mib(GROWTH_BOUND),
+    );
+    assert!(
+        streaming >= 1,
+        "the caller's budget admits one large answer"
+    );
+    drop(answers);
+    drop(connections);
+}
