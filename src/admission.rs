@@ -132,6 +132,34 @@ impl RateLimits {
         Err(wait)
     }
 
+    /// Takes `tokens` from `key`'s bucket at once, for work that costs more than a call (a long
+    /// scan pays as it goes). Nothing is taken when the bucket holds fewer.
+    ///
+    /// # Errors
+    /// The bucket holds fewer than `tokens`: how long until it holds them (a cost above the
+    /// burst is capped at the burst).
+    pub fn charge(&self, key: &str, tokens: f64) -> Result<(), Duration> {
+        let tokens = tokens.clamp(0.0, self.burst);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+            warned: None,
+            refused: 0,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= tokens {
+            bucket.tokens -= tokens;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64(
+            (tokens - bucket.tokens) / self.per_second,
+        ))
+    }
+
     /// An interceptor admitting each call of an authenticated caller against its bucket. Calls
     /// without a usable identity pass: the services refuse them.
     #[must_use]
@@ -167,22 +195,37 @@ impl Interceptor for RateInterceptor {
     }
 }
 
-/// Open inbox streams per agency.
+/// Open streams per agency (inbox streams) or per caller identity (audit listings).
 #[derive(Clone)]
 pub struct StreamLimits {
     per_agency: usize,
     open: Arc<Mutex<HashMap<String, usize>>>,
-    metrics: Arc<Metrics>,
+    /// Where open inbox streams are counted; audit listings are not.
+    metrics: Option<Arc<Metrics>>,
+    /// What kind of stream, for the log.
+    kind: &'static str,
 }
 
 impl StreamLimits {
-    /// The stream limit of `limits`; open streams are counted in `metrics` too.
+    /// The inbox stream limit of `limits`; open streams are counted in `metrics` too.
     #[must_use]
     pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> StreamLimits {
         StreamLimits {
             per_agency: limits.inbox_streams_per_agency,
             open: Arc::new(Mutex::new(HashMap::new())),
-            metrics,
+            metrics: Some(metrics),
+            kind: "inbox stream",
+        }
+    }
+
+    /// The limit of open `ListAuditEntries` streams per caller identity of `limits`.
+    #[must_use]
+    pub fn audit(limits: &Limits) -> StreamLimits {
+        StreamLimits {
+            per_agency: limits.audit_streams_per_caller,
+            open: Arc::new(Mutex::new(HashMap::new())),
+            metrics: None,
+            kind: "audit listing",
         }
     }
 
@@ -197,7 +240,8 @@ impl StreamLimits {
             tracing::warn!(
                 agency,
                 limit = self.per_agency,
-                "inbox stream refused: agency at its stream limit"
+                kind = self.kind,
+                "stream refused: caller at its stream limit"
             );
             return Err(StreamLimitReached {
                 agency: agency.to_string(),
@@ -205,8 +249,13 @@ impl StreamLimits {
             });
         }
         *count += 1;
-        let gauge = self.metrics.inbox_streams(agency);
-        gauge.inc();
+        let gauge = self
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.inbox_streams(agency));
+        if let Some(gauge) = &gauge {
+            gauge.inc();
+        }
         Ok(StreamSlot {
             limits: self.clone(),
             agency: agency.to_string(),
@@ -229,12 +278,14 @@ pub struct StreamSlot {
     limits: StreamLimits,
     agency: String,
     /// The agency's open-streams gauge, lowered again on drop.
-    gauge: prometheus_client::metrics::gauge::Gauge,
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.gauge.dec();
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
         let mut open = self
             .limits
             .open

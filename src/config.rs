@@ -39,6 +39,8 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 5_000;
 pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
 /// Inbox streams one agency may have open at once.
 pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
+/// Default `limits.audit_streams_per_caller`.
+pub const DEFAULT_AUDIT_STREAMS_PER_CALLER: usize = 4;
 /// Default `limits.response_bytes_in_flight`: 256 MiB.
 pub const DEFAULT_RESPONSE_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
 /// Default `limits.response_bytes_per_caller`: 64 MiB, room for three answers at the default
@@ -234,6 +236,9 @@ pub struct Limits {
     /// The same, for one caller identity: a client that never reads its answers holds at most
     /// this much of the server's memory. An answer larger than this goes alone.
     pub response_bytes_per_caller: u64,
+    /// `ListAuditEntries` streams one caller identity may have open at once; more are answered
+    /// `RESOURCE_EXHAUSTED` with a retry delay.
+    pub audit_streams_per_caller: usize,
 }
 
 /// How a client reaches the exchange and who it is: one entry of a profiles file
@@ -288,6 +293,7 @@ impl Default for Limits {
             inbox_streams_per_agency: DEFAULT_INBOX_STREAMS_PER_AGENCY,
             response_bytes_in_flight: DEFAULT_RESPONSE_BYTES_IN_FLIGHT,
             response_bytes_per_caller: DEFAULT_RESPONSE_BYTES_PER_CALLER,
+            audit_streams_per_caller: DEFAULT_AUDIT_STREAMS_PER_CALLER,
         }
     }
 }
@@ -369,6 +375,9 @@ impl Config {
         }
         if self.limits.inbox_streams_per_agency == 0 {
             return invalid("limits.inbox_streams_per_agency must be positive");
+        }
+        if self.limits.audit_streams_per_caller == 0 {
+            return invalid("limits.audit_streams_per_caller must be positive");
         }
         if self.limits.response_bytes_per_caller < 1 << 20
             || self.limits.response_bytes_per_caller > self.limits.response_bytes_in_flight

@@ -174,7 +174,13 @@ pub async fn run_with_metrics(
         Arc::clone(&metrics),
     );
     let admin = AdminService::new(Arc::clone(&directory), Arc::clone(&tls), Arc::clone(&store));
-    let auditing = AuditService::new(Arc::clone(&audit), Arc::clone(&directory));
+    let rates = RateLimits::new(&config.limits);
+    let auditing = AuditService::new(
+        Arc::clone(&audit),
+        Arc::clone(&directory),
+        &config.limits,
+        Arc::clone(&rates),
+    );
     if let Some(metrics_listener) = metrics_listener {
         serve_metrics(
             metrics_listener,
@@ -214,7 +220,6 @@ pub async fn run_with_metrics(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let max_frame = max_frame(&config);
-    let rates = RateLimits::new(&config.limits);
 
     let local_addr = listener.local_addr().ok();
     let incoming = accept_loop(

@@ -10,17 +10,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{agency_spiffe, register_agency, text_message, ServerProcess, TestPki, WAIT};
+use common::{
+    agency_spiffe, auditor_spiffe, register_agency, text_message, ServerProcess, TestPki,
+    TestServer, WAIT,
+};
 use futures::future::join_all;
+use futures::stream::{self, StreamExt as _};
 use prost::bytes::Bytes;
 use prost::Message as _;
+use puente::config::DEFAULT_AUDIT_STREAMS_PER_CALLER;
+use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
-    Attachment, GetMessageRequest, ListAgenciesRequest, Region, SendMessageRequest,
+    Attachment, GetLogInfoRequest, GetMessageRequest, ListAgenciesRequest, ListAuditEntriesRequest,
+    Region, SendMessageRequest,
 };
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::Channel;
+use tonic::Code;
+use tonic_types::StatusExt as _;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -57,15 +66,15 @@ fn large(id: &str, to: &str, bytes: usize) -> SendMessageRequest {
     request
 }
 
-/// A raw HTTP/2 connection over mutual TLS as agency `id`, driven in the background, whose
+/// A raw HTTP/2 connection over mutual TLS as `spiffe_uri`, driven in the background, whose
 /// stream windows the client never opens beyond [`RAW_STREAM_WINDOW`]: what it does not read
 /// stays in the server.
 async fn raw_connection(
     pki: &TestPki,
-    id: &str,
+    spiffe_uri: &str,
     addr: SocketAddr,
 ) -> h2::client::SendRequest<Bytes> {
-    let (cert_pem, key_pem) = pki.issue(&agency_spiffe(id));
+    let (cert_pem, key_pem) = pki.issue(spiffe_uri);
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("CA PEM"))
@@ -214,7 +223,7 @@ async fn never_read_large_answers_are_bounded_per_caller_and_others_are_served()
 
     let mut connections = Vec::new();
     for _ in 0..CONNECTIONS {
-        connections.push(raw_connection(&pki, "ES-HOARD", addr).await);
+        connections.push(raw_connection(&pki, &agency_spiffe("ES-HOARD"), addr).await);
     }
     let request = GetMessageRequest {
         message_id: message_id.clone(),
@@ -272,4 +281,228 @@ async fn never_read_large_answers_are_bounded_per_caller_and_others_are_served()
     );
     drop(answers);
     drop(connections);
+}
+
+/// Makes the audit log at least `entries` entries longer: each `GetLogInfo` call is recorded.
+/// Spread over `callers` auditor identities, so that no caller exceeds its request burst.
+async fn grow_audit_log(pki: &TestPki, addr: SocketAddr, entries: usize, callers: usize) {
+    let per_caller = entries.div_ceil(callers);
+    let fillers = (0..callers).map(|n| async move {
+        let mut client = AuditServiceClient::new(
+            pki.client_for(&auditor_spiffe(&format!("filler-{n}")), addr)
+                .await,
+        );
+        for _ in 0..per_caller {
+            client
+                .get_log_info(GetLogInfoRequest {})
+                .await
+                .expect("GetLogInfo of a filler");
+        }
+    });
+    stream::iter(fillers)
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// A caller that opens 1,500 `ListAuditEntries` streams on raw HTTP/2 connections and never
+/// reads them (issue #14, item 3) holds only as many as its audit stream limit: the others are
+/// refused with RESOURCE_EXHAUSTED and a retry delay, the server grows by a few MiB, not by
+/// hundreds, and what it held is returned once the streams are cancelled. Another auditor is
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_unread_audit_streams_are_refused_beyond_the_limit_and_hold_bounded_memory() {
+    const CONNECTIONS: usize = 8;
+    const STREAMS_PER_CONNECTION: usize = 188;
+    const GROWTH_BOUND: u64 = 32 * MIB;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    pki.write_server_files(dir.path());
+    let server = ServerProcess::start(dir.path());
+    let (addr, pid) = (server.addr, server.pid());
+    grow_audit_log(&pki, addr, 2_000, 16).await;
+    let mut bystander =
+        AuditServiceClient::new(pki.client_for(&auditor_spiffe("bystander"), addr).await);
+    bystander
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .expect("GetLogInfo of a bystander");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss(pid);
+
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        connections.push(raw_connection(&pki, &auditor_spiffe("hoarder"), addr).await);
+    }
+    let request = ListAuditEntriesRequest::default();
+    let calls = connections.iter().flat_map(|connection| {
+        (0..STREAMS_PER_CONNECTION).map(|_| {
+            raw_call(
+                connection.clone(),
+                "/puente.v1.AuditService/ListAuditEntries",
+                &request,
+            )
+        })
+    });
+    let answers: Vec<RawAnswer> = stream::iter(calls).buffer_unordered(64).collect().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::timeout(WAIT, bystander.get_log_info(GetLogInfoRequest {}))
+        .await
+        .expect("a bystander's call completes while the streams are open")
+        .expect("GetLogInfo of a bystander");
+    let during = rss(pid);
+
+    let open = answers
+        .iter()
+        .filter(|a| matches!(a, RawAnswer::Streaming(_)))
+        .count();
+    let mut refused = 0;
+    for answer in &answers {
+        if let RawAnswer::Status {
+            code,
+            retry_info,
+            message,
+        } = answer
+        {
+            assert_eq!(code, "8", "refused with RESOURCE_EXHAUSTED: {message}");
+            assert!(*retry_info, "the refusal carries a retry delay: {message}");
+            refused += 1;
+        }
+    }
+    drop(answers);
+    drop(connections);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss(pid);
+    eprintln!(
+        "{} unread ListAuditEntries streams: {open} open, {refused} refused; server {} before, {} while open (+{}), {} after cancelling (+{})",
+        STREAMS_PER_CONNECTION * CONNECTIONS,
+        mib(before),
+        mib(during),
+        mib(during.saturating_sub(before)),
+        mib(after),
+        mib(after.saturating_sub(before)),
+    );
+    assert!(
+        during.saturating_sub(before) < GROWTH_BOUND,
+        "{open} unread audit streams grew the server by {} (bound {})",
+        mib(during.saturating_sub(before)),
+        mib(GROWTH_BOUND),
+    );
+    assert!(
+        after.saturating_sub(before) < GROWTH_BOUND,
+        "after cancelling, the server is still {} above where it was (bound {})",
+        mib(after.saturating_sub(before)),
+        mib(GROWTH_BOUND),
+    );
+    assert!(open >= 1, "the caller may have some audit streams open");
+}
+
+/// A caller at its limit of open audit streams is refused another with RESOURCE_EXHAUSTED and
+/// a retry delay, while another caller is served; once it cancels one, it may open one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_streams_beyond_the_per_caller_limit_are_refused_with_a_retry_delay() {
+    let pki = TestPki::new();
+    let server = TestServer::spawn(&pki).await;
+    grow_audit_log(&pki, server.addr, 2_000, 16).await;
+    let connection = raw_connection(&pki, &auditor_spiffe("greedy"), server.addr).await;
+    let request = ListAuditEntriesRequest::default();
+    let mut open = Vec::new();
+    for _ in 0..DEFAULT_AUDIT_STREAMS_PER_CALLER {
+        match raw_call(
+            connection.clone(),
+            "/puente.v1.AuditService/ListAuditEntries",
+            &request,
+        )
+        .await
+        {
+            RawAnswer::Streaming(body) => open.push(body),
+            RawAnswer::Status { code, message, .. } => {
+                panic!("stream {} refused: {code} {message}", open.len() + 1)
+            }
+        }
+    }
+    let mut greedy =
+        AuditServiceClient::new(pki.client_for(&auditor_spiffe("greedy"), server.addr).await);
+    let status = greedy
+        .list_audit_entries(ListAuditEntriesRequest::default())
+        .await
+        .err()
+        .expect("one stream over the limit is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.get_details_retry_info().is_some(),
+        "the refusal carries a retry delay: {status:?}"
+    );
+    let mut other =
+        AuditServiceClient::new(pki.client_for(&auditor_spiffe("other"), server.addr).await);
+    other
+        .list_audit_entries(ListAuditEntriesRequest {
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("another caller may list");
+    // Cancelling one stream frees its place.
+    drop(open.pop());
+    let reopened = tokio::time::timeout(WAIT, async {
+        loop {
+            match greedy
+                .list_audit_entries(ListAuditEntriesRequest {
+                    limit: 5,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(stream) => return stream,
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("unexpected {status:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a cancelled stream frees its place");
+    drop(reopened);
+}
+
+/// A long `ListAuditEntries` scan is charged against the caller's request rate (issue #14,
+/// item 3): a scan of many entries uses up the caller's burst, so its next call is refused
+/// with RESOURCE_EXHAUSTED (or the scan itself waits for the bucket to refill), instead of
+/// costing one call however much it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_audit_scan_consumes_the_callers_request_budget() {
+    let pki = TestPki::new();
+    let server = TestServer::spawn_with(&pki, |config| {
+        config.limits.requests_per_second = 2;
+        config.limits.request_burst = 10;
+    })
+    .await;
+    // 50 fillers of 10 calls each: more than the scanner's burst of 10 calls can pay for.
+    grow_audit_log(&pki, server.addr, 500, 50).await;
+    let mut scanner = AuditServiceClient::new(
+        pki.client_for(&auditor_spiffe("scanner"), server.addr)
+            .await,
+    );
+    let mut entries = scanner
+        .list_audit_entries(ListAuditEntriesRequest::default())
+        .await
+        .expect("the scan is admitted")
+        .into_inner();
+    let mut read = 0;
+    while let Some(entry) = tokio::time::timeout(WAIT, entries.message())
+        .await
+        .expect("the scan goes on")
+        .expect("an entry")
+    {
+        let _ = entry;
+        read += 1;
+    }
+    assert!(read >= 500, "{read} entries");
+    let status = scanner
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the call after a scan of {read} entries is refused"));
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 }

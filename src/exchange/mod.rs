@@ -637,6 +637,15 @@ impl ExchangeService {
     }
 }
 
+/// The response of an answer and the room reserved for it: the permit rides in the response's
+/// extensions until its body is sent or dropped (`admission::ResponseBytesLayer`).
+fn with_permit<T>(answer: Response<(T, ResponsePermit)>) -> Response<T> {
+    let (message, permit) = answer.into_inner();
+    let mut response = Response::new(message);
+    response.extensions_mut().insert(permit);
+    response
+}
+
 /// What an answer carrying a message takes besides its body: the record's other fields, at most
 /// a few KiB, and the gRPC framing, rounded up generously.
 const ANSWER_OVERHEAD: u64 = 64 * 1024;
@@ -740,11 +749,7 @@ impl ExchangeApi for ExchangeService {
             result,
         )
         .await?;
-        // The permit rides with the response until its body is sent (`ResponseBytesLayer`).
-        let (message, permit) = answer.into_inner();
-        let mut response = Response::new(message);
-        response.extensions_mut().insert(permit);
-        Ok(response)
+        Ok(with_permit(answer))
     }
 
     #[instrument(skip(self, request))]
@@ -891,13 +896,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<ListThreadResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.thread(request).await;
-        audit::answer(
+        let answer = audit::answer(
             &self.store,
             "puente.v1.ExchangeService",
             "ListThread",
             peer,
             result,
         )
-        .await
+        .await?;
+        Ok(with_permit(answer))
     }
 }
