@@ -429,9 +429,10 @@ impl ResponseBudget {
     }
 }
 
-/// The tower layer that gives every response carrying a [`ResponsePermit`] in its extensions
-/// a body that holds the permit until it is sent or dropped, and hands its data to the
-/// transport in pieces of at most [`RESPONSE_CHUNK`] bytes.
+/// The tower layer that hands the data of every response body to the transport in pieces of at
+/// most [`RESPONSE_CHUNK`] bytes (zero-copy), and holds the [`ResponsePermit`] a response
+/// carries in its extensions until its body is sent or dropped. Streams hold the permits of
+/// their items themselves (`exchange::inbox`); the pieces make those precise too.
 #[derive(Clone, Copy, Default)]
 pub struct ResponseBytesLayer;
 
@@ -483,8 +484,8 @@ fn hold_permit<B>(mut response: http::Response<B>) -> http::Response<HeldBody<B>
 }
 
 pin_project_lite::pin_project! {
-    /// A response body holding the [`ResponsePermit`] of its response, if it has one, until the
-    /// body ends or is dropped.
+    /// A response body handed over in pieces, holding the [`ResponsePermit`] of its response,
+    /// if it has one, until the body ends or is dropped.
     pub struct HeldBody<B> {
         #[pin]
         inner: B,
@@ -503,9 +504,6 @@ impl<B: Body<Data = Bytes>> Body for HeldBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        if this.permit.is_none() {
-            return this.inner.poll_frame(cx);
-        }
         if !this.pending.is_empty() {
             let take = this.pending.len().min(RESPONSE_CHUNK);
             return Poll::Ready(Some(Ok(Frame::data(this.pending.split_to(take)))));
@@ -583,6 +581,27 @@ mod tests {
         rates.admit("CO-DIJIN").expect("other caller");
         std::thread::sleep(wait + Duration::from_millis(5));
         assert_eq!(rates.admit("ES-CNP"), Ok(1), "names the one refusal since");
+    }
+
+    /// Work charged in many tokens at once drains the same bucket as calls, and waits for what
+    /// it lacks instead of taking it.
+    #[test]
+    fn a_charge_takes_many_tokens_or_names_the_wait() {
+        let rates = RateLimits::new(&limits(10, 5, 1));
+        rates.charge("ES-CNP", 4.0).expect("within the burst");
+        let wait = rates.charge("ES-CNP", 2.0).expect_err("only one left");
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        rates
+            .admit("ES-CNP")
+            .expect("the token the charge did not take");
+        assert!(
+            rates.admit("ES-CNP").is_err(),
+            "the charge used up the burst"
+        );
+        rates.charge("CO-DIJIN", 5.0).expect("another caller");
     }
 
     #[test]

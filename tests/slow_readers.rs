@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    agency_spiffe, auditor_spiffe, register_agency, text_message, ServerProcess, TestPki,
-    TestServer, WAIT,
+    agency_spiffe, auditor_spiffe, inbox_request, register_agency, text_message, ServerProcess,
+    TestPki, TestServer, WAIT,
 };
 use futures::future::join_all;
 use futures::stream::{self, StreamExt as _};
 use prost::bytes::Bytes;
 use prost::Message as _;
-use puente::config::DEFAULT_AUDIT_STREAMS_PER_CALLER;
+use puente::config::{DEFAULT_AUDIT_STREAMS_PER_CALLER, DEFAULT_INBOX_STREAMS_PER_AGENCY};
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
 use puente::pb::v1::{
@@ -505,4 +505,82 @@ async fn a_long_audit_scan_consumes_the_callers_request_budget() {
         .err()
         .unwrap_or_else(|| panic!("the call after a scan of {read} entries is refused"));
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
+/// An agency that opens its 16 inbox streams on raw HTTP/2 connections and never reads them,
+/// with a backlog of 16 MiB messages, grows the server by less than 256 MiB: every message a
+/// stream takes counts against the agency's budget of response bytes in flight, shared with its
+/// `GetMessage` answers, so the streams wait instead of each holding several messages. Another
+/// agency is served normally meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_read_inbox_streams_of_large_messages_share_the_agencys_response_budget() {
+    const BACKLOG: usize = 6;
+    const GROWTH_BOUND: u64 = 256 * MIB;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    pki.write_server_files(dir.path());
+    let server = ServerProcess::start(dir.path());
+    let (addr, pid) = (server.addr, server.pid());
+    for (id, region) in [
+        ("ES-STALL", Region::Eu),
+        ("CO-SENDER", Region::Celac),
+        ("FR-BYSTANDER", Region::Eu),
+    ] {
+        register_agency(&pki, addr, id, region).await;
+    }
+    let mut sender = pki.agency_client("CO-SENDER", addr).await;
+    for n in 0..BACKLOG {
+        sender
+            .send_message(large(
+                &format!("backlog-{n}"),
+                "ES-STALL",
+                (16 * MIB - 64 * KIB) as usize,
+            ))
+            .await
+            .expect("send a 16 MiB message");
+    }
+    drop(sender);
+    let mut bystander = pki.agency_client("FR-BYSTANDER", addr).await;
+    served_normally(&mut bystander, 0, "CO-SENDER").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss(pid);
+
+    let connections = [
+        raw_connection(&pki, &agency_spiffe("ES-STALL"), addr).await,
+        raw_connection(&pki, &agency_spiffe("ES-STALL"), addr).await,
+    ];
+    let request = inbox_request(0);
+    let calls = (0..DEFAULT_INBOX_STREAMS_PER_AGENCY).map(|n| {
+        raw_call(
+            connections[n % 2].clone(),
+            "/puente.v1.ExchangeService/StreamInbox",
+            &request,
+        )
+    });
+    let answers = join_all(calls).await;
+    for answer in &answers {
+        if let RawAnswer::Status { code, message, .. } = answer {
+            panic!("an inbox stream within the limit was refused: {code} {message}");
+        }
+    }
+    // Let the streams take what they may.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in 1..=3 {
+        served_normally(&mut bystander, n, "CO-SENDER").await;
+    }
+    let during = rss(pid);
+    eprintln!(
+        "{} never-read inbox streams, backlog of {BACKLOG} 16 MiB messages: server {} before, {} during (+{})",
+        answers.len(),
+        mib(before),
+        mib(during),
+        mib(during.saturating_sub(before)),
+    );
+    assert!(
+        during.saturating_sub(before) < GROWTH_BOUND,
+        "never-read inbox streams grew the server by {} (bound {})",
+        mib(during.saturating_sub(before)),
+        mib(GROWTH_BOUND),
+    );
+    drop(answers);
 }
