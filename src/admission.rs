@@ -199,7 +199,12 @@ impl Interceptor for RateInterceptor {
 #[derive(Clone)]
 pub struct StreamLimits {
     per_agency: usize,
+    /// Streams of this kind open at once, all callers together.
+    total: usize,
     open: Arc<Mutex<HashMap<String, usize>>>,
+    /// When a refusal was last logged: at most one line per [`WARN_INTERVAL`], so refusals
+    /// cannot flood the log.
+    warned: Arc<Mutex<Option<Instant>>>,
     /// Where open inbox streams are counted; audit listings are not.
     metrics: Option<Arc<Metrics>>,
     /// What kind of stream, for the log.
@@ -212,18 +217,24 @@ impl StreamLimits {
     pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> StreamLimits {
         StreamLimits {
             per_agency: limits.inbox_streams_per_agency,
+            // Bounded by the registered agencies.
+            total: usize::MAX,
             open: Arc::new(Mutex::new(HashMap::new())),
+            warned: Arc::default(),
             metrics: Some(metrics),
             kind: "inbox stream",
         }
     }
 
-    /// The limit of open `ListAuditEntries` streams per caller identity of `limits`.
+    /// The limits of open `ListAuditEntries` streams of `limits`, per caller identity and in
+    /// total (auditor identities are as many as the CA issues).
     #[must_use]
     pub fn audit(limits: &Limits) -> StreamLimits {
         StreamLimits {
             per_agency: limits.audit_streams_per_caller,
+            total: limits.audit_streams_total,
             open: Arc::new(Mutex::new(HashMap::new())),
+            warned: Arc::default(),
             metrics: None,
             kind: "audit listing",
         }
@@ -235,17 +246,32 @@ impl StreamLimits {
     /// The agency has as many streams open as it may.
     pub fn open(&self, agency: &str) -> Result<StreamSlot, StreamLimitReached> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let everyone = open.values().sum::<usize>() >= self.total;
         let count = open.entry(agency.to_string()).or_default();
-        if *count >= self.per_agency {
-            tracing::warn!(
-                agency,
-                limit = self.per_agency,
-                kind = self.kind,
-                "stream refused: caller at its stream limit"
-            );
+        if everyone || *count >= self.per_agency {
+            let limit = if everyone {
+                self.total
+            } else {
+                self.per_agency
+            };
+            let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            if warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
+                *warned = Some(Instant::now());
+                tracing::warn!(
+                    agency,
+                    limit,
+                    everyone,
+                    kind = self.kind,
+                    "stream refused: at the stream limit (logged at most every 10 s)"
+                );
+            }
+            if *count == 0 {
+                open.remove(agency);
+            }
             return Err(StreamLimitReached {
                 agency: agency.to_string(),
-                limit: self.per_agency,
+                limit,
+                everyone,
             });
         }
         *count += 1;
@@ -269,8 +295,10 @@ impl StreamLimits {
 pub struct StreamLimitReached {
     /// The agency.
     pub agency: String,
-    /// Its limit.
+    /// Its limit, or the total's.
     pub limit: usize,
+    /// The limit reached is the total of all callers', not the agency's own.
+    pub everyone: bool,
 }
 
 /// One open inbox stream of an agency; frees its slot when dropped.
@@ -328,7 +356,10 @@ pub struct ResponseBudget {
 /// Room reserved in the response budgets, given back when the last clone is dropped. Clone
 /// only because response extensions must be.
 #[derive(Clone)]
-pub struct ResponsePermit(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
+pub struct ResponsePermit {
+    /// The caller's share and the total's, released together.
+    _held: Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
 
 /// Whose response budget was spent.
 #[derive(Debug)]
@@ -410,7 +441,9 @@ impl ResponseBudget {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) | Err(_) => return Err(spent_total()),
         };
-        Ok(ResponsePermit(Arc::new((own, total))))
+        Ok(ResponsePermit {
+            _held: Arc::new((own, total)),
+        })
     }
 
     /// The semaphore of `caller`'s budget. Budgets with nothing reserved are forgotten once
@@ -581,6 +614,29 @@ mod tests {
         rates.admit("CO-DIJIN").expect("other caller");
         std::thread::sleep(wait + Duration::from_millis(5));
         assert_eq!(rates.admit("ES-CNP"), Ok(1), "names the one refusal since");
+    }
+
+    /// Audit listings are limited per caller and in total; a refused caller is not tracked.
+    #[test]
+    fn audit_stream_slots_are_limited_per_caller_and_in_total() {
+        let streams = StreamLimits::audit(&Limits {
+            audit_streams_per_caller: 2,
+            audit_streams_total: 3,
+            ..Limits::default()
+        });
+        let first = streams.open("auditor/ana").expect("first");
+        let _second = streams.open("auditor/ana").expect("second");
+        let own = streams.open("auditor/ana").err().expect("over its own limit");
+        assert_eq!((own.limit, own.everyone), (2, false));
+        let _third = streams.open("auditor/bo").expect("another caller");
+        let all = streams.open("auditor/cy").err().expect("over the total");
+        assert_eq!((all.limit, all.everyone), (3, true));
+        assert!(
+            !streams.open.lock().expect("lock").contains_key("auditor/cy"),
+            "a refused caller leaves no entry"
+        );
+        drop(first);
+        streams.open("auditor/cy").expect("a slot was freed");
     }
 
     /// Work charged in many tokens at once drains the same bucket as calls, and waits for what

@@ -41,6 +41,8 @@ pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
 pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
 /// Default `limits.audit_streams_per_caller`.
 pub const DEFAULT_AUDIT_STREAMS_PER_CALLER: usize = 4;
+/// Default `limits.audit_streams_total`.
+pub const DEFAULT_AUDIT_STREAMS_TOTAL: usize = 256;
 /// Default `limits.response_bytes_in_flight`: 256 MiB.
 pub const DEFAULT_RESPONSE_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
 /// Default `limits.response_bytes_per_caller`: 64 MiB, room for three answers at the default
@@ -239,6 +241,8 @@ pub struct Limits {
     /// `ListAuditEntries` streams one caller identity may have open at once; more are answered
     /// `RESOURCE_EXHAUSTED` with a retry delay.
     pub audit_streams_per_caller: usize,
+    /// `ListAuditEntries` streams open at once, all callers together.
+    pub audit_streams_total: usize,
 }
 
 /// How a client reaches the exchange and who it is: one entry of a profiles file
@@ -294,6 +298,7 @@ impl Default for Limits {
             response_bytes_in_flight: DEFAULT_RESPONSE_BYTES_IN_FLIGHT,
             response_bytes_per_caller: DEFAULT_RESPONSE_BYTES_PER_CALLER,
             audit_streams_per_caller: DEFAULT_AUDIT_STREAMS_PER_CALLER,
+            audit_streams_total: DEFAULT_AUDIT_STREAMS_TOTAL,
         }
     }
 }
@@ -376,8 +381,10 @@ impl Config {
         if self.limits.inbox_streams_per_agency == 0 {
             return invalid("limits.inbox_streams_per_agency must be positive");
         }
-        if self.limits.audit_streams_per_caller == 0 {
-            return invalid("limits.audit_streams_per_caller must be positive");
+        if self.limits.audit_streams_per_caller == 0
+            || self.limits.audit_streams_per_caller > self.limits.audit_streams_total
+        {
+            return invalid("limits.audit_streams_per_caller must be positive and at most limits.audit_streams_total");
         }
         if self.limits.response_bytes_per_caller < 1 << 20
             || self.limits.response_bytes_per_caller > self.limits.response_bytes_in_flight

@@ -17,7 +17,6 @@ use common::{
 use futures::future::join_all;
 use futures::stream::{self, StreamExt as _};
 use prost::bytes::Bytes;
-use prost::Message as _;
 use puente::config::{DEFAULT_AUDIT_STREAMS_PER_CALLER, DEFAULT_INBOX_STREAMS_PER_AGENCY};
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -148,14 +147,19 @@ async fn raw_call(
                 .to_string(),
         },
         // Kept, unread, until the test drops it.
-        None => RawAnswer::Streaming(response.into_body()),
+        None => RawAnswer::Streaming {
+            _body: response.into_body(),
+        },
     }
 }
 
 /// What a raw call got.
 enum RawAnswer {
     /// A response whose body is coming (and never read).
-    Streaming(#[allow(dead_code)] h2::RecvStream),
+    Streaming {
+        /// Held, never read.
+        _body: h2::RecvStream,
+    },
     /// A trailers-only answer.
     Status {
         code: String,
@@ -247,7 +251,7 @@ async fn never_read_large_answers_are_bounded_per_caller_and_others_are_served()
 
     let streaming = answers
         .iter()
-        .filter(|a| matches!(a, RawAnswer::Streaming(_)))
+        .filter(|a| matches!(a, RawAnswer::Streaming { .. }))
         .count();
     let mut refused = 0;
     for answer in &answers {
@@ -354,7 +358,7 @@ async fn many_unread_audit_streams_are_refused_beyond_the_limit_and_hold_bounded
 
     let open = answers
         .iter()
-        .filter(|a| matches!(a, RawAnswer::Streaming(_)))
+        .filter(|a| matches!(a, RawAnswer::Streaming { .. }))
         .count();
     let mut refused = 0;
     for answer in &answers {
@@ -415,7 +419,7 @@ async fn audit_streams_beyond_the_per_caller_limit_are_refused_with_a_retry_dela
         )
         .await
         {
-            RawAnswer::Streaming(body) => open.push(body),
+            RawAnswer::Streaming { _body: body } => open.push(body),
             RawAnswer::Status { code, message, .. } => {
                 panic!("stream {} refused: {code} {message}", open.len() + 1)
             }
@@ -426,8 +430,7 @@ async fn audit_streams_beyond_the_per_caller_limit_are_refused_with_a_retry_dela
     let status = greedy
         .list_audit_entries(ListAuditEntriesRequest::default())
         .await
-        .err()
-        .expect("one stream over the limit is refused");
+        .expect_err("one stream over the limit is refused");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status.get_details_retry_info().is_some(),

@@ -79,6 +79,9 @@ pub enum AuditServiceError {
         /// Its limit.
         limit: usize,
     },
+    /// All callers together have as many listings open as the exchange serves at once.
+    #[error("the exchange already serves {0} ListAuditEntries streams, the most it serves at once; retry shortly")]
+    AllStreamsOpen(usize),
 }
 
 impl From<AuditServiceError> for Status {
@@ -95,7 +98,7 @@ impl From<AuditServiceError> for Status {
             AuditServiceError::Store(e) => crate::errors::store_failure(&e),
             AuditServiceError::Merkle(e) => crate::errors::internal(&e),
             AuditServiceError::Log(e) => crate::errors::internal(&e),
-            AuditServiceError::TooManyStreams { .. } => {
+            AuditServiceError::TooManyStreams { .. } | AuditServiceError::AllStreamsOpen(_) => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
         }
@@ -434,9 +437,13 @@ impl AuditApi for AuditService {
         // Before anything is recorded: a caller at its limit must not grow the log either.
         let slot = match caller_of(&request) {
             Ok(caller) => Some(self.streams.open(&caller.id.to_string()).map_err(|full| {
-                AuditServiceError::TooManyStreams {
-                    caller: full.agency,
-                    limit: full.limit,
+                if full.everyone {
+                    AuditServiceError::AllStreamsOpen(full.limit)
+                } else {
+                    AuditServiceError::TooManyStreams {
+                        caller: full.agency,
+                        limit: full.limit,
+                    }
                 }
             })?),
             // Refused (and recorded) by `admit` below.
