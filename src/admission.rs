@@ -626,13 +626,20 @@ mod tests {
         });
         let first = streams.open("auditor/ana").expect("first");
         let _second = streams.open("auditor/ana").expect("second");
-        let own = streams.open("auditor/ana").err().expect("over its own limit");
+        let own = streams
+            .open("auditor/ana")
+            .err()
+            .expect("over its own limit");
         assert_eq!((own.limit, own.everyone), (2, false));
         let _third = streams.open("auditor/bo").expect("another caller");
         let all = streams.open("auditor/cy").err().expect("over the total");
         assert_eq!((all.limit, all.everyone), (3, true));
         assert!(
-            !streams.open.lock().expect("lock").contains_key("auditor/cy"),
+            !streams
+                .open
+                .lock()
+                .expect("lock")
+                .contains_key("auditor/cy"),
             "a refused caller leaves no entry"
         );
         drop(first);

@@ -401,6 +401,62 @@ async fn many_unread_audit_streams_are_refused_beyond_the_limit_and_hold_bounded
     assert!(open >= 1, "the caller may have some audit streams open");
 }
 
+/// What one unread `ListAuditEntries` stream holds in the server is bounded (issue #14, item
+/// 3): 60 auditors with 4 unread streams each, on raw HTTP/2 connections, add at most
+/// [`AUDIT_STREAM_BUDGET`] each to the binary's resident memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_unread_audit_stream_holds_bounded_memory() {
+    /// The stream's buffer of 8 responses, the 64 entries its task read, tonic's chunk of
+    /// 32 KiB, the HTTP/2 stream and the call: measured at about 23 KiB (debug build), 91 KiB
+    /// before the buffers were cut.
+    const AUDIT_STREAM_BUDGET: u64 = 64 * KIB;
+    const CALLERS: usize = 60;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    pki.write_server_files(dir.path());
+    let server = ServerProcess::start(dir.path());
+    let (addr, pid) = (server.addr, server.pid());
+    grow_audit_log(&pki, addr, 2_000, 16).await;
+    let mut connections = Vec::new();
+    for n in 0..CALLERS {
+        connections.push(raw_connection(&pki, &auditor_spiffe(&format!("reader-{n}")), addr).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss(pid);
+    let request = ListAuditEntriesRequest::default();
+    let calls = connections.iter().flat_map(|connection| {
+        (0..DEFAULT_AUDIT_STREAMS_PER_CALLER).map(|_| {
+            raw_call(
+                connection.clone(),
+                "/puente.v1.AuditService/ListAuditEntries",
+                &request,
+            )
+        })
+    });
+    let answers: Vec<RawAnswer> = stream::iter(calls).buffer_unordered(64).collect().await;
+    for answer in &answers {
+        if let RawAnswer::Status { code, message, .. } = answer {
+            panic!("a stream within the limits was refused: {code} {message}");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss(pid);
+    let per_stream = during.saturating_sub(before) / answers.len() as u64;
+    eprintln!(
+        "{} unread ListAuditEntries streams of {CALLERS} callers: server {} before, {} while open, {} KiB per stream",
+        answers.len(),
+        mib(before),
+        mib(during),
+        per_stream / KIB,
+    );
+    assert!(
+        per_stream <= AUDIT_STREAM_BUDGET,
+        "each unread audit stream holds {} KiB (bound {} KiB)",
+        per_stream / KIB,
+        AUDIT_STREAM_BUDGET / KIB,
+    );
+}
+
 /// A caller at its limit of open audit streams is refused another with RESOURCE_EXHAUSTED and
 /// a retry delay, while another caller is served; once it cancels one, it may open one again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
