@@ -139,7 +139,7 @@ impl Stream for Holding {
 }
 
 /// Room in the caller's response budget for an answer of `bytes` bytes, waiting as long as it
-/// takes; `None` once the client is gone or the server stops.
+/// takes; `None` once the client is gone, the server stops or the certificate is revoked.
 async fn reserve(
     service: &ExchangeService,
     reader: &Reader,
@@ -148,7 +148,10 @@ async fn reserve(
 ) -> Option<ResponsePermit> {
     let caller = reader.caller.id.to_string();
     loop {
-        if tx.is_closed() || *service.shutdown.borrow() {
+        if tx.is_closed()
+            || *service.shutdown.borrow()
+            || reader.revocations.is_revoked(&reader.caller.serial)
+        {
             return None;
         }
         // Each attempt waits up to `admission::RESPONSE_WAIT`; a stream has no caller to refuse.
@@ -217,7 +220,13 @@ async fn follow(
             // Room in the caller's budget and in the buffer first, the body after: a task
             // waiting on a stalled client holds no message.
             let answer = record.body_len.saturating_add(super::ANSWER_OVERHEAD);
-            let Some(permit) = reserve(service, reader, answer, tx).await else {
+            let permit = reserve(service, reader, answer, tx).await;
+            // The wait may have been long: a certificate revoked meanwhile gets nothing more.
+            if reader.revocations.is_revoked(&reader.caller.serial) {
+                warn!(agency = %agency, serial = %reader.caller.serial, "inbox stream ended: certificate revoked");
+                return Err(ExchangeError::Unauthenticated(IdentityError::Revoked));
+            }
+            let Some(permit) = permit else {
                 return Ok(());
             };
             let Ok(share) = Arc::clone(bytes)
