@@ -39,6 +39,15 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 5_000;
 pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
 /// Inbox streams one agency may have open at once.
 pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
+/// Default `limits.audit_streams_per_caller`.
+pub const DEFAULT_AUDIT_STREAMS_PER_CALLER: usize = 4;
+/// Default `limits.audit_streams_total`.
+pub const DEFAULT_AUDIT_STREAMS_TOTAL: usize = 256;
+/// Default `limits.response_bytes_in_flight`: 256 MiB.
+pub const DEFAULT_RESPONSE_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
+/// Default `limits.response_bytes_per_caller`: 64 MiB, room for three answers at the default
+/// message size limit.
+pub const DEFAULT_RESPONSE_BYTES_PER_CALLER: u64 = 64 * 1024 * 1024;
 /// TLS connections the server holds at once, handshakes included.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// Longest life of a connection, so none lives on an old handshake forever.
@@ -222,6 +231,18 @@ pub struct Limits {
     pub request_burst: u32,
     /// Inbox streams one agency may have open at once.
     pub inbox_streams_per_agency: usize,
+    /// Bytes of `GetMessage` answers the exchange holds at once for clients that have not read
+    /// them yet (all callers together); a call finding no room within a second is answered
+    /// `RESOURCE_EXHAUSTED` with a retry delay.
+    pub response_bytes_in_flight: u64,
+    /// The same, for one caller identity: a client that never reads its answers holds at most
+    /// this much of the server's memory. An answer larger than this goes alone.
+    pub response_bytes_per_caller: u64,
+    /// `ListAuditEntries` streams one caller identity may have open at once; more are answered
+    /// `RESOURCE_EXHAUSTED` with a retry delay.
+    pub audit_streams_per_caller: usize,
+    /// `ListAuditEntries` streams open at once, all callers together.
+    pub audit_streams_total: usize,
 }
 
 /// How a client reaches the exchange and who it is: one entry of a profiles file
@@ -274,6 +295,10 @@ impl Default for Limits {
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             request_burst: DEFAULT_REQUEST_BURST,
             inbox_streams_per_agency: DEFAULT_INBOX_STREAMS_PER_AGENCY,
+            response_bytes_in_flight: DEFAULT_RESPONSE_BYTES_IN_FLIGHT,
+            response_bytes_per_caller: DEFAULT_RESPONSE_BYTES_PER_CALLER,
+            audit_streams_per_caller: DEFAULT_AUDIT_STREAMS_PER_CALLER,
+            audit_streams_total: DEFAULT_AUDIT_STREAMS_TOTAL,
         }
     }
 }
@@ -355,6 +380,21 @@ impl Config {
         }
         if self.limits.inbox_streams_per_agency == 0 {
             return invalid("limits.inbox_streams_per_agency must be positive");
+        }
+        if self.limits.audit_streams_per_caller == 0
+            || self.limits.audit_streams_per_caller > self.limits.audit_streams_total
+        {
+            return invalid("limits.audit_streams_per_caller must be positive and at most limits.audit_streams_total");
+        }
+        if self.limits.response_bytes_per_caller < 1 << 20
+            || self.limits.response_bytes_per_caller > self.limits.response_bytes_in_flight
+        {
+            return invalid("limits.response_bytes_per_caller must be at least 1048576 (1 MiB) and at most limits.response_bytes_in_flight");
+        }
+        if self.limits.response_bytes_in_flight > 1 << 40 {
+            return invalid(
+                "limits.response_bytes_in_flight must be at most 1099511627776 (1 TiB)",
+            );
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be positive");

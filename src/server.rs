@@ -28,7 +28,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::RateLimits;
+use crate::admission::{RateLimits, ResponseBytesLayer};
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::bench::Echo;
@@ -174,7 +174,13 @@ pub async fn run_with_metrics(
         Arc::clone(&metrics),
     );
     let admin = AdminService::new(Arc::clone(&directory), Arc::clone(&tls), Arc::clone(&store));
-    let auditing = AuditService::new(Arc::clone(&audit), Arc::clone(&directory));
+    let rates = RateLimits::new(&config.limits);
+    let auditing = AuditService::new(
+        Arc::clone(&audit),
+        Arc::clone(&directory),
+        &config.limits,
+        Arc::clone(&rates),
+    );
     if let Some(metrics_listener) = metrics_listener {
         serve_metrics(
             metrics_listener,
@@ -214,7 +220,6 @@ pub async fn run_with_metrics(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let max_frame = max_frame(&config);
-    let rates = RateLimits::new(&config.limits);
 
     let local_addr = listener.local_addr().ok();
     let incoming = accept_loop(
@@ -246,6 +251,7 @@ pub async fn run_with_metrics(
     let serve = server_builder(&config)
         .layer(RpcLayer::new(metrics))
         .layer(crate::codec::FramingLayer)
+        .layer(ResponseBytesLayer)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

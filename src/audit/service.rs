@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,6 +13,8 @@ use tracing::instrument;
 
 use super::merkle::{self, MerkleError};
 use super::{event, parties, refusal_event, AuditError, AuditLog};
+use crate::admission::{RateLimits, StreamLimits};
+use crate::config::Limits;
 use crate::directory::Directory;
 use crate::errors::excerpt;
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
@@ -25,8 +27,15 @@ use crate::pb::v1::{
 };
 use crate::store::StoreError;
 
-/// Entries read from the store per round of a listing.
-const LIST_CHUNK: usize = 256;
+/// Entries read from the store per round of a listing: what a listing whose client does not
+/// read holds besides its buffer.
+const LIST_CHUNK: usize = 64;
+/// Responses a listing buffers before its task waits for the client.
+const LIST_BUFFER: usize = 8;
+/// Entries a listing may read for the price of one call against the caller's request rate
+/// (`admission::RateLimits`): a full scan of a long log costs what its reads cost, and pauses
+/// while the caller's bucket is empty instead of competing with everybody's calls.
+pub const ENTRIES_PER_CALL: usize = 32;
 
 /// Why an audit call failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +72,17 @@ pub enum AuditServiceError {
     /// Signing failed.
     #[error(transparent)]
     Log(#[from] AuditError),
+    /// The caller has as many listings open as it may.
+    #[error("{caller} already has {limit} ListAuditEntries streams open, the most allowed; read one to its end or cancel it, then retry")]
+    TooManyStreams {
+        /// The caller identity.
+        caller: String,
+        /// Its limit.
+        limit: usize,
+    },
+    /// All callers together have as many listings open as the exchange serves at once.
+    #[error("the exchange already serves {0} ListAuditEntries streams, the most it serves at once; retry shortly")]
+    AllStreamsOpen(usize),
 }
 
 impl From<AuditServiceError> for Status {
@@ -79,6 +99,9 @@ impl From<AuditServiceError> for Status {
             AuditServiceError::Store(e) => crate::errors::store_failure(&e),
             AuditServiceError::Merkle(e) => crate::errors::internal(&e),
             AuditServiceError::Log(e) => crate::errors::internal(&e),
+            AuditServiceError::TooManyStreams { .. } | AuditServiceError::AllStreamsOpen(_) => {
+                crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
+            }
         }
     }
 }
@@ -103,15 +126,30 @@ impl Reader {
 pub struct AuditService {
     log: Arc<AuditLog>,
     directory: Arc<Directory>,
+    /// Open listings per caller identity.
+    streams: StreamLimits,
+    /// The callers' request rates, which long listings are charged against.
+    rates: Arc<RateLimits>,
 }
 
 /// The response stream of `ListAuditEntries`.
 pub type EntryStream = Pin<Box<dyn Stream<Item = Result<ListAuditEntriesResponse, Status>> + Send>>;
 
 impl AuditService {
-    /// Serves `log`; agency callers are checked against `directory`.
-    pub fn new(log: Arc<AuditLog>, directory: Arc<Directory>) -> AuditService {
-        AuditService { log, directory }
+    /// Serves `log`; agency callers are checked against `directory`. Listings are limited per
+    /// caller as `limits` says and charged against the callers' request rates `rates`.
+    pub fn new(
+        log: Arc<AuditLog>,
+        directory: Arc<Directory>,
+        limits: &Limits,
+        rates: Arc<RateLimits>,
+    ) -> AuditService {
+        AuditService {
+            log,
+            directory,
+            streams: StreamLimits::audit(limits),
+            rates,
+        }
     }
 
     /// Authorises the caller and records its query (`method`, `details`) before answering.
@@ -256,14 +294,35 @@ fn check_leaf(log: &AuditLog, index: u64, leaf: &[u8]) {
     }
 }
 
+/// Waits until the caller's request rate pays for reading `LIST_CHUNK` more entries. False when
+/// the client went away meanwhile.
+async fn pay_for_chunk(
+    rates: &RateLimits,
+    caller: &str,
+    tx: &mpsc::Sender<Result<ListAuditEntriesResponse, Status>>,
+) -> bool {
+    let cost = LIST_CHUNK as f64 / ENTRIES_PER_CALL as f64;
+    loop {
+        match rates.charge(caller, cost) {
+            Ok(()) => return true,
+            Err(wait) => tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = tx.closed() => return false,
+            },
+        }
+    }
+}
+
 async fn list(
     log: Arc<AuditLog>,
+    rates: Arc<RateLimits>,
     reader: Reader,
     request: ListAuditEntriesRequest,
     filters: Filters,
     tx: mpsc::Sender<Result<ListAuditEntriesResponse, Status>>,
 ) -> Result<(), AuditServiceError> {
     let store = log.store();
+    let caller = reader.caller().id.to_string();
     let end = store.audit_size();
     let limit = if request.limit == 0 {
         u64::MAX
@@ -273,6 +332,11 @@ async fn list(
     let mut sent = 0u64;
     let mut next = request.start_index;
     while next < end && sent < limit {
+        // A listing whose client went away ends here even if its filters match nothing, and so
+        // never sends: otherwise it would scan to the end of the log for nobody.
+        if tx.is_closed() || !pay_for_chunk(&rates, &caller, &tx).await {
+            return Ok(());
+        }
         let chunk: Vec<(u64, Vec<u8>)> = match &filters.agency {
             Some(agency) => {
                 let indices = store.audit_party_indices(agency, next, end, LIST_CHUNK)?;
@@ -379,6 +443,21 @@ impl AuditApi for AuditService {
         &self,
         request: Request<ListAuditEntriesRequest>,
     ) -> Result<Response<EntryStream>, Status> {
+        // Before anything is recorded: a caller at its limit must not grow the log either.
+        let slot = match caller_of(&request) {
+            Ok(caller) => Some(self.streams.open(&caller.id.to_string()).map_err(|full| {
+                if full.everyone {
+                    AuditServiceError::AllStreamsOpen(full.limit)
+                } else {
+                    AuditServiceError::TooManyStreams {
+                        caller: full.agency,
+                        limit: full.limit,
+                    }
+                }
+            })?),
+            // Refused (and recorded) by `admit` below.
+            Err(_) => None,
+        };
         let details = describe(request.get_ref());
         let reader = self
             .admit(
@@ -418,14 +497,20 @@ impl AuditApi for AuditService {
             until: request.until.as_ref().map(micros),
             message_id: (!request.message_id.is_empty()).then(|| request.message_id.clone()),
         };
-        let (tx, rx) = mpsc::channel(64);
-        let log = Arc::clone(&self.log);
+        let (tx, rx) = mpsc::channel(LIST_BUFFER);
+        let (log, rates) = (Arc::clone(&self.log), Arc::clone(&self.rates));
         tokio::spawn(async move {
-            if let Err(e) = list(log, reader, request, filters, tx.clone()).await {
+            if let Err(e) = list(log, rates, reader, request, filters, tx.clone()).await {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The slot lives as long as the response stream: until the client has read it to its
+        // end (or nearly: see `admission::RESPONSE_CHUNK`) or cancelled it.
+        let entries = ReceiverStream::new(rx).map(move |entry| {
+            let _held = &slot;
+            entry
+        });
+        Ok(Response::new(Box::pin(entries)))
     }
 
     #[instrument(skip(self, request))]

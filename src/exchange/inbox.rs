@@ -21,12 +21,20 @@
 //! stream whatever its backlog: 81 MiB at the 16 MiB limit. Measured: 1.5, 3.2 and 5.8 MiB per
 //! stream with 128 KiB, 512 KiB and 1 MiB messages (`tests/streams.rs`, RELIABILITY.md). The
 //! client's windows decide how much more has left the server.
+//!
+//! Each message also takes room in its agency's budget of response bytes in flight
+//! (`admission::ResponseBudget`, shared with its `GetMessage` answers) before it is read, kept
+//! until tonic asks for the next response (see [`Holding`]). So all the stalled streams of an
+//! agency together hold about `limits.response_bytes_per_caller` of messages (tonic's doubling
+//! buffers aside), however many streams it opens: a stream whose agency's budget is spent waits,
+//! holding nothing, until another stream or call of the agency gives room back.
 
-use crate::admission::StreamSlot;
+use crate::admission::{ResponsePermit, StreamSlot};
 use crate::metrics::InboxProgress;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -55,7 +63,14 @@ const STREAM_BUFFER_BYTES: u32 = 1024 * 1024;
 /// A response in a stream's buffer with its share of the buffer's bytes, given back when the
 /// transport takes the response. Boxed: the channel allocates its slots 32 at a time when it
 /// is created, and a `StreamInboxResponse` is about 1 KiB, which every idle stream would pay.
-type Buffered = Result<(Box<StreamInboxResponse>, OwnedSemaphorePermit), Status>;
+type Buffered = Result<
+    (
+        Box<StreamInboxResponse>,
+        OwnedSemaphorePermit,
+        ResponsePermit,
+    ),
+    Status,
+>;
 
 /// The response stream of `StreamInbox`.
 pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;
@@ -91,7 +106,59 @@ pub(super) fn spawn(
         }
         debug!(agency = %reader.agency, "inbox stream closed");
     });
-    Box::pin(ReceiverStream::new(rx).map(|buffered| buffered.map(|(response, _bytes)| *response)))
+    Box::pin(Holding {
+        inner: ReceiverStream::new(rx),
+        held: None,
+    })
+}
+
+/// The buffered responses of a stream, each handed to tonic with its share of the stream's
+/// buffer given back, and its room in the caller's response budget kept until tonic asks for
+/// the next one: tonic encodes a large response into a chunk of its own, and hyper asks for more
+/// only once that chunk, handed to h2 in pieces (`admission::ResponseBytesLayer`), has all but
+/// left the server. So what a stalled stream holds counts against its agency's budget of
+/// response bytes in flight, with its `GetMessage` answers.
+struct Holding {
+    inner: ReceiverStream<Buffered>,
+    held: Option<ResponsePermit>,
+}
+
+impl Stream for Holding {
+    type Item = Result<StreamInboxResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.held = None;
+        let buffered = ready!(Pin::new(&mut self.inner).poll_next(cx));
+        Poll::Ready(buffered.map(|buffered| {
+            buffered.map(|(response, _share, permit)| {
+                self.held = Some(permit);
+                *response
+            })
+        }))
+    }
+}
+
+/// Room in the caller's response budget for an answer of `bytes` bytes, waiting as long as it
+/// takes; `None` once the client is gone, the server stops or the certificate is revoked.
+async fn reserve(
+    service: &ExchangeService,
+    reader: &Reader,
+    bytes: u64,
+    tx: &mpsc::Sender<Buffered>,
+) -> Option<ResponsePermit> {
+    let caller = reader.caller.id.to_string();
+    loop {
+        if tx.is_closed()
+            || *service.shutdown.borrow()
+            || reader.revocations.is_revoked(&reader.caller.serial)
+        {
+            return None;
+        }
+        // Each attempt waits up to `admission::RESPONSE_WAIT`; a stream has no caller to refuse.
+        if let Ok(permit) = service.responses.reserve(&caller, bytes).await {
+            return Some(permit);
+        }
+    }
 }
 
 /// The share of a stream's buffer bytes that a message takes: its body's length (the decoded
@@ -150,8 +217,18 @@ async fn follow(
                 last = sequence;
                 continue;
             };
-            // Room in the buffer first, the body after: a task waiting on a stalled client
-            // holds no message.
+            // Room in the caller's budget and in the buffer first, the body after: a task
+            // waiting on a stalled client holds no message.
+            let answer = record.body_len.saturating_add(super::ANSWER_OVERHEAD);
+            let permit = reserve(service, reader, answer, tx).await;
+            // The wait may have been long: a certificate revoked meanwhile gets nothing more.
+            if reader.revocations.is_revoked(&reader.caller.serial) {
+                warn!(agency = %agency, serial = %reader.caller.serial, "inbox stream ended: certificate revoked");
+                return Err(ExchangeError::Unauthenticated(IdentityError::Revoked));
+            }
+            let Some(permit) = permit else {
+                return Ok(());
+            };
             let Ok(share) = Arc::clone(bytes)
                 .acquire_many_owned(buffer_share(&record))
                 .await
@@ -169,7 +246,7 @@ async fn follow(
                 sequence,
                 message: Some(message),
             };
-            slot.send(Ok((Box::new(response), share)));
+            slot.send(Ok((Box::new(response), share, permit)));
             reader.progress.delivered(sequence);
             service
                 .store

@@ -10,7 +10,7 @@ mod inbox;
 mod threads;
 pub mod validate;
 
-use crate::admission::StreamLimits;
+use crate::admission::{ResponseBudget, ResponseBudgetSpent, ResponsePermit, StreamLimits};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -106,6 +106,9 @@ pub enum ExchangeError {
         /// Its stream limit.
         limit: usize,
     },
+    /// The caller's (or the exchange's) budget of answers not yet read is spent.
+    #[error("{0}")]
+    ResponsesUnread(ResponseBudgetSpent),
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -113,7 +116,14 @@ pub enum ExchangeError {
 
 impl audit::Refusal for ExchangeError {
     fn is_refusal(&self) -> bool {
-        !matches!(self, ExchangeError::Store(_) | ExchangeError::ShuttingDown)
+        // A spent response budget is load, not a decision about the caller: recording each
+        // one would let a slow reader grow the permanent log.
+        !matches!(
+            self,
+            ExchangeError::Store(_)
+                | ExchangeError::ShuttingDown
+                | ExchangeError::ResponsesUnread(_)
+        )
     }
 }
 
@@ -149,6 +159,9 @@ impl From<ExchangeError> for Status {
             ExchangeError::TooManyStreams { .. } => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
+            ExchangeError::ResponsesUnread(_) => {
+                crate::admission::exhausted(err.to_string(), crate::admission::RESPONSE_RETRY)
+            }
             ExchangeError::ShuttingDown => crate::errors::shutting_down(),
             ExchangeError::Store(e) => crate::errors::store_failure(&e),
         }
@@ -168,6 +181,8 @@ pub struct ExchangeService {
     directory: Arc<Directory>,
     limits: Limits,
     streams: StreamLimits,
+    /// Bytes of `GetMessage` answers not yet sent, per caller and in total.
+    responses: Arc<ResponseBudget>,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 }
@@ -186,6 +201,7 @@ impl ExchangeService {
             store,
             directory,
             streams: StreamLimits::new(&limits, Arc::clone(&metrics)),
+            responses: ResponseBudget::new(&limits),
             limits,
             shutdown,
             metrics,
@@ -516,16 +532,27 @@ impl ExchangeService {
     async fn get(
         &self,
         request: Request<GetMessageRequest>,
-    ) -> Result<GetMessageResponse, ExchangeError> {
+    ) -> Result<(GetMessageResponse, ResponsePermit), ExchangeError> {
         let (caller, agency) = self.require_agency(&request)?;
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         let record = self.readable(&agency, &id)?;
+        // Room for the answer before its body is read: a caller that does not read its answers
+        // holds at most its share of the server's memory (see `admission::ResponseBudget`).
+        let permit = self
+            .responses
+            .reserve(
+                &caller.id.to_string(),
+                record.body_len.saturating_add(ANSWER_OVERHEAD),
+            )
+            .await
+            .map_err(ExchangeError::ResponsesUnread)?;
         // The read is on record before the content leaves the exchange.
         let event = audit::message_event(AuditAction::MessageRead, Some(&caller), &record);
         self.store.record(vec![event]).await?;
-        Ok(GetMessageResponse {
+        let response = GetMessageResponse {
             message: Some(self.to_message(record)?),
-        })
+        };
+        Ok((response, permit))
     }
 
     fn delivery_status(
@@ -627,6 +654,19 @@ impl ExchangeService {
     }
 }
 
+/// The response of an answer and the room reserved for it: the permit rides in the response's
+/// extensions until its body is sent or dropped (`admission::ResponseBytesLayer`).
+fn with_permit<T>(answer: Response<(T, ResponsePermit)>) -> Response<T> {
+    let (message, permit) = answer.into_inner();
+    let mut response = Response::new(message);
+    response.extensions_mut().insert(permit);
+    response
+}
+
+/// What an answer carrying a message takes besides its body: the record's other fields, at most
+/// a few KiB, and the gRPC framing, rounded up generously.
+const ANSWER_OVERHEAD: u64 = 64 * 1024;
+
 /// What `commit` needs besides the record.
 struct NewCommit<'a> {
     client_message_id: &'a str,
@@ -720,14 +760,15 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GetMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.get(request).await;
-        audit::answer(
+        let answer = audit::answer(
             &self.store,
             "puente.v1.ExchangeService",
             "GetMessage",
             peer,
             result,
         )
-        .await
+        .await?;
+        Ok(with_permit(answer))
     }
 
     #[instrument(skip(self, request))]
@@ -874,13 +915,14 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<ListThreadResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.thread(request).await;
-        audit::answer(
+        let answer = audit::answer(
             &self.store,
             "puente.v1.ExchangeService",
             "ListThread",
             peer,
             result,
         )
-        .await
+        .await?;
+        Ok(with_permit(answer))
     }
 }

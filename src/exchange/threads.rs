@@ -7,6 +7,7 @@ use tonic::Request;
 
 use super::validate::MessageId;
 use super::{is_party, ExchangeError, ExchangeService};
+use crate::admission::ResponsePermit;
 use crate::identity::AgencyId;
 use crate::pb::v1::{ListThreadRequest, ListThreadResponse};
 use crate::store::records::{keys, MessageRecord};
@@ -83,8 +84,8 @@ impl ExchangeService {
     pub(super) async fn thread(
         &self,
         request: Request<ListThreadRequest>,
-    ) -> Result<ListThreadResponse, ExchangeError> {
-        let (_, agency) = self.require_agency(&request)?;
+    ) -> Result<(ListThreadResponse, ResponsePermit), ExchangeError> {
+        let (caller, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
         let mut records = Vec::new();
         match (
@@ -150,10 +151,20 @@ impl ExchangeService {
         records.sort_by(|a, b| {
             (a.created_at_micros, &a.message_id).cmp(&(b.created_at_micros, &b.message_id))
         });
+        // Room for the answer before any body is read, as for GetMessage. A thread larger than
+        // the caller's budget takes all of it and goes alone.
+        let bytes = records.iter().fold(0u64, |sum, record| {
+            sum.saturating_add(record.body_len.saturating_add(super::ANSWER_OVERHEAD))
+        });
+        let permit = self
+            .responses
+            .reserve(&caller.id.to_string(), bytes)
+            .await
+            .map_err(ExchangeError::ResponsesUnread)?;
         let messages = records
             .into_iter()
             .map(|record| self.to_message(record))
             .collect::<Result<_, _>>()?;
-        Ok(ListThreadResponse { messages })
+        Ok((ListThreadResponse { messages }, permit))
     }
 }
