@@ -4,8 +4,11 @@
 //! inbox streams; a call over either limit is answered `RESOURCE_EXHAUSTED` with a retry delay,
 //! so a flood from one agency leaves the others their share. Refused TLS handshakes are
 //! recorded in the audit log one by one only up to a rate per remote address; the rest are
-//! counted into the next entry. (The global connection limit is enforced where connections are
-//! accepted, in `server`.)
+//! counted into the next entry. Who may hold a connection — handshakes in progress,
+//! established connections per identity, idle connections — is decided by [`connections`],
+//! where `server` accepts them.
+
+pub mod connections;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

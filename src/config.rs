@@ -27,8 +27,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_RECIPIENTS: usize = 64;
 /// Most attachments one message may carry.
 pub const DEFAULT_MAX_ATTACHMENTS: usize = 32;
-/// How long a client may take to complete the TLS handshake.
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a client may take to complete the TLS handshake: a few round trips take well under
+/// a second, and a handshake in progress holds a place of the small handshake budget.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// How long shutdown waits for in-flight calls before exiting anyway.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Identifiers one agency may query per hour.
@@ -39,8 +40,18 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 5_000;
 pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
 /// Inbox streams one agency may have open at once.
 pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
-/// TLS connections the server holds at once, handshakes included.
+/// Established TLS connections the server holds at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+/// TLS handshakes in progress at once, apart from established connections.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// TLS handshakes in progress at once from one source address (IPv6: one /64).
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+/// Established connections one identity may hold: 64 identities at this cap fill
+/// `DEFAULT_MAX_CONNECTIONS`, more than the ~42 agencies and their auditors and admins.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 16;
+/// How long a connection may have no call open before it is closed (clients reconnect on
+/// their next call; an open inbox stream is a call).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 /// Longest life of a connection, so none lives on an old handshake forever.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 /// How often the retention sweeper looks for messages to erase.
@@ -80,8 +91,19 @@ pub struct Config {
     pub max_connection_age_secs: u64,
     /// Identifiers one agency may look up with MatchService.Query per hour.
     pub match_query_quota_per_hour: u64,
-    /// TLS connections held at once (handshakes included); more are closed on accept.
+    /// Established TLS connections held at once; more are closed once their handshake ends.
     pub max_connections: usize,
+    /// TLS handshakes in progress at once, apart from `max_connections`; when full, a new
+    /// connection takes the place of a silent or crowded one (see `admission::connections`).
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one source address (IPv6: one /64); more are
+    /// closed on accept.
+    pub max_handshakes_per_address: usize,
+    /// Established connections one identity (SPIFFE ID) may hold; more are closed once their
+    /// handshake ends. Connections whose certificate names no usable identity share one cap.
+    pub max_connections_per_identity: usize,
+    /// Milliseconds a connection may have no call open before the server closes it.
+    pub idle_timeout_ms: u64,
     /// When message content is erased.
     pub retention: Retention,
 }
@@ -296,6 +318,10 @@ impl Default for Config {
             max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
             match_query_quota_per_hour: DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             retention: Retention::default(),
         }
     }
@@ -359,6 +385,15 @@ impl Config {
         if self.max_connections == 0 {
             return invalid("max_connections must be positive");
         }
+        if self.max_handshakes == 0 || self.max_handshakes_per_address == 0 {
+            return invalid("max_handshakes and max_handshakes_per_address must be positive");
+        }
+        if self.max_connections_per_identity == 0 {
+            return invalid("max_connections_per_identity must be positive");
+        }
+        if self.idle_timeout_ms < 100 {
+            return invalid("idle_timeout_ms must be at least 100");
+        }
         if self.max_connection_age_secs < 10 {
             return invalid("max_connection_age_secs must be at least 10");
         }
@@ -385,6 +420,11 @@ impl Config {
     /// The handshake timeout as a `Duration`.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle-connection timeout as a `Duration`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 
     /// The maximum connection age as a `Duration`.

@@ -56,6 +56,8 @@ pub struct Peer {
     pub remote_addr: Option<SocketAddr>,
     /// The revocations in force, checked on every call of the connection.
     pub revocations: Arc<Revocations>,
+    /// The calls open on the connection, for its idle timeout.
+    pub activity: Arc<crate::admission::connections::Activity>,
 }
 
 /// Serials (lower-case hex) of revoked client certificates, shared by every connection so a

@@ -21,13 +21,16 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tracing::{debug, error, info, warn};
 
+use crate::admission::connections::{
+    Activity, ConnectionLimits, ConnectionSlot, IdleLayer, IdleTimer, Refused,
+};
 use crate::admission::RateLimits;
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
@@ -60,6 +63,8 @@ const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const STALE_CRL_REPORT_INTERVAL: Duration = Duration::from_secs(600);
 /// Agencies connecting with a certificate closer than this to expiry are logged.
 const EXPIRY_WARNING_DAYS: i64 = 14;
+/// The identity under which connections whose certificate names no usable one are capped.
+const NO_IDENTITY: &str = "(no usable identity)";
 /// How often reaching the connection limit is logged again.
 const CONNECTIONS_FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Time calls get to finish once a connection reached its maximum age.
@@ -244,6 +249,7 @@ pub async fn run_with_metrics(
     };
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
     let serve = server_builder(&config)
+        .layer(IdleLayer)
         .layer(RpcLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -309,6 +315,7 @@ pub async fn run_echo(
     let incoming = accept_loop(listener, tls, None, &config, Arc::default());
     info!(trust_domain = %config.trust_domain, "serving the bench echo service");
     server_builder(&config)
+        .layer(IdleLayer)
         .add_service(EchoServiceServer::new(Echo).max_decoding_message_size(max_frame(&config)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -371,8 +378,9 @@ fn max_frame(config: &Config) -> usize {
 
 /// Accepts TCP connections and completes each TLS handshake in its own task, so a slow or silent
 /// client stalls nobody. Yields connections whose handshake succeeded. Refused handshakes are
-/// recorded in the audit log of `store`, when there is one. At most `config.max_connections`
-/// connections (handshakes included) are held at once; one more is closed as it is accepted.
+/// recorded in the audit log of `store`, when there is one. Handshakes in progress and
+/// established connections are held under separate limits (see `admission::connections`): a
+/// connection that has not finished its handshake never takes the place of one that has.
 fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
@@ -383,8 +391,8 @@ fn accept_loop(
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let trust_domain: Arc<str> = config.trust_domain.as_str().into();
     let handshake_timeout = config.handshake_timeout();
-    let max_connections = config.max_connections;
-    let connections = Arc::new(Semaphore::new(max_connections));
+    let idle_timeout = config.idle_timeout();
+    let limits = ConnectionLimits::new(config);
     let handshake_records = RateLimits::handshake_records();
     tokio::spawn(async move {
         let mut full_reported_at: Option<tokio::time::Instant> = None;
@@ -402,16 +410,19 @@ fn accept_loop(
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
-                if full_reported_at
-                    .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
-                {
-                    full_reported_at = Some(tokio::time::Instant::now());
-                    warn!(%remote_addr, max_connections, "connection limit reached: closing new connections (raise max_connections if this load is legitimate)");
+            let mut slot = match limits.begin_handshake(remote_addr.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
+                    if full_reported_at
+                        .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
+                    {
+                        full_reported_at = Some(tokio::time::Instant::now());
+                        warn!(%remote_addr, "{refused}");
+                    }
+                    drop(tcp);
+                    continue;
                 }
-                drop(tcp);
-                continue;
             };
             let _ = tcp.set_nodelay(true);
             // The configuration in force now: a CRL or certificate applied later reaches the
@@ -420,12 +431,40 @@ fn accept_loop(
             let revocations = tls.revocations();
             let (tx, trust_domain, store) = (tx.clone(), Arc::clone(&trust_domain), store.clone());
             let handshake_records = Arc::clone(&handshake_records);
-            let metrics = Arc::clone(&metrics);
+            let (metrics, limits) = (Arc::clone(&metrics), Arc::clone(&limits));
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let displaced = slot.displaced();
+                let handshake = async {
+                    // Until its first bytes, a socket is the first to give its place away.
+                    if tcp.readable().await.is_ok() {
+                        slot.spoke();
+                    }
+                    acceptor.accept(tcp).await
+                };
+                let outcome = tokio::select! {
+                    outcome = tokio::time::timeout(handshake_timeout, handshake) => outcome,
+                    () = displaced => {
+                        metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
+                        debug!(%remote_addr, "{}", Refused::Displaced);
+                        return;
+                    }
+                };
+                drop(slot);
+                match outcome {
                     Ok(Ok(stream)) => {
                         let caller = identify(&stream, &trust_domain);
                         log_connection(&caller, remote_addr);
+                        let identity = caller
+                            .as_ref()
+                            .map_or_else(|_| NO_IDENTITY.to_string(), |c| c.id.to_string());
+                        let place = match limits.establish(&identity) {
+                            Ok(place) => place,
+                            Err(refused) => {
+                                metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
+                                warn!(%remote_addr, caller = %identity, "{refused}");
+                                return;
+                            }
+                        };
                         let agency = match &caller {
                             Ok(caller) => metrics.agency_connected(caller),
                             Err(_) => {
@@ -433,15 +472,18 @@ fn accept_loop(
                                 None
                             }
                         };
+                        let activity = Arc::new(Activity::default());
                         let peer = Peer {
                             caller,
                             remote_addr: Some(remote_addr),
                             revocations,
+                            activity: Arc::clone(&activity),
                         };
                         let connection = TlsConnection {
                             stream,
                             peer,
-                            _permit: permit,
+                            idle: IdleTimer::new(activity, idle_timeout),
+                            _place: place,
                             _agency: agency,
                         };
                         let _ = tx.send(Ok(connection)).await;
@@ -555,8 +597,10 @@ fn identify(
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: Peer,
-    /// This connection's place under the connection limit, given back when it is dropped.
-    _permit: OwnedSemaphorePermit,
+    /// Closes the connection once it has had no call open for the idle timeout.
+    idle: IdleTimer,
+    /// This connection's place under the connection limits, given back when it is dropped.
+    _place: ConnectionSlot,
     /// An agency's connection, counted for the certificate expiry metric while it is open.
     _agency: Option<ConnectionGuard>,
 }
@@ -575,7 +619,12 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        // Reading nothing is the end of the stream: hyper closes the connection.
+        if this.idle.poll_expired(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 

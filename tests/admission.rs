@@ -180,7 +180,9 @@ async fn silent_sockets(from: IpAddr, to: SocketAddr, stop: Arc<AtomicBool>) -> 
     let mut opened = 0;
     while !stop.load(Ordering::Relaxed) {
         let socket = TcpSocket::new_v4().expect("socket");
-        socket.bind(SocketAddr::new(from, 0)).expect("bind 127.0.0.N");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind 127.0.0.N");
         let Ok(mut tcp) = socket.connect(to).await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -228,6 +230,9 @@ async fn silent_sockets_never_keep_a_fresh_agency_out() {
     let server = TestServer::spawn_with(&pki, |config| {
         config.max_connections = 16;
         config.handshake_timeout_ms = 1_000;
+        // 12 addresses × 4 = 48 handshakes wanted, over a budget of 32.
+        config.max_handshakes = 32;
+        config.max_handshakes_per_address = 4;
     })
     .await;
     server.register(&pki, "ES-CNP", Region::Eu).await;
@@ -272,6 +277,8 @@ async fn idle_connections_of_one_identity_leave_room_for_others_and_are_closed()
     let pki = TestPki::new();
     let server = TestServer::spawn_with(&pki, |config| {
         config.max_connections = 4;
+        config.max_connections_per_identity = 2;
+        config.idle_timeout_ms = 1_000;
     })
     .await;
     server.register(&pki, "ES-CNP", Region::Eu).await;
@@ -307,4 +314,28 @@ async fn idle_connections_of_one_identity_leave_room_for_others_and_are_closed()
             .expect("a place freed by the idle timeout");
         fresh.push(client);
     }
+}
+
+/// An open inbox stream is a call: its connection is not closed by the idle timeout, and a
+/// message sent long after the timeout still arrives on it.
+#[tokio::test]
+async fn a_connection_with_an_open_inbox_stream_is_not_idle() {
+    let pki = TestPki::new();
+    let server = TestServer::spawn_with(&pki, |config| config.idle_timeout_ms = 300).await;
+    server.register(&pki, "ES-CNP", Region::Eu).await;
+    server.register(&pki, "CO-DIJIN", Region::Celac).await;
+    let mut reader = pki.agency_client("CO-DIJIN", server.addr).await;
+    let mut stream = open_inbox(&mut reader, 0).await;
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut sender = pki.agency_client("ES-CNP", server.addr).await;
+    sender
+        .send_message(message("after-the-idle-timeout", &["CO-DIJIN"]))
+        .await
+        .expect("send");
+    let entry = next_entry(&mut stream).await;
+    assert_eq!(
+        entry.message.expect("message").subject,
+        message("after-the-idle-timeout", &["CO-DIJIN"]).subject
+    );
 }

@@ -333,6 +333,8 @@ impl Pki {
                 request_burst: u32::MAX,
                 ..Limits::default()
             },
+            // One sender identity carries many connections.
+            max_connections_per_identity: crate::config::DEFAULT_MAX_CONNECTIONS,
             // Servers of one run come and go in this process: the default port would clash
             // with a server running on this machine. The per-call metrics are still recorded.
             metrics_listen: MetricsListen::Off,
@@ -372,6 +374,7 @@ impl Identity {
             caller: Ok(Arc::new(caller)),
             remote_addr: None,
             revocations: Arc::new(Revocations::default()),
+            activity: Arc::default(),
         })
     }
 }
