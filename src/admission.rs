@@ -2,13 +2,14 @@
 //! has a token bucket of requests (refill `limits.requests_per_second`, capacity
 //! `limits.request_burst`), and each agency at most `limits.inbox_streams_per_agency` open
 //! inbox streams; a call over either limit is answered `RESOURCE_EXHAUSTED` with a retry delay,
-//! so a flood from one agency leaves the others their share. Refused TLS handshakes are
-//! recorded in the audit log one by one only up to a rate per remote address; the rest are
-//! counted into the next entry. Who may hold a connection — handshakes in progress,
+//! so a flood from one agency leaves the others their share. What callers and outsiders can
+//! add to the audit log and the server's log (refused handshakes, audited calls, warnings) is
+//! budgeted by [`records`]. Who may hold a connection — handshakes in progress,
 //! established connections per identity, idle connections — is decided by [`connections`],
 //! where `server` accepts them.
 
 pub mod connections;
+pub mod records;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -75,6 +76,17 @@ impl RateLimits {
         )
     }
 
+    /// A rate of `per_minute` per key, after a burst of `burst`.
+    #[must_use]
+    pub fn per_minute(per_minute: u32, burst: u32, warning: &'static str) -> Arc<RateLimits> {
+        Arc::new(RateLimits {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst),
+            warning,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
     fn with_rate(per_second: u32, burst: u32, warning: &'static str) -> Arc<RateLimits> {
         Arc::new(RateLimits {
             per_second: f64::from(per_second),
@@ -119,7 +131,7 @@ impl RateLimits {
             .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
         {
             bucket.warned = Some(now);
-            tracing::warn!(key, per_second = self.per_second, "{}", self.warning);
+            crate::budgeted_warn!(key, per_second = self.per_second, "{}", self.warning);
         }
         Err(wait)
     }

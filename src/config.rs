@@ -40,6 +40,17 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 5_000;
 pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
 /// Inbox streams one agency may have open at once.
 pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
+/// Audited calls (reads, audit queries, refusals) one caller may make per minute after its
+/// burst: one a second, 86,400 entries a day at most.
+pub const DEFAULT_AUDITED_CALLS_PER_MINUTE: u32 = 60;
+/// Audited calls one caller may make at once after a quiet spell: room to read a backlog.
+pub const DEFAULT_AUDITED_CALL_BURST: u32 = 1_000;
+/// Refused TLS handshakes recorded one by one per minute, all addresses together, after the
+/// burst; the others are counted in aggregate entries under the same budget.
+pub const DEFAULT_REFUSED_HANDSHAKE_RECORDS_PER_MINUTE: u32 = 6;
+/// Refused TLS handshakes recorded one by one, all addresses together, before the rate
+/// applies.
+pub const DEFAULT_REFUSED_HANDSHAKE_RECORD_BURST: u32 = 100;
 /// Established TLS connections the server holds at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// TLS handshakes in progress at once, apart from established connections.
@@ -244,6 +255,17 @@ pub struct Limits {
     pub request_burst: u32,
     /// Inbox streams one agency may have open at once.
     pub inbox_streams_per_agency: usize,
+    /// Calls one caller may make per minute that append an audit entry on its behalf (each
+    /// GetMessage read, each AuditService query, each refused call), after its burst; more are
+    /// answered `RESOURCE_EXHAUSTED` with a retry delay and append nothing.
+    pub audited_calls_per_minute: u32,
+    /// Audited calls one caller may make at once after a quiet spell.
+    pub audited_call_burst: u32,
+    /// Refused TLS handshakes recorded one by one per minute, all source addresses together,
+    /// after the burst; the others are counted in aggregate entries within the same budget.
+    pub refused_handshake_records_per_minute: u32,
+    /// Refused TLS handshakes recorded one by one before the rate applies.
+    pub refused_handshake_record_burst: u32,
 }
 
 /// How a client reaches the exchange and who it is: one entry of a profiles file
@@ -296,6 +318,10 @@ impl Default for Limits {
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             request_burst: DEFAULT_REQUEST_BURST,
             inbox_streams_per_agency: DEFAULT_INBOX_STREAMS_PER_AGENCY,
+            audited_calls_per_minute: DEFAULT_AUDITED_CALLS_PER_MINUTE,
+            audited_call_burst: DEFAULT_AUDITED_CALL_BURST,
+            refused_handshake_records_per_minute: DEFAULT_REFUSED_HANDSHAKE_RECORDS_PER_MINUTE,
+            refused_handshake_record_burst: DEFAULT_REFUSED_HANDSHAKE_RECORD_BURST,
         }
     }
 }
@@ -381,6 +407,16 @@ impl Config {
         }
         if self.limits.inbox_streams_per_agency == 0 {
             return invalid("limits.inbox_streams_per_agency must be positive");
+        }
+        if self.limits.audited_calls_per_minute == 0 || self.limits.audited_call_burst == 0 {
+            return invalid(
+                "limits.audited_calls_per_minute and limits.audited_call_burst must be positive",
+            );
+        }
+        if self.limits.refused_handshake_records_per_minute == 0
+            || self.limits.refused_handshake_record_burst == 0
+        {
+            return invalid("limits.refused_handshake_records_per_minute and limits.refused_handshake_record_burst must be positive");
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be positive");

@@ -31,10 +31,14 @@ use tracing::{debug, error, info, warn};
 use crate::admission::connections::{
     Activity, ConnectionLimits, ConnectionSlot, IdleLayer, IdleTimer, Refused,
 };
+use crate::admission::records::{
+    AuditBudget, HandshakeRecord, HandshakeRecords, AGGREGATE_INTERVAL,
+};
 use crate::admission::RateLimits;
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::bench::Echo;
+use crate::budgeted_warn;
 use crate::config::{Config, ConfigError, MetricsListen};
 use crate::directory::service::AdminService;
 use crate::directory::{Directory, DirectoryError};
@@ -393,7 +397,15 @@ fn accept_loop(
     let handshake_timeout = config.handshake_timeout();
     let idle_timeout = config.idle_timeout();
     let limits = ConnectionLimits::new(config);
-    let handshake_records = RateLimits::handshake_records();
+    let handshake_records = HandshakeRecords::new(&config.limits);
+    let audit_budget = Arc::new(AuditBudget::new(&config.limits));
+    if let Some(store) = &store {
+        tokio::spawn(record_aggregates(
+            Arc::clone(&handshake_records),
+            Arc::clone(store),
+            tx.clone(),
+        ));
+    }
     tokio::spawn(async move {
         let mut full_reported_at: Option<tokio::time::Instant> = None;
         loop {
@@ -418,7 +430,7 @@ fn accept_loop(
                         .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
                     {
                         full_reported_at = Some(tokio::time::Instant::now());
-                        warn!(%remote_addr, "{refused}");
+                        budgeted_warn!(%remote_addr, "{refused}");
                     }
                     drop(tcp);
                     continue;
@@ -432,6 +444,7 @@ fn accept_loop(
             let (tx, trust_domain, store) = (tx.clone(), Arc::clone(&trust_domain), store.clone());
             let handshake_records = Arc::clone(&handshake_records);
             let (metrics, limits) = (Arc::clone(&metrics), Arc::clone(&limits));
+            let audit_budget = Arc::clone(&audit_budget);
             tokio::spawn(async move {
                 let displaced = slot.displaced();
                 let handshake = async {
@@ -461,7 +474,7 @@ fn accept_loop(
                             Ok(place) => place,
                             Err(refused) => {
                                 metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
-                                warn!(%remote_addr, caller = %identity, "{refused}");
+                                budgeted_warn!(%remote_addr, caller = %identity, "{refused}");
                                 return;
                             }
                         };
@@ -478,6 +491,7 @@ fn accept_loop(
                             remote_addr: Some(remote_addr),
                             revocations,
                             activity: Arc::clone(&activity),
+                            audit_budget,
                         };
                         let connection = TlsConnection {
                             stream,
@@ -490,30 +504,53 @@ fn accept_loop(
                     }
                     Ok(Err(e)) => {
                         metrics.handshake_failed(HandshakeFailure::of(&e));
-                        warn!(%remote_addr, error = %e, "TLS handshake refused");
-                        let record = handshake_records.admit(&remote_addr.ip().to_string());
-                        if let (Some(store), Ok(unrecorded)) = (store, record) {
+                        budgeted_warn!(%remote_addr, error = %e, "TLS handshake refused");
+                        let record = handshake_records.refused(remote_addr.ip());
+                        if let (Some(store), HandshakeRecord::One) = (store, record) {
                             let mut event = audit::event(AuditAction::HandshakeRefused, None);
                             event.remote_address = remote_addr.to_string();
-                            event.reason = if unrecorded == 0 {
-                                e.to_string()
-                            } else {
-                                format!("{e} ({unrecorded} earlier refused handshakes from this address were not recorded one by one)")
-                            };
+                            event.reason = e.to_string();
                             if store.record_later(event).await.is_err() {
-                                warn!("store closed: refused handshake not recorded");
+                                debug!("store closed: refused handshake not recorded");
                             }
                         }
                     }
                     Err(_) => {
                         metrics.handshake_failed(HandshakeFailure::Timeout);
-                        warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out");
+                        budgeted_warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out");
                     }
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Records the refused handshakes left out of the audit log one by one, as aggregate entries
+/// within the same budget, until the accept loop's consumer is gone.
+async fn record_aggregates(
+    records: Arc<HandshakeRecords>,
+    store: Arc<Store>,
+    accepted: mpsc::Sender<io::Result<TlsConnection>>,
+) {
+    let mut ticks = tokio::time::interval(AGGREGATE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = accepted.closed() => return,
+        }
+        let Some(aggregate) = records.take_aggregate() else {
+            continue;
+        };
+        let mut event = audit::event(AuditAction::HandshakeRefused, None);
+        event.reason = format!(
+            "{} refused TLS handshakes from {} addresses were not recorded one by one (over the budget of refused-handshake entries)",
+            aggregate.refused, aggregate.addresses
+        );
+        if store.record_later(event).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: SocketAddr) {
@@ -525,7 +562,9 @@ fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: Sock
                 warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");
             }
         }
-        Err(e) => warn!(%remote_addr, error = %e, "client certificate names no usable identity"),
+        Err(e) => {
+            budgeted_warn!(%remote_addr, error = %e, "client certificate names no usable identity")
+        }
     }
 }
 

@@ -30,7 +30,13 @@ fn warn_lines(text: &str) -> usize {
 
 /// A mutual-TLS connection attempt from source address `from` with a certificate the server
 /// does not trust; the server refuses the handshake.
-async fn refused_handshake(from: IpAddr, cert: &str, key: &str, ca: &str, addr: std::net::SocketAddr) {
+async fn refused_handshake(
+    from: IpAddr,
+    cert: &str,
+    key: &str,
+    ca: &str,
+    addr: std::net::SocketAddr,
+) {
     let tls = ClientTlsConfig::new()
         .domain_name("localhost")
         .ca_certificate(Certificate::from_pem(ca))
@@ -81,6 +87,10 @@ async fn a_handshake_flood_from_many_addresses_adds_a_bounded_number_of_entries_
     // Defaults: 100 entries one by one, then 6 a minute, aggregates included; the auditor's
     // own two queries of the second measurement are entries too.
     let entries = after - before - 2;
+    eprintln!(
+        "1000 refused handshakes from 40 addresses in {:.1} s: {entries} audit entries, {lines} WARN lines",
+        minutes * 60.0
+    );
     let entry_bound = 100 + (6.0 * minutes).ceil() as u64 + 1;
     assert!(
         entries <= entry_bound,
@@ -102,18 +112,17 @@ async fn a_handshake_flood_from_many_addresses_adds_a_bounded_number_of_entries_
 #[tokio::test]
 async fn an_agency_hammering_refused_and_audited_calls_adds_at_most_its_budget() {
     let pki = TestPki::new();
-    let server = TestServer::spawn_with(&pki, |_config| {
-        // config.limits.audited_calls_per_minute = 60;
-        // config.limits.audited_call_burst = 20;
+    let server = TestServer::spawn_with(&pki, |config| {
+        config.limits.audited_calls_per_minute = 60;
+        config.limits.audited_call_burst = 20;
     })
     .await;
     server.register(&pki, "ES-CNP", Region::Eu).await;
     let mut auditor =
         AuditServiceClient::new(pki.client_for(&auditor_spiffe("watch"), server.addr).await);
     let channel = pki.client_for(&agency_spiffe("ES-CNP"), server.addr).await;
-    let mut exchange = puente::pb::v1::exchange_service_client::ExchangeServiceClient::new(
-        channel.clone(),
-    );
+    let mut exchange =
+        puente::pb::v1::exchange_service_client::ExchangeServiceClient::new(channel.clone());
     let mut audit = AuditServiceClient::new(channel);
     let before = log_size(&mut auditor).await;
 
@@ -128,7 +137,10 @@ async fn an_agency_hammering_refused_and_audited_calls_adds_at_most_its_budget()
                 })
                 .await
                 .map(drop),
-            audit.get_checkpoint(GetCheckpointRequest {}).await.map(drop),
+            audit
+                .get_checkpoint(GetCheckpointRequest {})
+                .await
+                .map(drop),
         ];
         for answer in answers {
             if let Err(status) = answer {
@@ -142,6 +154,7 @@ async fn an_agency_hammering_refused_and_audited_calls_adds_at_most_its_budget()
     let after = log_size(&mut auditor).await;
 
     let entries = after - before - 2;
+    eprintln!("600 refused reads and audited queries in {seconds:.1} s: {entries} audit entries");
     let bound = 20 + seconds.ceil() as u64;
     assert!(
         entries <= bound,

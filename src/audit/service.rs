@@ -62,6 +62,9 @@ pub enum AuditServiceError {
     /// Signing failed.
     #[error(transparent)]
     Log(#[from] AuditError),
+    /// The caller is over its budget of audited calls: `RESOURCE_EXHAUSTED` with a retry delay.
+    #[error("{}", .0.message())]
+    OverBudget(Status),
 }
 
 impl From<AuditServiceError> for Status {
@@ -78,6 +81,7 @@ impl From<AuditServiceError> for Status {
             AuditServiceError::Store(e) => crate::errors::store_failure(&e),
             AuditServiceError::Merkle(e) => crate::errors::internal(&e),
             AuditServiceError::Log(e) => crate::errors::internal(&e),
+            AuditServiceError::OverBudget(status) => status,
         }
     }
 }
@@ -121,6 +125,9 @@ impl AuditService {
         details: String,
     ) -> Result<Reader, AuditServiceError> {
         let store = self.log.store();
+        // Every query is an entry, refused or not: charged to the caller first.
+        crate::admission::records::charge(request.extensions().get::<Peer>())
+            .map_err(AuditServiceError::OverBudget)?;
         let reader = match self.authorize(request) {
             Ok(reader) => reader,
             Err(err) => {

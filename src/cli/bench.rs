@@ -375,6 +375,7 @@ impl Identity {
             remote_addr: None,
             revocations: Arc::new(Revocations::default()),
             activity: Arc::default(),
+            audit_budget: Arc::default(),
         })
     }
 }
