@@ -544,8 +544,10 @@ async fn record_aggregates(
         };
         let mut event = audit::event(AuditAction::HandshakeRefused, None);
         event.reason = format!(
-            "{} refused TLS handshakes from {} addresses were not recorded one by one (over the budget of refused-handshake entries)",
-            aggregate.refused, aggregate.addresses
+            "{} refused TLS handshakes from {} address{} were not recorded one by one (over the budget of refused-handshake entries)",
+            aggregate.refused,
+            aggregate.addresses,
+            if aggregate.addresses == 1 { "" } else { "es" }
         );
         if store.record_later(event).await.is_err() {
             return;
