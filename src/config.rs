@@ -41,8 +41,8 @@ pub const DEFAULT_REQUEST_BURST: u32 = 10_000;
 /// Inbox streams one agency may have open at once.
 pub const DEFAULT_INBOX_STREAMS_PER_AGENCY: usize = 16;
 /// Audited calls (reads, audit queries, refusals) one caller may make per minute after its
-/// burst: one a second, 86,400 entries a day at most.
-pub const DEFAULT_AUDITED_CALLS_PER_MINUTE: u32 = 60;
+/// burst: with the burst, at most 15,400 entries (about 15 MB on disk) per caller per day.
+pub const DEFAULT_AUDITED_CALLS_PER_MINUTE: u32 = 10;
 /// Audited calls one caller may make at once after a quiet spell: room to read a backlog.
 pub const DEFAULT_AUDITED_CALL_BURST: u32 = 1_000;
 /// Refused TLS handshakes recorded one by one per minute, all addresses together, after the

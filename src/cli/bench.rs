@@ -331,6 +331,9 @@ impl Pki {
             limits: Limits {
                 requests_per_second: u32::MAX,
                 request_burst: u32::MAX,
+                // Each timed proof is an audited query.
+                audited_calls_per_minute: u32::MAX,
+                audited_call_burst: u32::MAX,
                 ..Limits::default()
             },
             // One sender identity carries many connections.
