@@ -198,7 +198,7 @@ impl StreamLimits {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(agency.to_string()).or_default();
         if *count >= self.per_agency {
-            tracing::warn!(
+            crate::budgeted_warn!(
                 agency,
                 limit = self.per_agency,
                 "inbox stream refused: agency at its stream limit"

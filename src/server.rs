@@ -417,7 +417,7 @@ fn accept_loop(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    budgeted_warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -561,7 +561,7 @@ fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: Sock
             let days_left = (caller.not_after - crate::store::now_micros() / 1_000_000) / 86_400;
             debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated");
             if days_left < EXPIRY_WARNING_DAYS {
-                warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");
+                budgeted_warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");
             }
         }
         Err(e) => {
