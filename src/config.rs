@@ -105,10 +105,11 @@ pub struct Config {
     /// Established TLS connections held at once; more are closed once their handshake ends.
     pub max_connections: usize,
     /// TLS handshakes in progress at once, apart from `max_connections`; when full, a new
-    /// connection takes the place of a silent or crowded one (see `admission::connections`).
+    /// connection takes the place of a silent, stalled or crowded one (see
+    /// `admission::connections`).
     pub max_handshakes: usize,
-    /// TLS handshakes in progress at once from one source address (IPv6: one /64); more are
-    /// closed on accept.
+    /// TLS handshakes in progress at once from one source address (IPv6: one /64); a new one
+    /// takes the place of a silent or stalled one of that address, else it is closed.
     pub max_handshakes_per_address: usize,
     /// Established connections one identity (SPIFFE ID) may hold; more are closed once their
     /// handshake ends. Connections whose certificate names no usable identity share one cap.

@@ -422,7 +422,14 @@ fn accept_loop(
                     continue;
                 }
             };
-            let mut slot = match limits.begin_handshake(remote_addr.ip()) {
+            let (tcp, probe) = match with_probe(tcp) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    budgeted_warn!(%remote_addr, error = %e, "cannot duplicate an accepted socket; closed");
+                    continue;
+                }
+            };
+            let mut slot = match limits.begin_handshake(remote_addr.ip(), Some(probe)) {
                 Ok(slot) => slot,
                 Err(refused) => {
                     metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
@@ -553,6 +560,14 @@ async fn record_aggregates(
             return;
         }
     }
+}
+
+/// The socket and a duplicate of it through which the handshake table sees whether the client
+/// has sent its first bytes (see `admission::connections`).
+fn with_probe(tcp: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
+    let socket = tcp.into_std()?;
+    let probe = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, probe))
 }
 
 fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: SocketAddr) {

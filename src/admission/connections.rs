@@ -3,12 +3,19 @@
 //!
 //! - Handshakes in progress have a budget of their own (`max_handshakes`), apart from
 //!   established connections (`max_connections`), and one source address (an IPv6 /64) may
-//!   hold at most `max_handshakes_per_address` of them. When the budget is full, a new
-//!   connection takes the place of one in progress rather than being refused: first of a
-//!   socket that has sent nothing for [`SILENT_GRACE`] (a real client sends its ClientHello
-//!   with its first packet), else the oldest of the address holding the most, when that address
-//!   holds at least two more than the newcomer's. So to keep a fresh agency out, an attacker
-//!   needs more source addresses than the budget has places and must keep renewing them.
+//!   hold at most `max_handshakes_per_address` of them. When either is full, a new connection
+//!   takes the place of a handshake in progress rather than being refused (within its address
+//!   when that is what is full): first the oldest socket that has sent nothing yet (a real
+//!   client sends its ClientHello at once, and one that has is never displaced for silence),
+//!   then the oldest handshake older than [`STALL_GRACE`] (a real one takes a few round trips),
+//!   then — for the global budget — the oldest of the address holding the most, when it holds
+//!   at least two more than the newcomer's address. Otherwise the newcomer is closed. So
+//!   silent sockets never keep an agency out: a fresh socket is displaced last, and never once
+//!   its ClientHello has arrived (seen through a duplicate of the socket, before its task even
+//!   runs); from the agency's own address (a shared NAT) an attacker can only delay it by
+//!   opening more than its address's share within one round trip of the agency. Stalled
+//!   handshakes must be renewed every [`STALL_GRACE`], from more addresses than the budget has
+//!   places.
 //! - An established connection counts against `max_connections` and against the cap of its
 //!   identity (`max_connections_per_identity`; every connection without a usable identity
 //!   shares one), so one certificate — a suspended agency's included — cannot fill the server.
@@ -34,10 +41,9 @@ use tower::{Layer, Service};
 use crate::config::Config;
 use crate::identity::Peer;
 
-/// How long a socket may stay silent before it is the first to give its place to a new
-/// connection once the handshake budget is full. A client sends its ClientHello right after
-/// the TCP handshake, so only a client further than this round trip away could be mistaken.
-pub const SILENT_GRACE: Duration = Duration::from_secs(1);
+/// How long a handshake that has begun may take before a new connection may displace it when
+/// the budget is full: a TLS 1.3 handshake takes two round trips and a signature.
+pub const STALL_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a connection was closed without being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +94,31 @@ struct Pending {
     source: IpAddr,
     accepted: Instant,
     spoke: bool,
+    /// A duplicate of the socket, to look for its first bytes without waiting for its task.
+    probe: Option<std::net::TcpStream>,
     /// Dropped to displace the handshake.
     _displace: oneshot::Sender<()>,
+}
+
+impl Pending {
+    /// Whether the client has sent anything yet. A socket whose task has not run since its
+    /// ClientHello arrived is asked directly (a non-blocking peek), so an agency's fresh
+    /// connection is never taken for a silent one.
+    fn spoke(&mut self) -> bool {
+        if !self.spoke {
+            self.spoke = self.probe.as_ref().is_some_and(has_spoken);
+        }
+        self.spoke
+    }
+}
+
+/// Whether bytes (or the end of the stream) wait on a non-blocking socket, without consuming
+/// them.
+pub fn has_spoken(socket: &std::net::TcpStream) -> bool {
+    match socket.peek(&mut [0u8; 1]) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
 }
 
 #[derive(Default)]
@@ -111,13 +140,24 @@ fn source_of(ip: IpAddr) -> IpAddr {
 }
 
 impl Handshakes {
-    /// The handshake a newcomer from `source` may displace, if any.
-    fn victim(&self, source: IpAddr, now: Instant) -> Option<u64> {
-        if let Some((&id, _)) = self
-            .pending
-            .iter()
-            .find(|(_, p)| !p.spoke && now.duration_since(p.accepted) >= SILENT_GRACE)
-        {
+    /// The handshake a newcomer may displace among those `within` selects: the oldest silent
+    /// one, else the oldest past [`STALL_GRACE`].
+    fn displaceable(&mut self, now: Instant, within: impl Fn(&Pending) -> bool) -> Option<u64> {
+        let mut stalled = None;
+        for (&id, pending) in self.pending.iter_mut().filter(|(_, p)| within(p)) {
+            if !pending.spoke() {
+                return Some(id);
+            }
+            if stalled.is_none() && now.duration_since(pending.accepted) >= STALL_GRACE {
+                stalled = Some(id);
+            }
+        }
+        stalled
+    }
+
+    /// The handshake a newcomer from `source` may displace once the budget is full, if any.
+    fn victim(&mut self, source: IpAddr, now: Instant) -> Option<u64> {
+        if let Some(id) = self.displaceable(now, |_| true) {
             return Some(id);
         }
         let own = self.per_address.get(&source).copied().unwrap_or(0);
@@ -157,11 +197,17 @@ impl ConnectionLimits {
         })
     }
 
-    /// A place for a handshake from `remote`, displacing another when the budget is full.
+    /// A place for a handshake from `remote`, displacing another when its address's share or
+    /// the budget is full. `probe` is a duplicate of the socket (non-blocking), through which
+    /// the table sees whether the client has sent its first bytes; it is closed with the slot.
     ///
     /// # Errors
     /// `AddressFull` or `HandshakesFull`: close the connection.
-    pub fn begin_handshake(self: &Arc<Self>, remote: IpAddr) -> Result<HandshakeSlot, Refused> {
+    pub fn begin_handshake(
+        self: &Arc<Self>,
+        remote: IpAddr,
+        probe: Option<std::net::TcpStream>,
+    ) -> Result<HandshakeSlot, Refused> {
         let source = source_of(remote);
         let now = Instant::now();
         let mut table = self
@@ -169,7 +215,10 @@ impl ConnectionLimits {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if table.per_address.get(&source).copied().unwrap_or(0) >= self.per_address {
-            return Err(Refused::AddressFull);
+            let victim = table
+                .displaceable(now, |p| p.source == source)
+                .ok_or(Refused::AddressFull)?;
+            table.remove(victim);
         }
         if table.pending.len() >= self.max_handshakes {
             let victim = table.victim(source, now).ok_or(Refused::HandshakesFull)?;
@@ -183,7 +232,8 @@ impl ConnectionLimits {
             Pending {
                 source,
                 accepted: now,
-                spoke: false,
+                spoke: probe.as_ref().is_some_and(has_spoken),
+                probe,
                 _displace: displace,
             },
         );
@@ -505,61 +555,94 @@ mod tests {
         IpAddr::from([127, 0, 0, last])
     }
 
-    #[test]
-    fn one_address_holds_at_most_its_share_of_handshakes() {
+    /// A handshake slot from `from` whose client has (`spoke`) or has not sent bytes yet.
+    fn begin(
+        limits: &Arc<ConnectionLimits>,
+        from: u8,
+        spoke: bool,
+    ) -> Result<HandshakeSlot, Refused> {
+        let slot = limits.begin_handshake(ip(from), None)?;
+        if spoke {
+            slot.spoke();
+        }
+        Ok(slot)
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_its_share_and_its_silent_sockets_give_way() {
         let limits = limits(10, 2);
-        let _a = limits.begin_handshake(ip(2)).expect("first");
-        let _b = limits.begin_handshake(ip(2)).expect("second");
-        assert_eq!(
-            limits.begin_handshake(ip(2)).err(),
-            Some(Refused::AddressFull)
-        );
-        let _c = limits.begin_handshake(ip(3)).expect("another address");
+        let mut silent = begin(&limits, 2, false).expect("silent");
+        let _talking = begin(&limits, 2, true).expect("talking");
+        // At the address's share: a newcomer from it takes the silent socket's place...
+        let displaced = silent.displaced();
+        let _agency = begin(&limits, 2, true).expect("displaces the silent one");
+        tokio::time::timeout(Duration::from_secs(1), displaced)
+            .await
+            .expect("the silent socket was told");
+        // ...but never the place of one that has spoken, within the stall grace.
+        assert_eq!(begin(&limits, 2, false).err(), Some(Refused::AddressFull));
+        let _other = begin(&limits, 3, false).expect("another address");
     }
 
     #[tokio::test]
     async fn a_newcomer_displaces_the_busiest_address_never_a_lone_handshake() {
         let limits = limits(3, 3);
-        let mut first = limits.begin_handshake(ip(2)).expect("first");
-        first.spoke();
-        let second = limits.begin_handshake(ip(2)).expect("second");
-        second.spoke();
-        let agency = limits.begin_handshake(ip(1)).expect("third");
-        agency.spoke();
+        let mut first = begin(&limits, 2, true).expect("first");
+        let _second = begin(&limits, 2, true).expect("second");
+        let agency = begin(&limits, 1, true).expect("third");
         // Full: a newcomer from a fresh address takes the oldest place of 127.0.0.2.
         let displaced = first.displaced();
-        let _newcomer = limits.begin_handshake(ip(4)).expect("displaces 127.0.0.2");
+        let _newcomer = begin(&limits, 4, true).expect("displaces 127.0.0.2");
         tokio::time::timeout(Duration::from_secs(1), displaced)
             .await
             .expect("the oldest of the busiest address was told");
-        // Now one each: nobody may be displaced for a fourth address.
+        // Now one each, all speaking: nobody may be displaced for a fifth address.
         assert_eq!(
-            limits.begin_handshake(ip(5)).err(),
+            begin(&limits, 5, false).err(),
             Some(Refused::HandshakesFull)
         );
         drop(agency);
-        let _again = limits
-            .begin_handshake(ip(5))
-            .expect("a place was given back");
+        let _again = begin(&limits, 5, false).expect("a place was given back");
     }
 
     #[tokio::test]
-    async fn a_silent_socket_gives_its_place_first_once_past_the_grace() {
+    async fn silent_sockets_give_way_first_and_stalled_handshakes_after_the_grace() {
         let limits = limits(2, 2);
-        let mut silent = limits.begin_handshake(ip(2)).expect("silent");
-        let talking = limits.begin_handshake(ip(3)).expect("talking");
-        talking.spoke();
-        assert_eq!(
-            limits.begin_handshake(ip(4)).err(),
-            Some(Refused::HandshakesFull),
-            "within the grace a silent socket keeps its place"
-        );
-        tokio::time::sleep(SILENT_GRACE).await;
+        let mut silent = begin(&limits, 2, false).expect("silent");
+        let mut stalled = begin(&limits, 3, true).expect("talking");
         let displaced = silent.displaced();
-        let _newcomer = limits
-            .begin_handshake(ip(4))
-            .expect("displaces the silent one");
+        let _newcomer = begin(&limits, 4, true).expect("displaces the silent one, however young");
         displaced.await;
+        assert_eq!(
+            begin(&limits, 5, true).err(),
+            Some(Refused::HandshakesFull),
+            "within the grace a handshake that has begun keeps its place"
+        );
+        tokio::time::sleep(STALL_GRACE).await;
+        let displaced = stalled.displaced();
+        let _late = begin(&limits, 5, true).expect("displaces the stalled one");
+        displaced.await;
+    }
+
+    #[test]
+    fn a_probe_sees_the_first_bytes_without_consuming_them() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("non-blocking");
+        assert!(!has_spoken(&server), "nothing sent yet");
+        client.write_all(b"hello").expect("write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !has_spoken(&server) {
+            assert!(std::time::Instant::now() < deadline, "never saw the bytes");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.set_nonblocking(false).expect("blocking");
+        let mut read = [0u8; 5];
+        server.read_exact(&mut read).expect("read");
+        assert_eq!(&read, b"hello", "the peek consumed nothing");
     }
 
     #[test]
