@@ -55,8 +55,10 @@ pub const DEFAULT_REFUSED_HANDSHAKE_RECORD_BURST: u32 = 100;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// TLS handshakes in progress at once, apart from established connections.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
-/// TLS handshakes in progress at once from one source address (IPv6: one /64).
-pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+/// TLS handshakes in progress at once from one source address (IPv6: one /64): room for a
+/// burst of clients behind one NAT; four addresses at it fill `DEFAULT_MAX_HANDSHAKES`, past
+/// which crowded addresses give way.
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 /// Established connections one identity may hold: 64 identities at this cap fill
 /// `DEFAULT_MAX_CONNECTIONS`, more than the ~42 agencies and their auditors and admins.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 16;
