@@ -2,14 +2,18 @@
 //! has a token bucket of requests (refill `limits.requests_per_second`, capacity
 //! `limits.request_burst`), and each agency at most `limits.inbox_streams_per_agency` open
 //! inbox streams; a call over either limit is answered `RESOURCE_EXHAUSTED` with a retry delay,
-//! so a flood from one agency leaves the others their share. Refused TLS handshakes are
-//! recorded in the audit log one by one only up to a rate per remote address; the rest are
-//! counted into the next entry. (The global connection limit is enforced where connections are
-//! accepted, in `server`.)
+//! so a flood from one agency leaves the others their share. What callers and outsiders can
+//! add to the audit log and the server's log (refused handshakes, audited calls, warnings) is
+//! budgeted by [`records`]. Who may hold a connection — handshakes in progress,
+//! established connections per identity, idle connections — is decided by [`connections`],
+//! where `server` accepts them.
 //!
 //! Answers not yet sent are budgeted in bytes ([`ResponseBudget`]), per caller identity and in
 //! total: a client that opens calls for large messages and never reads them holds at most its
 //! share of the server's memory, and its calls beyond it are refused.
+
+pub mod connections;
+pub mod records;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -83,6 +87,17 @@ impl RateLimits {
         )
     }
 
+    /// A rate of `per_minute` per key, after a burst of `burst`.
+    #[must_use]
+    pub fn per_minute(per_minute: u32, burst: u32, warning: &'static str) -> Arc<RateLimits> {
+        Arc::new(RateLimits {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst),
+            warning,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
     fn with_rate(per_second: u32, burst: u32, warning: &'static str) -> Arc<RateLimits> {
         Arc::new(RateLimits {
             per_second: f64::from(per_second),
@@ -127,7 +142,7 @@ impl RateLimits {
             .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
         {
             bucket.warned = Some(now);
-            tracing::warn!(key, per_second = self.per_second, "{}", self.warning);
+            crate::budgeted_warn!(key, per_second = self.per_second, "{}", self.warning);
         }
         Err(wait)
     }
@@ -257,7 +272,7 @@ impl StreamLimits {
             let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
             if warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
                 *warned = Some(Instant::now());
-                tracing::warn!(
+                crate::budgeted_warn!(
                     agency,
                     limit,
                     everyone,

@@ -27,8 +27,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_RECIPIENTS: usize = 64;
 /// Most attachments one message may carry.
 pub const DEFAULT_MAX_ATTACHMENTS: usize = 32;
-/// How long a client may take to complete the TLS handshake.
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a client may take to complete the TLS handshake: a few round trips take well under
+/// a second, and a handshake in progress holds a place of the small handshake budget.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// How long shutdown waits for in-flight calls before exiting anyway.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Identifiers one agency may query per hour.
@@ -48,8 +49,31 @@ pub const DEFAULT_RESPONSE_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
 /// Default `limits.response_bytes_per_caller`: 64 MiB, room for three answers at the default
 /// message size limit.
 pub const DEFAULT_RESPONSE_BYTES_PER_CALLER: u64 = 64 * 1024 * 1024;
-/// TLS connections the server holds at once, handshakes included.
+/// Audited calls (reads, audit queries, refusals) one caller may make per minute after its
+/// burst: with the burst, at most 15,400 entries (about 15 MB on disk) per caller per day.
+pub const DEFAULT_AUDITED_CALLS_PER_MINUTE: u32 = 10;
+/// Audited calls one caller may make at once after a quiet spell: room to read a backlog.
+pub const DEFAULT_AUDITED_CALL_BURST: u32 = 1_000;
+/// Refused TLS handshakes recorded one by one per minute, all addresses together, after the
+/// burst; the others are counted in aggregate entries under the same budget.
+pub const DEFAULT_REFUSED_HANDSHAKE_RECORDS_PER_MINUTE: u32 = 6;
+/// Refused TLS handshakes recorded one by one, all addresses together, before the rate
+/// applies.
+pub const DEFAULT_REFUSED_HANDSHAKE_RECORD_BURST: u32 = 100;
+/// Established TLS connections the server holds at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+/// TLS handshakes in progress at once, apart from established connections.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// TLS handshakes in progress at once from one source address (IPv6: one /64): room for a
+/// burst of clients behind one NAT; four addresses at it fill `DEFAULT_MAX_HANDSHAKES`, past
+/// which crowded addresses give way.
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+/// Established connections one identity may hold: 64 identities at this cap fill
+/// `DEFAULT_MAX_CONNECTIONS`, more than the ~42 agencies and their auditors and admins.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 16;
+/// How long a connection may have no call open before it is closed (clients reconnect on
+/// their next call; an open inbox stream is a call).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 /// Longest life of a connection, so none lives on an old handshake forever.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 3_600;
 /// How often the retention sweeper looks for messages to erase.
@@ -89,8 +113,20 @@ pub struct Config {
     pub max_connection_age_secs: u64,
     /// Identifiers one agency may look up with MatchService.Query per hour.
     pub match_query_quota_per_hour: u64,
-    /// TLS connections held at once (handshakes included); more are closed on accept.
+    /// Established TLS connections held at once; more are closed once their handshake ends.
     pub max_connections: usize,
+    /// TLS handshakes in progress at once, apart from `max_connections`; when full, a new
+    /// connection takes the place of a silent, stalled or crowded one (see
+    /// `admission::connections`).
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one source address (IPv6: one /64); a new one
+    /// takes the place of a silent or stalled one of that address, else it is closed.
+    pub max_handshakes_per_address: usize,
+    /// Established connections one identity (SPIFFE ID) may hold; more are closed once their
+    /// handshake ends. Connections whose certificate names no usable identity share one cap.
+    pub max_connections_per_identity: usize,
+    /// Milliseconds a connection may have no call open before the server closes it.
+    pub idle_timeout_ms: u64,
     /// When message content is erased.
     pub retention: Retention,
 }
@@ -243,6 +279,17 @@ pub struct Limits {
     pub audit_streams_per_caller: usize,
     /// `ListAuditEntries` streams open at once, all callers together.
     pub audit_streams_total: usize,
+    /// Calls one caller may make per minute that append an audit entry on its behalf (each
+    /// GetMessage read, each AuditService query, each refused call), after its burst; more are
+    /// answered `RESOURCE_EXHAUSTED` with a retry delay and append nothing.
+    pub audited_calls_per_minute: u32,
+    /// Audited calls one caller may make at once after a quiet spell.
+    pub audited_call_burst: u32,
+    /// Refused TLS handshakes recorded one by one per minute, all source addresses together,
+    /// after the burst; the others are counted in aggregate entries within the same budget.
+    pub refused_handshake_records_per_minute: u32,
+    /// Refused TLS handshakes recorded one by one before the rate applies.
+    pub refused_handshake_record_burst: u32,
 }
 
 /// How a client reaches the exchange and who it is: one entry of a profiles file
@@ -299,6 +346,10 @@ impl Default for Limits {
             response_bytes_per_caller: DEFAULT_RESPONSE_BYTES_PER_CALLER,
             audit_streams_per_caller: DEFAULT_AUDIT_STREAMS_PER_CALLER,
             audit_streams_total: DEFAULT_AUDIT_STREAMS_TOTAL,
+            audited_calls_per_minute: DEFAULT_AUDITED_CALLS_PER_MINUTE,
+            audited_call_burst: DEFAULT_AUDITED_CALL_BURST,
+            refused_handshake_records_per_minute: DEFAULT_REFUSED_HANDSHAKE_RECORDS_PER_MINUTE,
+            refused_handshake_record_burst: DEFAULT_REFUSED_HANDSHAKE_RECORD_BURST,
         }
     }
 }
@@ -321,6 +372,10 @@ impl Default for Config {
             max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
             match_query_quota_per_hour: DEFAULT_MATCH_QUERY_QUOTA_PER_HOUR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             retention: Retention::default(),
         }
     }
@@ -396,8 +451,27 @@ impl Config {
                 "limits.response_bytes_in_flight must be at most 1099511627776 (1 TiB)",
             );
         }
+        if self.limits.audited_calls_per_minute == 0 || self.limits.audited_call_burst == 0 {
+            return invalid(
+                "limits.audited_calls_per_minute and limits.audited_call_burst must be positive",
+            );
+        }
+        if self.limits.refused_handshake_records_per_minute == 0
+            || self.limits.refused_handshake_record_burst == 0
+        {
+            return invalid("limits.refused_handshake_records_per_minute and limits.refused_handshake_record_burst must be positive");
+        }
         if self.max_connections == 0 {
             return invalid("max_connections must be positive");
+        }
+        if self.max_handshakes == 0 || self.max_handshakes_per_address == 0 {
+            return invalid("max_handshakes and max_handshakes_per_address must be positive");
+        }
+        if self.max_connections_per_identity == 0 {
+            return invalid("max_connections_per_identity must be positive");
+        }
+        if self.idle_timeout_ms < 100 {
+            return invalid("idle_timeout_ms must be at least 100");
         }
         if self.max_connection_age_secs < 10 {
             return invalid("max_connection_age_secs must be at least 10");
@@ -425,6 +499,11 @@ impl Config {
     /// The handshake timeout as a `Duration`.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle-connection timeout as a `Duration`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 
     /// The maximum connection age as a `Duration`.

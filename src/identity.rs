@@ -56,6 +56,10 @@ pub struct Peer {
     pub remote_addr: Option<SocketAddr>,
     /// The revocations in force, checked on every call of the connection.
     pub revocations: Arc<Revocations>,
+    /// The calls open on the connection, for its idle timeout.
+    pub activity: Arc<crate::admission::connections::Activity>,
+    /// The server's per-caller budget of audited calls.
+    pub audit_budget: Arc<crate::admission::records::AuditBudget>,
 }
 
 /// Serials (lower-case hex) of revoked client certificates, shared by every connection so a

@@ -22,7 +22,9 @@
 //! - [`matching`]: hit/no-hit matching: identifier canonicalisation and blinding (agency side),
 //!   `MatchService` (server side).
 //! - [`stix`]: STIX 2.1 export of a message, with TLP 2.0 markings from its handling code.
-//! - [`admission`]: per-caller request rates and per-agency inbox stream limits.
+//! - [`admission`]: per-caller request rates and per-agency inbox stream limits; connection
+//!   limits and idle timeout ([`admission::connections`]); budgets of audit entries and log
+//!   lines ([`admission::records`]).
 //! - [`retention`]: erasure of messages whose topic's retention period ran out.
 //! - [`text`]: strings a person reads: the characters the server refuses in them, and how the
 //!   CLI escapes what it prints and sanitises the attachment names it saves.

@@ -21,17 +21,24 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tracing::{debug, error, info, warn};
 
+use crate::admission::connections::{
+    Activity, ConnectionLimits, ConnectionSlot, IdleLayer, IdleTimer, Refused,
+};
+use crate::admission::records::{
+    AuditBudget, HandshakeRecord, HandshakeRecords, AGGREGATE_INTERVAL,
+};
 use crate::admission::{RateLimits, ResponseBytesLayer};
 use crate::audit::service::AuditService;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::bench::Echo;
+use crate::budgeted_warn;
 use crate::config::{Config, ConfigError, MetricsListen};
 use crate::directory::service::AdminService;
 use crate::directory::{Directory, DirectoryError};
@@ -60,6 +67,8 @@ const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const STALE_CRL_REPORT_INTERVAL: Duration = Duration::from_secs(600);
 /// Agencies connecting with a certificate closer than this to expiry are logged.
 const EXPIRY_WARNING_DAYS: i64 = 14;
+/// The identity under which connections whose certificate names no usable one are capped.
+const NO_IDENTITY: &str = "(no usable identity)";
 /// How often reaching the connection limit is logged again.
 const CONNECTIONS_FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Time calls get to finish once a connection reached its maximum age.
@@ -249,6 +258,7 @@ pub async fn run_with_metrics(
     };
     info!(addr = ?local_addr, trust_domain = %config.trust_domain, "serving");
     let serve = server_builder(&config)
+        .layer(IdleLayer)
         .layer(RpcLayer::new(metrics))
         .layer(crate::codec::FramingLayer)
         .layer(ResponseBytesLayer)
@@ -316,6 +326,7 @@ pub async fn run_echo(
     let incoming = accept_loop(listener, tls, None, &config, Arc::default());
     info!(trust_domain = %config.trust_domain, "serving the bench echo service");
     server_builder(&config)
+        .layer(IdleLayer)
         .add_service(EchoServiceServer::new(Echo).max_decoding_message_size(max_frame(&config)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -378,8 +389,9 @@ fn max_frame(config: &Config) -> usize {
 
 /// Accepts TCP connections and completes each TLS handshake in its own task, so a slow or silent
 /// client stalls nobody. Yields connections whose handshake succeeded. Refused handshakes are
-/// recorded in the audit log of `store`, when there is one. At most `config.max_connections`
-/// connections (handshakes included) are held at once; one more is closed as it is accepted.
+/// recorded in the audit log of `store`, when there is one. Handshakes in progress and
+/// established connections are held under separate limits (see `admission::connections`): a
+/// connection that has not finished its handshake never takes the place of one that has.
 fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
@@ -390,9 +402,17 @@ fn accept_loop(
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let trust_domain: Arc<str> = config.trust_domain.as_str().into();
     let handshake_timeout = config.handshake_timeout();
-    let max_connections = config.max_connections;
-    let connections = Arc::new(Semaphore::new(max_connections));
-    let handshake_records = RateLimits::handshake_records();
+    let idle_timeout = config.idle_timeout();
+    let limits = ConnectionLimits::new(config);
+    let handshake_records = HandshakeRecords::new(&config.limits);
+    let audit_budget = Arc::new(AuditBudget::new(&config.limits));
+    if let Some(store) = &store {
+        tokio::spawn(record_aggregates(
+            Arc::clone(&handshake_records),
+            Arc::clone(store),
+            tx.clone(),
+        ));
+    }
     tokio::spawn(async move {
         let mut full_reported_at: Option<tokio::time::Instant> = None;
         loop {
@@ -404,21 +424,31 @@ fn accept_loop(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    budgeted_warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
-                if full_reported_at
-                    .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
-                {
-                    full_reported_at = Some(tokio::time::Instant::now());
-                    warn!(%remote_addr, max_connections, "connection limit reached: closing new connections (raise max_connections if this load is legitimate)");
+            let (tcp, probe) = match with_probe(tcp) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    budgeted_warn!(%remote_addr, error = %e, "cannot duplicate an accepted socket; closed");
+                    continue;
                 }
-                drop(tcp);
-                continue;
+            };
+            let mut slot = match limits.begin_handshake(remote_addr.ip(), Some(probe)) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
+                    if full_reported_at
+                        .is_none_or(|at| at.elapsed() >= CONNECTIONS_FULL_REPORT_INTERVAL)
+                    {
+                        full_reported_at = Some(tokio::time::Instant::now());
+                        budgeted_warn!(%remote_addr, "{refused}");
+                    }
+                    drop(tcp);
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             // The configuration in force now: a CRL or certificate applied later reaches the
@@ -427,12 +457,41 @@ fn accept_loop(
             let revocations = tls.revocations();
             let (tx, trust_domain, store) = (tx.clone(), Arc::clone(&trust_domain), store.clone());
             let handshake_records = Arc::clone(&handshake_records);
-            let metrics = Arc::clone(&metrics);
+            let (metrics, limits) = (Arc::clone(&metrics), Arc::clone(&limits));
+            let audit_budget = Arc::clone(&audit_budget);
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let displaced = slot.displaced();
+                let handshake = async {
+                    // Until its first bytes, a socket is the first to give its place away.
+                    if tcp.readable().await.is_ok() {
+                        slot.spoke();
+                    }
+                    acceptor.accept(tcp).await
+                };
+                let outcome = tokio::select! {
+                    outcome = tokio::time::timeout(handshake_timeout, handshake) => outcome,
+                    () = displaced => {
+                        metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
+                        debug!(%remote_addr, "{}", Refused::Displaced);
+                        return;
+                    }
+                };
+                drop(slot);
+                match outcome {
                     Ok(Ok(stream)) => {
                         let caller = identify(&stream, &trust_domain);
                         log_connection(&caller, remote_addr);
+                        let identity = caller
+                            .as_ref()
+                            .map_or_else(|_| NO_IDENTITY.to_string(), |c| c.id.to_string());
+                        let place = match limits.establish(&identity) {
+                            Ok(place) => place,
+                            Err(refused) => {
+                                metrics.handshake_failed(HandshakeFailure::ConnectionLimit);
+                                budgeted_warn!(%remote_addr, caller = %identity, "{refused}");
+                                return;
+                            }
+                        };
                         let agency = match &caller {
                             Ok(caller) => metrics.agency_connected(caller),
                             Err(_) => {
@@ -440,39 +499,39 @@ fn accept_loop(
                                 None
                             }
                         };
+                        let activity = Arc::new(Activity::default());
                         let peer = Peer {
                             caller,
                             remote_addr: Some(remote_addr),
                             revocations,
+                            activity: Arc::clone(&activity),
+                            audit_budget,
                         };
                         let connection = TlsConnection {
                             stream,
                             peer,
-                            _permit: permit,
+                            idle: IdleTimer::new(activity, idle_timeout),
+                            _place: place,
                             _agency: agency,
                         };
                         let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(e)) => {
                         metrics.handshake_failed(HandshakeFailure::of(&e));
-                        warn!(%remote_addr, error = %e, "TLS handshake refused");
-                        let record = handshake_records.admit(&remote_addr.ip().to_string());
-                        if let (Some(store), Ok(unrecorded)) = (store, record) {
+                        budgeted_warn!(%remote_addr, error = %e, "TLS handshake refused");
+                        let record = handshake_records.refused(remote_addr.ip());
+                        if let (Some(store), HandshakeRecord::One) = (store, record) {
                             let mut event = audit::event(AuditAction::HandshakeRefused, None);
                             event.remote_address = remote_addr.to_string();
-                            event.reason = if unrecorded == 0 {
-                                e.to_string()
-                            } else {
-                                format!("{e} ({unrecorded} earlier refused handshakes from this address were not recorded one by one)")
-                            };
+                            event.reason = e.to_string();
                             if store.record_later(event).await.is_err() {
-                                warn!("store closed: refused handshake not recorded");
+                                debug!("store closed: refused handshake not recorded");
                             }
                         }
                     }
                     Err(_) => {
                         metrics.handshake_failed(HandshakeFailure::Timeout);
-                        warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out");
+                        budgeted_warn!(%remote_addr, ?handshake_timeout, "TLS handshake timed out");
                     }
                 }
             });
@@ -481,16 +540,55 @@ fn accept_loop(
     ReceiverStream::new(rx)
 }
 
+/// Records the refused handshakes left out of the audit log one by one, as aggregate entries
+/// within the same budget, until the accept loop's consumer is gone.
+async fn record_aggregates(
+    records: Arc<HandshakeRecords>,
+    store: Arc<Store>,
+    accepted: mpsc::Sender<io::Result<TlsConnection>>,
+) {
+    let mut ticks = tokio::time::interval(AGGREGATE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = accepted.closed() => return,
+        }
+        let Some(aggregate) = records.take_aggregate() else {
+            continue;
+        };
+        let mut event = audit::event(AuditAction::HandshakeRefused, None);
+        event.reason = format!(
+            "{} refused TLS handshakes from {} address{} were not recorded one by one (over the budget of refused-handshake entries)",
+            aggregate.refused,
+            aggregate.addresses,
+            if aggregate.addresses == 1 { "" } else { "es" }
+        );
+        if store.record_later(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The socket and a duplicate of it through which the handshake table sees whether the client
+/// has sent its first bytes (see `admission::connections`).
+fn with_probe(tcp: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
+    let socket = tcp.into_std()?;
+    let probe = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, probe))
+}
+
 fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: SocketAddr) {
     match caller {
         Ok(caller) => {
             let days_left = (caller.not_after - crate::store::now_micros() / 1_000_000) / 86_400;
             debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated");
             if days_left < EXPIRY_WARNING_DAYS {
-                warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");
+                budgeted_warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");
             }
         }
-        Err(e) => warn!(%remote_addr, error = %e, "client certificate names no usable identity"),
+        Err(e) => {
+            budgeted_warn!(%remote_addr, error = %e, "client certificate names no usable identity")
+        }
     }
 }
 
@@ -562,8 +660,10 @@ fn identify(
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: Peer,
-    /// This connection's place under the connection limit, given back when it is dropped.
-    _permit: OwnedSemaphorePermit,
+    /// Closes the connection once it has had no call open for the idle timeout.
+    idle: IdleTimer,
+    /// This connection's place under the connection limits, given back when it is dropped.
+    _place: ConnectionSlot,
     /// An agency's connection, counted for the certificate expiry metric while it is open.
     _agency: Option<ConnectionGuard>,
 }
@@ -582,7 +682,12 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        // Reading nothing is the end of the stream: hyper closes the connection.
+        if this.idle.poll_expired(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 

@@ -605,11 +605,22 @@ impl TlsState {
     }
 }
 
-/// Accepts only client certificates issued directly by a trusted CA: intermediates the client
-/// sends are ignored. webpki does not enforce a trust anchor's path length, so without this a
-/// CA certificate issued by mistake could mint identities of its own.
+/// Accepts only client certificates issued directly by a trusted CA that carry the clientAuth
+/// extended key usage explicitly. Intermediates the client sends are ignored: webpki does not
+/// enforce a trust anchor's path length, so without this a CA certificate issued by mistake
+/// could mint identities of its own. And webpki reads a certificate with no EKU extension at
+/// all as good for any purpose, which the exchange's certificates never are.
 #[derive(Debug)]
 struct DirectlyIssued(Arc<dyn ClientCertVerifier>);
+
+/// Whether `der` carries an extended key usage extension that lists clientAuth. A certificate
+/// that does not parse is left to webpki, which has refused it already.
+fn has_client_auth_eku(der: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.client_auth)
+}
 
 impl ClientCertVerifier for DirectlyIssued {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -622,7 +633,13 @@ impl ClientCertVerifier for DirectlyIssued {
         _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify_client_cert(end_entity, &[], now)
+        let verified = self.0.verify_client_cert(end_entity, &[], now)?;
+        if !has_client_auth_eku(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::InvalidPurpose,
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -234,6 +234,20 @@ async fn send_until_failure(
     }
 }
 
+/// The server on the files of `dir`, with the per-caller budget of audited calls lifted: the
+/// soak reads back every acknowledged message, many more reads than one agency's budget.
+fn start_server(dir: &std::path::Path) -> ServerProcess {
+    let config = dir.join("soak.toml");
+    std::fs::write(
+        &config,
+        "[limits]\naudited_calls_per_minute = 1000000\naudited_call_burst = 1000000\n",
+    )
+    .expect("write the soak's config file");
+    let mut args = ServerProcess::file_args(dir);
+    args.extend(["--config".into(), config.into_os_string()]);
+    ServerProcess::start_with(args)
+}
+
 /// Calls `call` again while the server answers RESOURCE_EXHAUSTED: the checks read faster than
 /// the per-caller request rate allows.
 async fn unthrottled<T, F, Fut>(mut call: F) -> Result<T, Status>
@@ -661,7 +675,7 @@ async fn acknowledged_sends_survive_repeated_kill_9_under_load() {
     let dir = tempfile::tempdir().expect("temporary directory");
     pki.write_server_files(dir.path());
 
-    let mut server = ServerProcess::start(dir.path());
+    let mut server = start_server(dir.path());
     for (id, region) in SENDERS
         .iter()
         .map(|id| (*id, Region::Eu))
@@ -778,7 +792,7 @@ async fn acknowledged_sends_survive_repeated_kill_9_under_load() {
             .max(journal.last().map_or(0, |(generation, _)| *generation));
         totals.during_flush += usize::from(flush_in_progress(&journal));
         let restarted = Instant::now();
-        server = ServerProcess::start(dir.path());
+        server = start_server(dir.path());
         auditor = identities.auditor(server.addr).await;
         let (key_after, after) = signed_checkpoint(&mut auditor).await;
         let ready = restarted.elapsed();
@@ -1037,7 +1051,7 @@ async fn acknowledged_sends_survive_repeated_kill_9_under_load() {
             format!("SIGTERM left {}", describe_journal(&journal)),
         );
     }
-    let server = ServerProcess::start(dir.path());
+    let server = start_server(dir.path());
     let mut auditor = identities.auditor(server.addr).await;
     let (_, after_stop) = signed_checkpoint(&mut auditor).await;
     if let Err(e) = check_extends(&mut auditor, &last, &after_stop).await {

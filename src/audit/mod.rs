@@ -111,7 +111,8 @@ pub trait Refusal: std::fmt::Display {
 }
 
 /// Answers a call of `service` (e.g. `puente.v1.ExchangeService`); a refused call is recorded
-/// in the audit log first: who (as far as the connection says), which method, why.
+/// in the audit log first: who (as far as the connection says), which method, why — within
+/// the caller's budget of audited calls, else the answer is `RESOURCE_EXHAUSTED` instead.
 pub async fn answer<T, E: Refusal + Into<tonic::Status>>(
     store: &Store,
     service: &str,
@@ -124,6 +125,8 @@ pub async fn answer<T, E: Refusal + Into<tonic::Status>>(
         Err(err) => err,
     };
     if err.is_refusal() {
+        // Over the caller's budget of audited calls: refused for that instead, not recorded.
+        crate::admission::records::charge(peer.as_ref())?;
         let event = refusal_event(
             peer.as_ref(),
             &format!("/{service}/{method}"),

@@ -83,6 +83,9 @@ pub enum AuditServiceError {
     /// All callers together have as many listings open as the exchange serves at once.
     #[error("the exchange already serves {0} ListAuditEntries streams, the most it serves at once; retry shortly")]
     AllStreamsOpen(usize),
+    /// The caller is over its budget of audited calls: `RESOURCE_EXHAUSTED` with a retry delay.
+    #[error("{}", .0.message())]
+    OverBudget(Status),
 }
 
 impl From<AuditServiceError> for Status {
@@ -102,6 +105,7 @@ impl From<AuditServiceError> for Status {
             AuditServiceError::TooManyStreams { .. } | AuditServiceError::AllStreamsOpen(_) => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
+            AuditServiceError::OverBudget(status) => status,
         }
     }
 }
@@ -160,6 +164,9 @@ impl AuditService {
         details: String,
     ) -> Result<Reader, AuditServiceError> {
         let store = self.log.store();
+        // Every query is an entry, refused or not: charged to the caller first.
+        crate::admission::records::charge(request.extensions().get::<Peer>())
+            .map_err(AuditServiceError::OverBudget)?;
         let reader = match self.authorize(request) {
             Ok(reader) => reader,
             Err(err) => {

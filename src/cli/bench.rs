@@ -331,8 +331,13 @@ impl Pki {
             limits: Limits {
                 requests_per_second: u32::MAX,
                 request_burst: u32::MAX,
+                // Each timed proof is an audited query.
+                audited_calls_per_minute: u32::MAX,
+                audited_call_burst: u32::MAX,
                 ..Limits::default()
             },
+            // One sender identity carries many connections.
+            max_connections_per_identity: crate::config::DEFAULT_MAX_CONNECTIONS,
             // Servers of one run come and go in this process: the default port would clash
             // with a server running on this machine. The per-call metrics are still recorded.
             metrics_listen: MetricsListen::Off,
@@ -372,6 +377,8 @@ impl Identity {
             caller: Ok(Arc::new(caller)),
             remote_addr: None,
             revocations: Arc::new(Revocations::default()),
+            activity: Arc::default(),
+            audit_budget: Arc::default(),
         })
     }
 }

@@ -759,6 +759,8 @@ impl ExchangeApi for ExchangeService {
         request: Request<GetMessageRequest>,
     ) -> Result<Response<GetMessageResponse>, Status> {
         let peer = peer_of(&request);
+        // Every read is an entry: charged to the caller before anything is read.
+        crate::admission::records::charge(peer.as_ref())?;
         let result = self.get(request).await;
         let answer = audit::answer(
             &self.store,
