@@ -1,5 +1,5 @@
 # Puente in a container: a Rust builder stage and a slim runtime stage that holds only the
-# binary. Build and run commands: README.md, "Operations: installing and running as a service".
+# binary. Build and run commands: docs/operations.md, "Docker".
 #
 # The build context leaves .git out (.dockerignore), so pass the commit for `puente --version`:
 #   docker build --build-arg PUENTE_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t puente .

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI for the other-language examples: starts `puente serve --dev` in a temporary directory,
-# runs the Python example against it, then the README's buf curl cheat-sheet, exactly as
-# written there, and stops the server, which must drain and exit 0. Exits non-zero on any
+# runs the Python example against it, then the buf curl cheat-sheet of docs/clients.md, exactly
+# as written there, and stops the server, which must drain and exit 0. Exits non-zero on any
 # failure. Run from anywhere: bash examples/python/ci.sh
 set -euo pipefail
 
@@ -61,22 +61,22 @@ echo "-- python example"
 # Each part stops the script at its first failure, so reaching the summary means all passed.
 passed=1 skipped=0
 
-echo "-- buf curl cheat-sheet (README.md)"
+echo "-- buf curl cheat-sheet (docs/clients.md)"
 if command -v npx >/dev/null 2>&1; then
   buf() { npx --yes @bufbuild/buf@1.75.0 "$@"; }
   # The fenced block after the marker line, continuation lines joined, `buf curl` lines kept.
   mapfile -t commands < <(
     awk '/<!-- cheat-sheet: run by examples\/python\/ci.sh -->/ { marked = 1; next }
          marked && /^```/ { if (inside) exit; inside = 1; next }
-         inside' "$repo/README.md" |
+         inside' "$repo/docs/clients.md" |
       sed -e ':join' -e '/\\$/{N;s/\\\n *//;b join' -e '}' |
       grep '^buf curl '
   )
   if [ "${#commands[@]}" -lt 3 ]; then
-    echo "found ${#commands[@]} buf curl commands in the README's cheat-sheet, expected more" >&2
+    echo "found ${#commands[@]} buf curl commands in the cheat-sheet of docs/clients.md, expected more" >&2
     exit 1
   fi
-  # The README's commands name the server by PUENTE_URL; its certificate is also for 127.0.0.1.
+  # The cheat-sheet's commands name the server by PUENTE_URL; its certificate is also for 127.0.0.1.
   export PUENTE_URL="https://$addr"
   : >buf.out
   for command in "${commands[@]}"; do
