@@ -37,6 +37,7 @@ async fn auditor(pki: &TestPki, addr: SocketAddr) -> AuditServiceClient<Channel>
     AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await)
 }
 
+/// A store that cannot write refuses sends, and a restart recovers everything acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everything_acknowledged() {
     let pki = TestPki::new();
