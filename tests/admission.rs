@@ -156,16 +156,21 @@ async fn connections_over_the_server_limit_are_closed() {
         .await
         .expect("first connection still served");
     drop(second);
-    eventually("a connection to be accepted after one closed", async || {
-        let channel = connect(&cert, &key, &pki.ca_pem, server.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        puente::pb::v1::exchange_service_client::ExchangeServiceClient::new(channel)
-            .list_agencies(ListAgenciesRequest {})
-            .await
-            .map(drop)
-            .map_err(|status| status.to_string())
-    })
+    eventually_within(
+        "a connection to be accepted after one closed",
+        WAIT,
+        Duration::from_millis(50),
+        async || {
+            let channel = connect(&cert, &key, &pki.ca_pem, server.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            puente::pb::v1::exchange_service_client::ExchangeServiceClient::new(channel)
+                .list_agencies(ListAgenciesRequest {})
+                .await
+                .map(drop)
+                .map_err(|status| status.to_string())
+        },
+    )
     .await;
 }
 

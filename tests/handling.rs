@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -1169,14 +1171,19 @@ async fn recipients_are_overdue_after_respond_by_until_they_reply() {
     send(&mut x.be, answer).await;
 
     // Poll until respond_by has passed.
-    let after = eventually("a recipient to be overdue", async || {
-        let now = status(&mut x.es, &asked).await;
-        if now.recipients.iter().any(|r| r.overdue) {
-            Ok(now)
-        } else {
-            Err(now)
-        }
-    })
+    let after = eventually_within(
+        "a recipient to be overdue",
+        WAIT,
+        Duration::from_millis(100),
+        async || {
+            let now = status(&mut x.es, &asked).await;
+            if now.recipients.iter().any(|r| r.overdue) {
+                Ok(now)
+            } else {
+                Err(now)
+            }
+        },
+    )
     .await;
     let flags = |s: &GetDeliveryStatusResponse| -> Vec<(String, bool, bool)> {
         s.recipients

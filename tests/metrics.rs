@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
 use puente::pb::v1::{
@@ -131,14 +132,19 @@ async fn scrape(addr: SocketAddr) -> Scrape {
 /// Scrapes until `ready` holds for a scrape (what it waits for happens on the server after the
 /// client has its answer), failing after [`WAIT`].
 async fn scrape_until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-    eventually("the metrics to reach the expected state", async || {
-        let scraped = scrape(addr).await;
-        if ready(&scraped) {
-            Ok(scraped)
-        } else {
-            Err(scraped.text)
-        }
-    })
+    eventually_within(
+        "the metrics to reach the expected state",
+        WAIT,
+        Duration::from_millis(50),
+        async || {
+            let scraped = scrape(addr).await;
+            if ready(&scraped) {
+                Ok(scraped)
+            } else {
+                Err(scraped.text)
+            }
+        },
+    )
     .await
 }
 

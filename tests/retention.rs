@@ -57,15 +57,18 @@ async fn messages_past_their_topics_retention_period_are_erased_and_the_erasure_
         "the attachment is stored in its own file"
     );
 
-    eventually("the message to be erased", async || {
-        match co.get_message(get(&erased.message_id)).await {
+    eventually_within(
+        "the message to be erased",
+        WAIT,
+        Duration::from_millis(200),
+        async || match co.get_message(get(&erased.message_id)).await {
             Ok(_) => Err("still readable"),
             Err(status) => {
                 assert_eq!(status.code(), Code::NotFound, "{status:?}");
                 Ok(())
             }
-        }
-    })
+        },
+    )
     .await;
 
     // Gone for the sender and the recipient alike, in every call; the other topic's stays.

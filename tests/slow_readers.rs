@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    agency_spiffe, auditor_spiffe, eventually, inbox_request, register_agency, text_message,
+    agency_spiffe, auditor_spiffe, eventually_within, inbox_request, register_agency, text_message,
     ServerProcess, TestPki, TestServer, WAIT,
 };
 use futures::future::join_all;
@@ -503,8 +503,10 @@ async fn audit_streams_beyond_the_per_caller_limit_are_refused_with_a_retry_dela
         .expect("another caller may list");
     // Cancelling one stream frees its place.
     drop(open.pop());
-    let reopened = eventually(
+    let reopened = eventually_within(
         "a cancelled stream to free its place",
+        WAIT,
+        Duration::from_millis(50),
         async || match greedy
             .list_audit_entries(ListAuditEntriesRequest {
                 limit: 5,
