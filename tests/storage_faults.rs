@@ -88,7 +88,7 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
         refused.push(request);
     }
     drop(es);
-    let status = server.wait_for_exit(Duration::from_secs(30));
+    let status = server.wait_for_exit(Duration::from_secs(30)).await;
     assert!(
         !status.success(),
         "the server must exit with an error status: {status}"

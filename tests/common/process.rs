@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use super::eventually_within;
+
 /// A `puente serve` child process on `127.0.0.1:<ephemeral>`, with its metrics endpoint on
 /// another ephemeral loopback port. Killed when dropped.
 pub struct ServerProcess {
@@ -105,18 +107,15 @@ impl ServerProcess {
     }
 
     /// Waits for the process to exit by itself within `within`; its exit status.
-    pub fn wait_for_exit(mut self, within: Duration) -> ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub async fn wait_for_exit(mut self, within: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        eventually_within(
+            "the server to exit by itself",
+            within,
+            Duration::from_millis(50),
+            async || child.try_wait().expect("try_wait").ok_or("still running"),
+        )
+        .await
     }
 
     /// SIGTERM, then the exit status.
