@@ -68,6 +68,8 @@ fn active(mut agency: Agency) -> Agency {
     agency
 }
 
+/// Registered agencies are listed in id order (unspecified status stored as ACTIVE, an explicit one
+/// kept), and agencies see the same directory.
 #[tokio::test]
 async fn registered_agencies_are_listed_in_id_order() {
     let pki = TestPki::new();
@@ -111,6 +113,8 @@ async fn registered_agencies_are_listed_in_id_order() {
     assert_eq!(seen, [active(dijin()), active(policia()), unodc]);
 }
 
+/// Registering an agency id a second time is ALREADY_EXISTS and leaves the first registration as it
+/// was.
 #[tokio::test]
 async fn registering_an_existing_agency_is_already_exists() {
     let pki = TestPki::new();
@@ -129,6 +133,7 @@ async fn registering_an_existing_agency_is_already_exists() {
     );
 }
 
+/// Updating an agency that was never registered is NOT_FOUND.
 #[tokio::test]
 async fn updating_an_unknown_agency_is_not_found() {
     let pki = TestPki::new();
@@ -138,6 +143,8 @@ async fn updating_an_unknown_agency_is_not_found() {
     assert_eq!(list(&mut admin).await, [], "an update does not create");
 }
 
+/// Every invalid agency field is INVALID_ARGUMENT naming that field, on registration and on update
+/// alike.
 #[tokio::test]
 async fn invalid_agency_fields_are_invalid_argument() {
     let cases: Vec<(&str, Option<Agency>)> = vec![
@@ -213,6 +220,8 @@ async fn invalid_agency_fields_are_invalid_argument() {
     assert_eq!(list(&mut admin).await, [active(dijin())], "nothing changed");
 }
 
+/// An update that leaves the status unspecified keeps a suspension (the agency stays refused) until
+/// reactivated.
 #[tokio::test]
 async fn update_with_unspecified_status_keeps_the_status() {
     let pki = TestPki::new();
@@ -261,6 +270,7 @@ async fn update_with_unspecified_status_keeps_the_status() {
         .expect("reactivated agency may call");
 }
 
+/// An update replaces an agency's name, country and region.
 #[tokio::test]
 async fn update_replaces_name_country_and_region() {
     let pki = TestPki::new();
@@ -283,6 +293,8 @@ async fn update_replaces_name_country_and_region() {
     assert_eq!(list(&mut admin).await, [stored]);
 }
 
+/// Any administrator identity, not only `root`, may register agencies, and all see the same
+/// directory.
 #[tokio::test]
 async fn any_administrator_may_manage_the_directory() {
     let pki = TestPki::new();

@@ -8,24 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::ServerProcess;
+use common::{puente_command, ServerProcess};
 use puente::identity::{Caller, Role};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PublicKeyData};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
-
-/// Environment variables the CLI reads; cleared so the caller's environment cannot leak in.
-const CLIENT_ENV: [&str; 8] = [
-    "PUENTE_PROFILE",
-    "PUENTE_PROFILES",
-    "PUENTE_ADDR",
-    "PUENTE_CERT",
-    "PUENTE_KEY",
-    "PUENTE_CA",
-    "PUENTE_SERVER_NAME",
-    "PUENTE_CA_PASSPHRASE",
-];
 
 /// A temporary working directory in which commands run, as in an administrator's shell.
 struct Workspace {
@@ -44,15 +32,7 @@ impl Workspace {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn");
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command
+        puente_command(self.dir.path(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -228,6 +208,8 @@ fn listed_agency(ws: &Workspace, server: &ServerProcess, id: &str) -> Vec<String
         .collect()
 }
 
+/// `puente admin ca init` never overwrites an existing CA, and a refused issue is not in the
+/// ledger.
 #[test]
 fn ca_init_refuses_to_overwrite() {
     let ws = Workspace::new();
@@ -253,6 +235,7 @@ fn ca_init_refuses_to_overwrite() {
     assert_eq!(listed.lines().count(), 1);
 }
 
+/// `cert issue` never issues a certificate that outlives its CA.
 #[test]
 fn issued_certificates_do_not_outlive_the_ca() {
     let ws = Workspace::new();
@@ -264,6 +247,8 @@ fn issued_certificates_do_not_outlive_the_ca() {
     ws.issue(&["--agency", "ES-CNP", "--days", "29"], "short");
 }
 
+/// An encrypted CA key is used only with its passphrase (file, named variable or
+/// PUENTE_CA_PASSPHRASE); listing needs none.
 #[test]
 fn encrypted_ca_needs_its_passphrase() {
     const PASSPHRASE: &str = "correct horse battery staple";
@@ -337,6 +322,8 @@ fn encrypted_ca_needs_its_passphrase() {
     assert_eq!(listed.lines().count(), 3);
 }
 
+/// A certificate issued by the CLI connects, is refused once revoked and the CRL published, also
+/// after a restart without --crl.
 #[test]
 fn issue_connect_revoke_refused() {
     let (ws, server) = exchange();
@@ -379,6 +366,8 @@ fn issue_connect_revoke_refused() {
     assert!(ws.agencies_as(&server, "es-cnp-2").status.success());
 }
 
+/// Signing a CSR takes only its public key (never the CA or role it asks for), and a tampered CSR
+/// is refused.
 #[test]
 fn csr_only_public_key_is_used() {
     let ws = Workspace::new();
@@ -429,6 +418,8 @@ fn csr_only_public_key_is_used() {
     assert!(!ws.path("z.pem").exists());
 }
 
+/// `cert list` flags expiring and revoked certificates; revoking again changes nothing and is no
+/// error.
 #[test]
 fn cert_list_flags_expiring_and_revoked() {
     let ws = Workspace::new();
@@ -502,6 +493,8 @@ fn cert_list_flags_expiring_and_revoked() {
     assert!(line_of(&valid["serial"]).ends_with("valid"));
 }
 
+/// Agencies are suspended and resumed from the CLI, other changes keep a suspension, and only
+/// administrators may.
 #[test]
 fn agency_suspend_and_resume_from_the_cli() {
     let (ws, server) = exchange();
@@ -546,6 +539,7 @@ fn agency_suspend_and_resume_from_the_cli() {
     assert_eq!(listed_agency(&ws, &server, "CO-DIJIN")[3], "ACTIVE");
 }
 
+/// Every `puente admin` subcommand prints its help.
 #[test]
 fn every_subcommand_has_help() {
     let ws = Workspace::new();

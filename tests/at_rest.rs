@@ -69,6 +69,7 @@ async fn read(
         .map(|response| response.into_inner().message.expect("message"))
 }
 
+/// Subjects, content and attachments never reach the disk in the clear.
 #[tokio::test]
 async fn subjects_content_and_attachments_are_never_on_disk_in_the_clear() {
     let pki = TestPki::new();
@@ -113,6 +114,8 @@ async fn subjects_content_and_attachments_are_never_on_disk_in_the_clear() {
     );
 }
 
+/// After a keyring rotation old bodies still open and new ones are sealed with the new key, each
+/// record naming its key.
 #[tokio::test]
 async fn a_rotated_keyring_opens_old_bodies_and_seals_new_ones_with_the_new_key() {
     let pki = TestPki::new();
@@ -170,6 +173,7 @@ async fn a_rotated_keyring_opens_old_bodies_and_seals_new_ones_with_the_new_key(
     assert_code(read(&pki, &server, &old.message_id).await, Code::Internal);
 }
 
+/// The server refuses to start with a data keyring that others can read, or none.
 #[tokio::test]
 async fn the_server_refuses_to_start_with_an_exposed_or_missing_keyring() {
     use std::os::unix::fs::PermissionsExt;
@@ -225,6 +229,8 @@ fn wrong_modes(dir: &Path, dir_mode: u32, file_mode: u32) -> Vec<String> {
 #[cfg(unix)]
 // Multi-threaded: the dropped clients' connections must close while `terminate` blocks, or
 // the server waits out its drain timeout for them.
+/// The data directory and everything in it are private to the owner whatever the umask, also after
+/// shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_private_whatever_the_umask() {
     use puente::pb::v1::admin_service_client::AdminServiceClient;

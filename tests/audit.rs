@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    agency_spiffe, assert_code, auditor_spiffe, connect, message, verify_checkpoint, TestPki,
-    TestServer, WAIT,
+    agency_spiffe, assert_code, auditor_spiffe, connect, eventually, message, verify_checkpoint,
+    TestPki, TestServer, WAIT,
 };
 use puente::audit::merkle::{hash_leaf, verify_consistency, verify_inclusion, Hash};
 use puente::audit::note::Checkpoint;
@@ -80,6 +80,8 @@ fn hashes(raw: Vec<Vec<u8>>) -> Vec<Hash> {
         .collect()
 }
 
+/// A sender proves its message is in the audit log with the receipt it was given; a retry returns
+/// the same receipt.
 #[tokio::test]
 async fn a_sender_proves_its_message_is_in_the_log_with_its_receipt() {
     let pki = TestPki::new();
@@ -144,6 +146,8 @@ async fn a_sender_proves_its_message_is_in_the_log_with_its_receipt() {
     assert_eq!(again.audit_index, Some(audit_index));
 }
 
+/// The audit log records every step of a message and of the directory, never the content, with
+/// times that never go back.
 #[tokio::test]
 async fn the_log_records_every_step_of_a_message_and_never_its_content() {
     let pki = TestPki::new();
@@ -179,8 +183,7 @@ async fn the_log_records_every_step_of_a_message_and_never_its_content() {
         AuditAction::MessageRead,
     ];
     // DELIVERED is recorded without waiting for durability; poll until it is there.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let about = loop {
+    let about = eventually("an audit entry for each step of the message", async || {
         let about = entries(
             &mut audit,
             ListAuditEntriesRequest {
@@ -190,11 +193,13 @@ async fn the_log_records_every_step_of_a_message_and_never_its_content() {
         )
         .await
         .expect("list");
-        if about.len() >= expected.len() || tokio::time::Instant::now() > deadline {
-            break about;
+        if about.len() >= expected.len() {
+            Ok(about)
+        } else {
+            Err(about)
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let mut actions: Vec<AuditAction> = about.iter().map(action).collect();
     assert_eq!(actions[0], AuditAction::MessageAccepted);
     // Delivery is recorded by the stream without waiting, so it may land after the ack.
@@ -240,6 +245,8 @@ async fn the_log_records_every_step_of_a_message_and_never_its_content() {
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
 }
 
+/// Refused requests and handshakes, suspensions and the auditor's own queries are recorded in the
+/// audit log.
 #[tokio::test]
 async fn refusals_suspensions_and_audit_queries_are_recorded() {
     let pki = TestPki::new();
@@ -259,20 +266,20 @@ async fn refusals_suspensions_and_audit_queries_are_recorded() {
     }
 
     let mut audit = auditor(&pki, &server).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let all = loop {
+    let all = eventually("the refused handshake's audit entry", async || {
         let all = entries(&mut audit, ListAuditEntriesRequest::default())
             .await
             .expect("list");
         if all
             .iter()
             .any(|e| action(e) == AuditAction::HandshakeRefused)
-            || tokio::time::Instant::now() > deadline
         {
-            break all;
+            Ok(all)
+        } else {
+            Err(all)
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let refused = all
         .iter()
         .find(|e| action(e) == AuditAction::RequestRefused)
@@ -309,6 +316,8 @@ async fn refusals_suspensions_and_audit_queries_are_recorded() {
         .any(|q| q.event.as_ref().expect("event").actor == auditor_spiffe("ana")));
 }
 
+/// Agencies see and prove only the audit entries they are party to; administrators are no auditors;
+/// auditors see all.
 #[tokio::test]
 async fn agencies_see_and_prove_only_entries_they_are_party_to() {
     let pki = TestPki::new();
@@ -384,6 +393,8 @@ async fn agencies_see_and_prove_only_entries_they_are_party_to() {
     assert!(all.iter().any(|e| e.index == index));
 }
 
+/// Signed checkpoints only grow, each consistent with the earlier ones, and sizes beyond the log
+/// are refused.
 #[tokio::test]
 async fn checkpoints_only_grow_and_are_consistent() {
     let pki = TestPki::new();
@@ -437,6 +448,7 @@ async fn checkpoints_only_grow_and_are_consistent() {
     );
 }
 
+/// An audit event, version included, decodes back to itself from its encoding.
 #[test]
 fn leaves_decode_as_versioned_events() {
     use prost::Message as _;
@@ -472,8 +484,7 @@ async fn a_flood_of_refused_handshakes_is_recorded_up_to_a_rate_then_counted() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     let mut audit = auditor(&pki, &server).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let refused = loop {
+    let refused = eventually("the entry counting the unrecorded refusals", async || {
         let refused: Vec<AuditEvent> = entries(&mut audit, ListAuditEntriesRequest::default())
             .await
             .expect("list")
@@ -484,12 +495,13 @@ async fn a_flood_of_refused_handshakes_is_recorded_up_to_a_rate_then_counted() {
         if refused
             .iter()
             .any(|e| e.reason.contains("not recorded one by one"))
-            || tokio::time::Instant::now() > deadline
         {
-            break refused;
+            Ok(refused)
+        } else {
+            Err(refused)
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     // The burst one by one, then the one entry that counts the refusals left out.
     assert_eq!(refused.len(), burst + 1, "{refused:#?}");
     let summary = refused.last().expect("an entry");

@@ -6,26 +6,17 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{agency_spiffe, auditor_spiffe, message, register_agency, ServerProcess, TestPki};
+use common::{
+    agency_spiffe, auditor_spiffe, message, puente_command, register_agency, ServerProcess, TestPki,
+};
 use prost::Message as _;
 use puente::audit::note::LogKey;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::{AuditAction, AuditEvent, GetLogInfoRequest, Region, SendMessageResponse};
-
-/// Environment variables the CLI reads; cleared so the caller's environment cannot leak in.
-const CLIENT_ENV: [&str; 7] = [
-    "PUENTE_PROFILE",
-    "PUENTE_PROFILES",
-    "PUENTE_ADDR",
-    "PUENTE_CERT",
-    "PUENTE_KEY",
-    "PUENTE_CA",
-    "PUENTE_SERVER_NAME",
-];
 
 const AGENCIES: [(&str, Region); 3] = [
     ("ES-CNP", Region::Eu),
@@ -69,15 +60,9 @@ impl Workspace {
 
     /// Runs `puente ARGS` in the workspace.
     fn run(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn");
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command.output().expect("run puente")
+        puente_command(self.dir.path(), args)
+            .output()
+            .expect("run puente")
     }
 
     /// Runs `puente ARGS` connected to `addr` as the holder of `who.pem`.
@@ -200,6 +185,8 @@ fn foreign_verifier_key() -> String {
     .verifier_key()
 }
 
+/// `puente audit verify` pins the log key on first use, then checks consistency across runs and
+/// refuses another log's key.
 #[tokio::test]
 async fn verify_pins_the_key_and_checks_consistency_across_runs() {
     let ws = Workspace::new();
@@ -292,6 +279,7 @@ async fn verify_pins_the_key_and_checks_consistency_across_runs() {
     assert_eq!(state(&ws.path("shrunk.json")), shrunk);
 }
 
+/// An entry altered on disk is found and named by `audit verify --full` and has no inclusion proof.
 #[tokio::test]
 async fn tamper_evidence_names_the_altered_entry() {
     let ws = Workspace::new();
@@ -361,6 +349,8 @@ async fn tamper_evidence_names_the_altered_entry() {
     );
 }
 
+/// `puente audit prove` verifies one entry for its parties, says what an unpinned proof is worth,
+/// and refuses a foreign key.
 #[tokio::test]
 async fn prove_verifies_one_entry() {
     let ws = Workspace::new();
@@ -434,6 +424,7 @@ async fn prove_verifies_one_entry() {
     ws.fails_as(server.addr, "auditor", &["audit", "prove"]);
 }
 
+/// An agency cannot prove an audit entry it is not party to; the parties can.
 #[tokio::test]
 async fn an_agency_cannot_prove_an_entry_it_is_not_party_to() {
     let ws = Workspace::new();
@@ -461,6 +452,8 @@ async fn an_agency_cannot_prove_an_entry_it_is_not_party_to() {
     );
 }
 
+/// An audit export never overwrites a file, holds only the agency's own entries, and verifies
+/// offline against the pinned key.
 #[tokio::test]
 async fn export_and_verify_offline() {
     let ws = Workspace::new();
@@ -578,6 +571,8 @@ async fn export_and_verify_offline() {
     );
 }
 
+/// `puente audit log` lists and filters entries as a table or JSON, an agency only what it is party
+/// to.
 #[tokio::test]
 async fn log_lists_and_filters() {
     let ws = Workspace::new();
@@ -703,6 +698,7 @@ async fn log_lists_and_filters() {
     assert!(output.contains("PermissionDenied"), "{output}");
 }
 
+/// Every `puente audit` subcommand prints its help.
 #[test]
 fn every_audit_subcommand_has_help() {
     let ws = Workspace::new();

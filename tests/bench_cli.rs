@@ -40,6 +40,8 @@ fn number(figures: &BTreeMap<String, String>, label: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number in {label}: {value}"))
 }
 
+/// `puente bench` reports the durable rate against its bound, the restart time, memory and proofs,
+/// all plausible.
 #[test]
 fn reports_the_durable_rate_against_the_bound_then_restart_memory_and_proofs() {
     let output = bench(&[
@@ -97,6 +99,7 @@ fn reports_the_durable_rate_against_the_bound_then_restart_memory_and_proofs() {
     }
 }
 
+/// The JSON report of `puente bench` holds only the sections that were measured.
 #[test]
 fn json_report_holds_the_measured_sections_only() {
     let output = bench(&[
@@ -130,6 +133,7 @@ fn json_report_holds_the_measured_sections_only() {
     assert!(report["proofs"].is_null());
 }
 
+/// `puente bench` refuses a data directory that is not empty.
 #[test]
 fn refuses_a_data_dir_that_is_not_empty() {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -49,6 +49,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `puente config check` prints a valid configuration and checks its files without ever printing
+/// key material.
 #[test]
 fn a_valid_configuration_is_printed_and_its_files_checked_without_key_material() {
     let pki = TestPki::new();
@@ -89,6 +91,7 @@ fn a_valid_configuration_is_printed_and_its_files_checked_without_key_material()
     );
 }
 
+/// Environment variables override the key paths of the configuration file.
 #[test]
 fn environment_variables_override_the_key_paths_of_the_file() {
     let pki = TestPki::new();
@@ -101,6 +104,7 @@ fn environment_variables_override_the_key_paths_of_the_file() {
     assert!(stdout.contains(&format!("data_key = \"{}\"", elsewhere.display())));
 }
 
+/// Each broken configuration or file fails `config check` with an error naming what to fix.
 #[test]
 fn a_broken_configuration_fails_naming_what_to_fix() {
     use std::os::unix::fs::PermissionsExt;

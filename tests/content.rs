@@ -7,11 +7,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{
-    agency_spiffe, assert_bad_field, backlog, content_sha256, register_agency, ServerProcess,
-    TestPki, TestServer,
+    agency_spiffe, assert_bad_field, backlog, content_sha256, puente_command, register_agency,
+    ServerProcess, TestPki, TestServer,
 };
 use puente::exchange::content::to_message_content;
 use puente::pb::json::{from_json, to_json};
@@ -118,6 +118,8 @@ fn assert_stored(name: &str, sender: &str, request: &SendMessageRequest, message
     assert_eq!(message.content_sha256, content_sha256(&stored), "{name}");
 }
 
+/// Every example report is accepted and reads back intact, also through the JSON form `puente inbox
+/// --json` prints.
 #[tokio::test]
 async fn every_example_is_accepted_and_reads_back_intact() {
     let pki = TestPki::new();
@@ -175,6 +177,7 @@ async fn every_example_is_accepted_and_reads_back_intact() {
     }
 }
 
+/// The server computes normalised serials itself and ignores one a client supplies.
 #[tokio::test]
 async fn the_server_ignores_a_client_supplied_normalised_serial() {
     let pki = TestPki::new();
@@ -203,6 +206,7 @@ async fn the_server_ignores_a_client_supplied_normalised_serial() {
     assert_eq!(report.records[0].serial_number_normalized, "BXK41729");
 }
 
+/// Each invalid structured report is INVALID_ARGUMENT naming the offending field.
 #[tokio::test]
 async fn invalid_reports_are_refused_naming_the_field() {
     type Edit = fn(&mut Content);
@@ -316,6 +320,7 @@ async fn invalid_reports_are_refused_naming_the_field() {
     }
 }
 
+/// Corrected content is held to the same rules as a report when first sent.
 #[tokio::test]
 async fn a_correction_is_held_to_the_same_rules() {
     let pki = TestPki::new();
@@ -344,17 +349,6 @@ async fn a_correction_is_held_to_the_same_rules() {
 
 // === The binary ===
 
-/// Environment variables the CLI reads; cleared so the caller's environment cannot leak in.
-const CLIENT_ENV: [&str; 7] = [
-    "PUENTE_PROFILE",
-    "PUENTE_PROFILES",
-    "PUENTE_ADDR",
-    "PUENTE_CERT",
-    "PUENTE_KEY",
-    "PUENTE_CA",
-    "PUENTE_SERVER_NAME",
-];
-
 /// A temporary directory holding the test PKI's files (`server.pem`, `server.key`, `ca.pem`,
 /// `<agency>.pem`/`.key`), in which `puente` runs.
 struct Workspace {
@@ -379,18 +373,12 @@ impl Workspace {
     /// Runs `puente ARGS` connected to `addr` as agency `id`.
     fn run_as(&self, addr: SocketAddr, id: &str, args: &[&str]) -> Output {
         let (addr, cert, key) = (addr.to_string(), format!("{id}.pem"), format!("{id}.key"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
-        command
-            .args(args)
+        puente_command(self.dir.path(), args)
             .args([
                 "--addr", &addr, "--cert", &cert, "--key", &key, "--ca", "ca.pem",
             ])
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn");
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command.output().expect("run puente")
+            .output()
+            .expect("run puente")
     }
 
     /// As [`Workspace::run_as`]; the command must succeed. Returns its stdout.
@@ -407,6 +395,8 @@ impl Workspace {
     }
 }
 
+/// The CLI sends a JSON request file (flags overriding it), prints the inbox as JSON lines and
+/// exports STIX 2.1.
 #[tokio::test]
 async fn the_cli_sends_a_json_file_and_prints_the_inbox_as_json_lines() {
     let pki = TestPki::new();
@@ -500,6 +490,7 @@ async fn the_cli_sends_a_json_file_and_prints_the_inbox_as_json_lines() {
     drop(server);
 }
 
+/// The CLI refuses a file that is not a SendMessageRequest before connecting.
 #[test]
 fn the_cli_refuses_a_file_that_is_not_a_send_message_request() {
     let pki = TestPki::new();

@@ -66,6 +66,8 @@ async fn inbox_of(client: &mut ExchangeServiceClient<Channel>) -> Vec<(u64, Stri
         .collect()
 }
 
+/// Every acknowledged message survives kill -9 under load, streams exactly once in order, and the
+/// log extends a checkpoint signed before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
     let pki = TestPki::new();
@@ -274,6 +276,7 @@ async fn acknowledged_messages_survive_kill_9_and_stream_in_order() {
     }
 }
 
+/// SIGTERM ends open inbox streams and the server exits with status 0.
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_exits_zero() {
     let pki = TestPki::new();

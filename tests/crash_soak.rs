@@ -661,6 +661,8 @@ struct Totals {
     during_flush: usize,
 }
 
+/// Acknowledged sends survive repeated kill -9 under load, at random points of the journal and sled
+/// flushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_sends_survive_repeated_kill_9_under_load() {
     let kills = env_u64("PUENTE_SOAK_KILLS").unwrap_or(DEFAULT_KILLS);

@@ -68,6 +68,8 @@ fn pseudo_random_bytes(len: usize) -> Vec<u8> {
 
 // === Sending and receiving ===
 
+/// A recipient streams a sent message as sequence 1 with every field as sent and the content
+/// digest.
 #[tokio::test]
 async fn recipient_streams_a_sent_message_with_sequence_one() {
     let pki = TestPki::new();
@@ -107,6 +109,7 @@ async fn recipient_streams_a_sent_message_with_sequence_one() {
     assert_eq!(message.content_sha256.len(), 32);
 }
 
+/// The sender is the caller's SPIFFE ID, whatever the certificate's subject says.
 #[tokio::test]
 async fn sender_cannot_be_forged() {
     // The request has no sender field; the certificate's subject names another agency, but only
@@ -138,6 +141,7 @@ async fn sender_cannot_be_forged() {
     );
 }
 
+/// A retry with the same client message id returns the same message and is delivered once.
 #[tokio::test]
 async fn idempotent_retry_returns_the_same_message_and_delivers_once() {
     let pki = TestPki::new();
@@ -171,6 +175,8 @@ async fn idempotent_retry_returns_the_same_message_and_delivers_once() {
     );
 }
 
+/// Reusing a client message id for other content or recipients is ALREADY_EXISTS; keys are per
+/// sender.
 #[tokio::test]
 async fn reusing_a_client_message_id_for_different_content_is_already_exists() {
     let pki = TestPki::new();
@@ -213,6 +219,7 @@ async fn reusing_a_client_message_id_for_different_content_is_already_exists() {
     assert_eq!(texts, [(1, Some("first text")), (2, Some("second text"))]);
 }
 
+/// A retry of a committed send returns the original response even after a recipient was suspended.
 #[tokio::test]
 async fn retry_after_a_recipient_was_suspended_returns_the_original_response() {
     // The first response was lost; by the time the sender retries, the recipient is suspended.
@@ -232,6 +239,7 @@ async fn retry_after_a_recipient_was_suspended_returns_the_original_response() {
 
 // === Inbox streams ===
 
+/// An inbox stream resumes after a given sequence without gaps.
 #[tokio::test]
 async fn stream_resumes_after_sequence_without_gaps() {
     let pki = TestPki::new();
@@ -257,6 +265,7 @@ async fn stream_resumes_after_sequence_without_gaps() {
     assert_eq!(got, want);
 }
 
+/// Live messages arrive on an open stream after its backlog, in sequence order.
 #[tokio::test]
 async fn live_messages_arrive_after_backlog_in_order() {
     const BACKLOG: usize = 20;
@@ -312,6 +321,7 @@ async fn live_messages_arrive_after_backlog_in_order() {
     assert_eq!(live_got, live_sent);
 }
 
+/// A reader that does not read does not block senders, and later gets everything in sequence.
 #[tokio::test]
 async fn slow_reader_does_not_block_senders() {
     const SENDS: usize = 200;
@@ -349,6 +359,8 @@ async fn slow_reader_does_not_block_senders() {
     assert_eq!(got, sent.into_iter().collect::<HashSet<_>>());
 }
 
+/// Concurrent senders share one gapless inbox sequence, seen alike by every stream of the
+/// recipient.
 #[tokio::test]
 async fn concurrent_senders_share_one_gapless_sequence_seen_alike_by_every_stream() {
     const PER_SENDER: usize = 15;
@@ -404,6 +416,7 @@ async fn concurrent_senders_share_one_gapless_sequence_seen_alike_by_every_strea
     assert_eq!(got, sent);
 }
 
+/// Open inbox streams end with UNAVAILABLE on shutdown and the server stops cleanly.
 #[tokio::test]
 async fn inbox_streams_end_with_unavailable_on_shutdown() {
     let pki = TestPki::new();
@@ -441,6 +454,7 @@ async fn ack(
         .map(|r| r.into_inner().state)
 }
 
+/// Acknowledgements move a recipient's delivery state forward only, and the sender sees each step.
 #[tokio::test]
 async fn acknowledgements_move_delivery_state_forward() {
     let pki = TestPki::new();
@@ -450,7 +464,6 @@ async fn acknowledgements_move_delivery_state_forward() {
         .await
         .message_id;
     let pending = DeliveryState::Pending as i32;
-    let (received, read) = (DeliveryState::Received as i32, DeliveryState::Read as i32);
     assert_eq!(
         delivery_states(&mut sender, &id).await,
         [
@@ -459,49 +472,35 @@ async fn acknowledgements_move_delivery_state_forward() {
         ]
     );
 
+    use DeliveryState::{Read, Received};
+    // (step, CO-DIJIN acknowledges, the state it is answered, CO-DIJIN's state as the sender
+    // then sees it). States only move forward.
+    let steps = [
+        ("received", Received, Received, Received),
+        ("read", Read, Read, Read),
+        ("received after read", Received, Read, Read),
+    ];
     let mut recipient = pki.agency_client("CO-DIJIN", server.addr).await;
-    assert_eq!(
-        ack(&mut recipient, &id, DeliveryState::Received)
-            .await
-            .expect("ack"),
-        received
-    );
-    assert_eq!(
-        delivery_states(&mut sender, &id).await,
-        [
-            ("BE-FPJ".to_string(), pending),
-            ("CO-DIJIN".to_string(), received)
-        ]
-    );
-    assert_eq!(
-        ack(&mut recipient, &id, DeliveryState::Read)
-            .await
-            .expect("ack"),
-        read
-    );
-    assert_eq!(
-        delivery_states(&mut sender, &id).await,
-        [
-            ("BE-FPJ".to_string(), pending),
-            ("CO-DIJIN".to_string(), read)
-        ]
-    );
-    // States only move forward.
-    assert_eq!(
-        ack(&mut recipient, &id, DeliveryState::Received)
-            .await
-            .expect("ack"),
-        read
-    );
-    assert_eq!(
-        delivery_states(&mut sender, &id).await,
-        [
-            ("BE-FPJ".to_string(), pending),
-            ("CO-DIJIN".to_string(), read)
-        ]
-    );
+    for (step, acknowledged, answered, seen) in steps {
+        assert_eq!(
+            ack(&mut recipient, &id, acknowledged)
+                .await
+                .unwrap_or_else(|s| panic!("{step}: ack refused: {s:?}")),
+            answered as i32,
+            "{step}: answered state"
+        );
+        assert_eq!(
+            delivery_states(&mut sender, &id).await,
+            [
+                ("BE-FPJ".to_string(), pending),
+                ("CO-DIJIN".to_string(), seen as i32)
+            ],
+            "{step}: states the sender sees"
+        );
+    }
 }
 
+/// A message handed to the recipient's stream is marked DELIVERED without the client's involvement.
 #[tokio::test]
 async fn streamed_message_is_marked_delivered() {
     let pki = TestPki::new();
@@ -513,18 +512,19 @@ async fn streamed_message_is_marked_delivered() {
     first_inbox_entry(&pki, &server, "CO-DIJIN").await;
 
     // DELIVERED is recorded after the entry is handed to the stream, without the client's
-    // involvement: poll for it, with a deadline.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    // involvement: poll for it.
+    eventually("CO-DIJIN's delivery to be marked DELIVERED", async || {
         let states = delivery_states(&mut sender, &id).await;
         if states == [("CO-DIJIN".to_string(), DeliveryState::Delivered as i32)] {
-            break;
+            Ok(())
+        } else {
+            Err(states)
         }
-        assert!(tokio::time::Instant::now() < deadline, "still {states:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
+/// Only a recipient can acknowledge a message; refused acknowledgements change no state.
 #[tokio::test]
 async fn only_a_recipient_can_acknowledge() {
     let pki = TestPki::new();
@@ -534,27 +534,34 @@ async fn only_a_recipient_can_acknowledge() {
         .await
         .message_id;
 
-    let mut third = pki.agency_client("BE-FPJ", server.addr).await;
-    assert_code(
-        ack(&mut third, &id, DeliveryState::Received).await,
-        Code::NotFound,
-    );
-    assert_code(
-        ack(&mut sender, &id, DeliveryState::Received).await,
-        Code::PermissionDenied,
-    );
     let unknown = uuid::Uuid::now_v7().to_string();
-    let mut recipient = pki.agency_client("CO-DIJIN", server.addr).await;
-    assert_code(
-        ack(&mut recipient, &unknown, DeliveryState::Received).await,
-        Code::NotFound,
-    );
+    // (case, who acknowledges, which message, the refusal).
+    let cases = [
+        ("a third agency", "BE-FPJ", &id, Code::NotFound),
+        ("the sender", "ES-CNP", &id, Code::PermissionDenied),
+        (
+            "the recipient, an unknown message",
+            "CO-DIJIN",
+            &unknown,
+            Code::NotFound,
+        ),
+    ];
+    for (case, agency, message_id, code) in cases {
+        let mut client = pki.agency_client(agency, server.addr).await;
+        assert_code_for(
+            case,
+            ack(&mut client, message_id, DeliveryState::Received).await,
+            code,
+        );
+    }
     assert_eq!(
         delivery_states(&mut sender, &id).await,
         [("CO-DIJIN".to_string(), DeliveryState::Pending as i32)]
     );
 }
 
+/// Acknowledging with a state other than RECEIVED or READ, or a malformed id, is INVALID_ARGUMENT
+/// and changes nothing.
 #[tokio::test]
 async fn acknowledging_with_a_state_other_than_received_or_read_is_invalid_argument() {
     let pki = TestPki::new();
@@ -564,17 +571,20 @@ async fn acknowledging_with_a_state_other_than_received_or_read_is_invalid_argum
         .await
         .message_id;
     let mut recipient = pki.agency_client("CO-DIJIN", server.addr).await;
-    for state in [
-        DeliveryState::Pending,
-        DeliveryState::Delivered,
-        DeliveryState::Unspecified,
-    ] {
-        assert_bad_field(ack(&mut recipient, &id, state).await, "state");
+    // (acknowledged state, message id, the field named as invalid).
+    let cases = [
+        (DeliveryState::Pending, id.as_str(), "state"),
+        (DeliveryState::Delivered, &id, "state"),
+        (DeliveryState::Unspecified, &id, "state"),
+        (DeliveryState::Read, "not-a-uuid", "message_id"),
+    ];
+    for (state, message_id, field) in cases {
+        assert_bad_field_for(
+            &format!("{state:?} for {message_id}"),
+            ack(&mut recipient, message_id, state).await,
+            field,
+        );
     }
-    assert_bad_field(
-        ack(&mut recipient, "not-a-uuid", DeliveryState::Read).await,
-        "message_id",
-    );
     assert_eq!(
         delivery_states(&mut sender, &id).await,
         [("CO-DIJIN".to_string(), DeliveryState::Pending as i32)]
@@ -583,6 +593,8 @@ async fn acknowledging_with_a_state_other_than_received_or_read_is_invalid_argum
 
 // === Access to messages ===
 
+/// Only the sender and recipients read a message; to others it is as absent as one that does not
+/// exist.
 #[tokio::test]
 async fn only_the_sender_and_recipients_can_read_a_message() {
     let pki = TestPki::new();
@@ -599,19 +611,21 @@ async fn only_the_sender_and_recipients_can_read_a_message() {
     assert_eq!(as_sender.content_sha256, content_sha256(&request));
 
     let mut third = pki.agency_client("BE-FPJ", server.addr).await;
-    let not_found = third
-        .get_message(GetMessageRequest {
-            message_id: id.clone(),
-        })
-        .await;
-    assert_code(not_found, Code::NotFound);
-    // Indistinguishable from a message that does not exist.
-    let missing = third
-        .get_message(GetMessageRequest {
-            message_id: uuid::Uuid::now_v7().to_string(),
-        })
-        .await;
-    assert_code(missing, Code::NotFound);
+    // A third agency's read is indistinguishable from a read of a message that does not exist.
+    let cases = [
+        ("another agency's message", id.clone()),
+        (
+            "a message that does not exist",
+            uuid::Uuid::now_v7().to_string(),
+        ),
+    ];
+    for (case, message_id) in cases {
+        assert_code_for(
+            case,
+            third.get_message(GetMessageRequest { message_id }).await,
+            Code::NotFound,
+        );
+    }
     let malformed = third
         .get_message(GetMessageRequest {
             message_id: "42".into(),
@@ -620,6 +634,8 @@ async fn only_the_sender_and_recipients_can_read_a_message() {
     assert_bad_field(malformed, "message_id");
 }
 
+/// Only the sender sees a message's delivery status: a recipient is denied, a third agency told it
+/// does not exist.
 #[tokio::test]
 async fn only_the_sender_sees_delivery_status() {
     let pki = TestPki::new();
@@ -641,15 +657,19 @@ async fn only_the_sender_sees_delivery_status() {
     assert_eq!(status.recipients.len(), 1);
     assert!(status.recipients[0].updated_at.is_some());
 
-    let mut recipient = pki.agency_client("CO-DIJIN", server.addr).await;
-    assert_code(
-        recipient.get_delivery_status(request()).await,
-        Code::PermissionDenied,
-    );
-    let mut third = pki.agency_client("BE-FPJ", server.addr).await;
-    assert_code(third.get_delivery_status(request()).await, Code::NotFound);
+    // (who asks, the refusal).
+    let cases = [
+        ("CO-DIJIN", Code::PermissionDenied),
+        ("BE-FPJ", Code::NotFound),
+    ];
+    for (agency, code) in cases {
+        let mut client = pki.agency_client(agency, server.addr).await;
+        assert_code_for(agency, client.get_delivery_status(request()).await, code);
+    }
 }
 
+/// A reply to a message the caller cannot read is INVALID_ARGUMENT; a party to the original may
+/// answer it.
 #[tokio::test]
 async fn reply_to_a_message_the_caller_cannot_read_is_invalid_argument() {
     let pki = TestPki::new();
@@ -660,12 +680,24 @@ async fn reply_to_a_message_the_caller_cannot_read_is_invalid_argument() {
         .message_id;
 
     let mut third = pki.agency_client("BE-FPJ", server.addr).await;
-    let mut reply = message("reply-1", &["ES-CNP"]);
-    reply.in_reply_to = original.clone();
-    assert_bad_field(third.send_message(reply).await, "in_reply_to");
-    let mut reply = message("reply-2", &["ES-CNP"]);
-    reply.in_reply_to = uuid::Uuid::now_v7().to_string();
-    assert_bad_field(third.send_message(reply).await, "in_reply_to");
+    // (case, client message id, in_reply_to).
+    let cases = [
+        (
+            "a message BE-FPJ is no party to",
+            "reply-1",
+            original.clone(),
+        ),
+        (
+            "a message that does not exist",
+            "reply-2",
+            uuid::Uuid::now_v7().to_string(),
+        ),
+    ];
+    for (case, key, in_reply_to) in cases {
+        let mut reply = message(key, &["ES-CNP"]);
+        reply.in_reply_to = in_reply_to;
+        assert_bad_field_for(case, third.send_message(reply).await, "in_reply_to");
+    }
 
     // A party to the original may answer it.
     let mut recipient = pki.agency_client("CO-DIJIN", server.addr).await;
@@ -680,6 +712,7 @@ async fn reply_to_a_message_the_caller_cannot_read_is_invalid_argument() {
 
 // === Recipients ===
 
+/// A broadcast reaches every other active agency, never the sender or a suspended agency.
 #[tokio::test]
 async fn broadcast_reaches_every_other_active_agency() {
     let pki = TestPki::new();
@@ -720,6 +753,7 @@ async fn broadcast_reaches_every_other_active_agency() {
     }
 }
 
+/// Addressing a region reaches its active members only, never the sender itself.
 #[tokio::test]
 async fn region_addressing_reaches_only_that_region() {
     let pki = TestPki::new();
@@ -771,29 +805,26 @@ async fn region_addressing_reaches_only_that_region() {
     assert_eq!(entry.message.expect("message").message_id, own);
 }
 
+/// An unknown recipient or region is INVALID_ARGUMENT naming it, and nothing is delivered.
 #[tokio::test]
 async fn unknown_recipient_is_invalid_argument() {
     let pki = TestPki::new();
     let server = three_agencies(&pki).await;
     let mut sender = pki.agency_client("ES-CNP", server.addr).await;
-    assert_bad_field(
-        sender.send_message(message("u-1", &["FR-PN"])).await,
-        "recipients[0]",
-    );
-    assert_bad_field(
-        sender
-            .send_message(message("u-2", &["CO-DIJIN", "FR-PN"]))
-            .await,
-        "recipients[1]",
-    );
-    assert_bad_field(
-        sender.send_message(message("u-3", &["co-dijin"])).await,
-        "recipients[0]",
-    );
-    assert_bad_field(
-        sender.send_message(message("u-4", &["region:ASIA"])).await,
-        "recipients[0]",
-    );
+    // (client message id, recipients, the field named as invalid).
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("u-1", &["FR-PN"], "recipients[0]"),
+        ("u-2", &["CO-DIJIN", "FR-PN"], "recipients[1]"),
+        ("u-3", &["co-dijin"], "recipients[0]"),
+        ("u-4", &["region:ASIA"], "recipients[0]"),
+    ];
+    for (key, recipients, field) in cases {
+        assert_bad_field_for(
+            &format!("recipients {recipients:?}"),
+            sender.send_message(message(key, recipients)).await,
+            field,
+        );
+    }
     // Nothing was delivered to the valid recipient of the refused request.
     let ok = send(&mut sender, message("u-5", &["CO-DIJIN"]))
         .await
@@ -802,22 +833,21 @@ async fn unknown_recipient_is_invalid_argument() {
     assert_eq!(entry.message.expect("message").message_id, ok);
 }
 
+/// Naming a suspended recipient is FAILED_PRECONDITION, and nothing is delivered.
 #[tokio::test]
 async fn suspended_recipient_named_explicitly_is_failed_precondition() {
     let pki = TestPki::new();
     let server = three_agencies(&pki).await;
     server.suspend(&pki, "CO-DIJIN").await;
     let mut sender = pki.agency_client("ES-CNP", server.addr).await;
-    assert_code(
-        sender.send_message(message("s-1", &["CO-DIJIN"])).await,
-        Code::FailedPrecondition,
-    );
-    assert_code(
-        sender
-            .send_message(message("s-2", &["BE-FPJ", "CO-DIJIN"]))
-            .await,
-        Code::FailedPrecondition,
-    );
+    let cases: [(&str, &[&str]); 2] = [("s-1", &["CO-DIJIN"]), ("s-2", &["BE-FPJ", "CO-DIJIN"])];
+    for (key, recipients) in cases {
+        assert_code_for(
+            &format!("recipients {recipients:?}"),
+            sender.send_message(message(key, recipients)).await,
+            Code::FailedPrecondition,
+        );
+    }
     // Nothing reached the active recipient of the refused request.
     let ok = send(&mut sender, message("s-3", &["BE-FPJ"]))
         .await
@@ -828,6 +858,7 @@ async fn suspended_recipient_named_explicitly_is_failed_precondition() {
 
 // === Validation and limits ===
 
+/// Each invalid send is INVALID_ARGUMENT naming the offending field, and none is stored.
 #[tokio::test]
 async fn invalid_requests_name_the_offending_field() {
     type Edit = fn(&mut SendMessageRequest);
@@ -876,9 +907,14 @@ async fn invalid_requests_name_the_offending_field() {
     let server = three_agencies(&pki).await;
     let mut sender = pki.agency_client("ES-CNP", server.addr).await;
     for (i, (field, edit)) in cases.iter().enumerate() {
-        let mut request = message(&format!("invalid-{i}"), &["CO-DIJIN"]);
+        let key = format!("invalid-{i}");
+        let mut request = message(&key, &["CO-DIJIN"]);
         edit(&mut request);
-        assert_bad_field(sender.send_message(request).await, field);
+        assert_bad_field_for(
+            &format!("case {key} (bad {field})"),
+            sender.send_message(request).await,
+            field,
+        );
     }
     // None of them was stored: the recipient's first entry is the next valid message.
     let ok = send(&mut sender, message("valid", &["CO-DIJIN"]))
@@ -889,6 +925,7 @@ async fn invalid_requests_name_the_offending_field() {
     assert_eq!(entry.message.expect("message").message_id, ok);
 }
 
+/// More recipients than the limit, as named or after expansion, is INVALID_ARGUMENT.
 #[tokio::test]
 async fn too_many_recipients_is_invalid_argument() {
     let pki = TestPki::new();
@@ -902,17 +939,18 @@ async fn too_many_recipients_is_invalid_argument() {
         server.register(&pki, id, region).await;
     }
     let mut sender = pki.agency_client("ES-CNP", server.addr).await;
-    assert_bad_field(
-        sender
-            .send_message(message("many-1", &["BE-FPJ", "CO-DIJIN", "MX-FGR"]))
-            .await,
-        "recipients",
-    );
-    // Counted after expansion too.
-    assert_bad_field(
-        sender.send_message(message("many-2", &["*"])).await,
-        "recipients",
-    );
+    // Counted as named, and after expansion too.
+    let cases: [(&str, &[&str]); 2] = [
+        ("many-1", &["BE-FPJ", "CO-DIJIN", "MX-FGR"]),
+        ("many-2", &["*"]),
+    ];
+    for (key, recipients) in cases {
+        assert_bad_field_for(
+            &format!("recipients {recipients:?}"),
+            sender.send_message(message(key, recipients)).await,
+            "recipients",
+        );
+    }
     let ok = send(&mut sender, message("many-3", &["region:CELAC"]))
         .await
         .message_id;
@@ -922,6 +960,8 @@ async fn too_many_recipients_is_invalid_argument() {
     );
 }
 
+/// A message over the size limit is refused and not stored; one at the limit is accepted on the
+/// same connection.
 #[tokio::test]
 async fn oversized_message_is_refused_and_nothing_is_stored() {
     const LIMIT: usize = 64 * 1024;
@@ -968,6 +1008,7 @@ async fn oversized_message_is_refused_and_nothing_is_stored() {
     assert_eq!(got, [(1, at_limit.message_id), (2, normal.message_id)]);
 }
 
+/// A 1 MiB attachment and an empty one round-trip intact, streamed and read alike.
 #[tokio::test]
 async fn large_message_round_trips_intact() {
     let pki = TestPki::new();
@@ -1002,6 +1043,7 @@ async fn large_message_round_trips_intact() {
 
 // === Directory ===
 
+/// ListAgencies returns the whole directory, suspended agencies included, in id order.
 #[tokio::test]
 async fn list_agencies_returns_the_directory() {
     let pki = TestPki::new();
@@ -1059,6 +1101,7 @@ async fn list_agencies_returns_the_directory() {
     );
 }
 
+/// Suspending an agency ends its open inbox stream with PERMISSION_DENIED.
 #[tokio::test]
 async fn suspending_an_agency_ends_its_open_inbox_stream() {
     let pki = TestPki::new();

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
 use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -288,6 +290,7 @@ fn states(recipients: &[puente::pb::v1::RecipientStatus]) -> Vec<(String, i32)> 
 
 // === H3 conditions ===
 
+/// An H3 message without handling conditions is INVALID_ARGUMENT.
 #[tokio::test]
 async fn h3_without_handling_conditions_is_invalid_argument() {
     let mut x = exchange().await;
@@ -297,6 +300,7 @@ async fn h3_without_handling_conditions_is_invalid_argument() {
     assert!(inbox(&mut x.co).await.is_empty());
 }
 
+/// H3 handling conditions travel with every copy of the message.
 #[tokio::test]
 async fn h3_conditions_travel_with_every_copy() {
     let mut x = exchange().await;
@@ -328,6 +332,7 @@ async fn h3_conditions_travel_with_every_copy() {
 
 // === Forwarding ===
 
+/// A recipient forwards H0 and H1 messages as copies that name where they came from.
 #[tokio::test]
 async fn recipient_forwards_h0_and_h1_as_a_copy_with_provenance() {
     let mut x = exchange().await;
@@ -409,6 +414,7 @@ async fn collect(
     all
 }
 
+/// Only a recipient can forward a message; the forwarder cannot forward its own copy again.
 #[tokio::test]
 async fn only_a_recipient_can_forward() {
     let mut x = exchange().await;
@@ -434,6 +440,7 @@ async fn only_a_recipient_can_forward() {
     assert!(inbox(&mut x.be).await.is_empty());
 }
 
+/// Forward recipients must be active registered agency ids; a refused forward stores nothing.
 #[tokio::test]
 async fn forward_recipients_must_be_active_registered_agency_ids() {
     let mut x = exchange().await;
@@ -488,6 +495,7 @@ async fn forward_recipients_must_be_active_registered_agency_ids() {
     );
 }
 
+/// A forward retried with the same key returns the same copy.
 #[tokio::test]
 async fn forward_retry_with_the_same_key_returns_the_same_copy() {
     let mut x = exchange().await;
@@ -517,6 +525,8 @@ async fn forward_retry_with_the_same_key_returns_the_same_copy() {
 
 // === Consent ===
 
+/// Forwarding H2 or H3 needs the originator's consent for that one agency, refused while the
+/// request is open.
 #[tokio::test]
 async fn forwarding_h2_or_h3_needs_the_originators_consent_for_that_agency() {
     let mut x = exchange().await;
@@ -575,6 +585,8 @@ async fn forwarding_h2_or_h3_needs_the_originators_consent_for_that_agency() {
     assert!(inbox(&mut x.be).await.is_empty());
 }
 
+/// A denial needs a reason, is told to the requester, and keeps forwarding refused; the latest
+/// decision counts.
 #[tokio::test]
 async fn denied_consent_is_told_to_the_requester_and_forwarding_stays_refused() {
     let mut x = exchange().await;
@@ -616,6 +628,7 @@ async fn denied_consent_is_told_to_the_requester_and_forwarding_stays_refused() 
     assert_eq!(inbox(&mut x.mx).await.len(), 1);
 }
 
+/// Consent can be asked only for H2 and H3 messages.
 #[tokio::test]
 async fn consent_is_asked_only_for_h2_and_h3() {
     let mut x = exchange().await;
@@ -635,6 +648,7 @@ async fn consent_is_asked_only_for_h2_and_h3() {
         .is_empty());
 }
 
+/// A consent request needs a reason and a registered agency.
 #[tokio::test]
 async fn consent_request_needs_a_reason_and_a_registered_agency() {
     let mut x = exchange().await;
@@ -657,6 +671,7 @@ async fn consent_request_needs_a_reason_and_a_registered_agency() {
     assert!(inbox(&mut x.es).await.is_empty());
 }
 
+/// Only the addressee of a consent request can decide it; others cannot tell it exists.
 #[tokio::test]
 async fn only_the_addressee_of_a_consent_request_can_decide_it() {
     let mut x = exchange().await;
@@ -686,6 +701,7 @@ async fn only_the_addressee_of_a_consent_request_can_decide_it() {
 
 // === Chains of forwards ===
 
+/// Forwarding a forwarded copy keeps the provenance chain and the original's handling code.
 #[tokio::test]
 async fn forwarding_a_forwarded_copy_keeps_the_chain_and_the_original_handling() {
     let mut x = exchange().await;
@@ -721,6 +737,7 @@ async fn forwarding_a_forwarded_copy_keeps_the_chain_and_the_original_handling()
     );
 }
 
+/// Consent for an onward forward is the originator's, for that forwarder and agency only.
 #[tokio::test]
 async fn consent_for_an_onward_forward_is_checked_against_the_original() {
     let mut x = exchange().await;
@@ -894,6 +911,8 @@ async fn a_repeated_consent_request_is_already_exists_while_one_is_pending_or_gr
 
 // === Retraction and correction ===
 
+/// A retraction reaches every holder of the message and its copies, and its status shows who
+/// acknowledged it.
 #[tokio::test]
 async fn retraction_reaches_every_holder_and_status_shows_who_has_acknowledged() {
     let mut x = exchange().await;
@@ -957,6 +976,8 @@ async fn retraction_reaches_every_holder_and_status_shows_who_has_acknowledged()
     );
 }
 
+/// A retracted message and its copies cannot be forwarded any more; an earlier forward's retry
+/// keeps its answer.
 #[tokio::test]
 async fn a_retracted_message_cannot_be_forwarded_any_more() {
     let mut x = exchange().await;
@@ -986,6 +1007,7 @@ async fn a_retracted_message_cannot_be_forwarded_any_more() {
     );
 }
 
+/// Only the originator can retract a message, and a reason is required.
 #[tokio::test]
 async fn only_the_originator_can_retract_and_a_reason_is_required() {
     let mut x = exchange().await;
@@ -1021,6 +1043,8 @@ async fn only_the_originator_can_retract_and_a_reason_is_required() {
         .is_empty());
 }
 
+/// A correction carries the corrected content to every holder, cannot be forwarded, and leaves the
+/// original as it was.
 #[tokio::test]
 async fn correction_carries_the_corrected_content_to_every_holder() {
     let mut x = exchange().await;
@@ -1071,6 +1095,7 @@ async fn correction_carries_the_corrected_content_to_every_holder() {
     );
 }
 
+/// Invalid corrected content is INVALID_ARGUMENT.
 #[tokio::test]
 async fn invalid_corrected_content_is_invalid_argument() {
     let mut x = exchange().await;
@@ -1107,6 +1132,7 @@ fn in_seconds(seconds: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A respond-by time must be in the future and within a year.
 #[tokio::test]
 async fn respond_by_must_be_in_the_future_within_a_year() {
     let mut x = exchange().await;
@@ -1121,6 +1147,8 @@ async fn respond_by_must_be_in_the_future_within_a_year() {
     assert!(inbox(&mut x.co).await.is_empty());
 }
 
+/// Recipients that have not replied are overdue after the respond-by time, until they reply, even
+/// late.
 #[tokio::test]
 async fn recipients_are_overdue_after_respond_by_until_they_reply() {
     let mut x = exchange().await;
@@ -1142,19 +1170,21 @@ async fn recipients_are_overdue_after_respond_by_until_they_reply() {
     answer.in_reply_to = asked.clone();
     send(&mut x.be, answer).await;
 
-    // Poll, with a deadline, until respond_by has passed.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let after = loop {
-        let now = status(&mut x.es, &asked).await;
-        if now.recipients.iter().any(|r| r.overdue) {
-            break now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never overdue: {now:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    // Poll until respond_by has passed.
+    let after = eventually_within(
+        "a recipient to be overdue",
+        WAIT,
+        Duration::from_millis(100),
+        async || {
+            let now = status(&mut x.es, &asked).await;
+            if now.recipients.iter().any(|r| r.overdue) {
+                Ok(now)
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
     let flags = |s: &GetDeliveryStatusResponse| -> Vec<(String, bool, bool)> {
         s.recipients
             .iter()
@@ -1233,6 +1263,7 @@ async fn thread_fixture(x: &mut Exchange) -> [String; 4] {
     [r, a, b, c]
 }
 
+/// ListThread returns the whole thread the caller may see, oldest first, from any of its messages.
 #[tokio::test]
 async fn list_thread_returns_the_whole_thread_from_any_message_oldest_first() {
     let mut x = exchange().await;
@@ -1271,6 +1302,8 @@ async fn list_thread_returns_the_whole_thread_from_any_message_oldest_first() {
     );
 }
 
+/// ListThread by case reference lists the caller's messages carrying it, forwarded copies for their
+/// holders only.
 #[tokio::test]
 async fn list_thread_by_case_reference_lists_the_messages_carrying_it() {
     let mut x = exchange().await;
@@ -1293,6 +1326,7 @@ async fn list_thread_by_case_reference_lists_the_messages_carrying_it() {
     assert_eq!(case_of(&mut x.es, "CASE-1").await, [r, c]);
 }
 
+/// ListThread needs exactly one of message id and case reference.
 #[tokio::test]
 async fn list_thread_needs_exactly_one_of_message_id_and_case_reference() {
     let mut x = exchange().await;
@@ -1325,6 +1359,8 @@ async fn list_thread_needs_exactly_one_of_message_id_and_case_reference() {
 
 // === Nothing bypasses the handling rules ===
 
+/// An agency not party to an H3 message cannot reach it through any RPC: reads, replies, forwards,
+/// consent or threads.
 #[tokio::test]
 async fn an_agency_not_party_to_an_h3_message_cannot_reach_it_through_any_rpc() {
     let mut x = exchange().await;

@@ -6,19 +6,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{admin_spiffe, agency_spiffe, ServerProcess, TestPki};
+use common::{admin_spiffe, agency_spiffe, puente_command, ServerProcess, TestPki};
 use puente::pb::v1::{DeliveryState, GetDeliveryStatusRequest, MessageKind};
-
-/// Environment variables the CLI reads; cleared so the caller's environment cannot leak in.
-const CLIENT_ENV: [&str; 7] = [
-    "PUENTE_PROFILE",
-    "PUENTE_PROFILES",
-    "PUENTE_ADDR",
-    "PUENTE_CERT",
-    "PUENTE_KEY",
-    "PUENTE_CA",
-    "PUENTE_SERVER_NAME",
-];
 
 /// A running server and certificates for an administrator and four agencies, in one directory.
 struct Exchange {
@@ -74,9 +63,7 @@ impl Exchange {
 
     /// Runs `puente ARGS` as the holder of `who.pem` against the server.
     fn run(&self, who: &str, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
-        command
-            .args(args)
+        puente_command(self.dir.path(), args)
             .args(["--addr", &self.server.addr.to_string()])
             .args([
                 "--cert",
@@ -85,12 +72,8 @@ impl Exchange {
                 &format!("{who}.key"),
             ])
             .args(["--ca", "ca.pem"])
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn");
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command.output().expect("run puente")
+            .output()
+            .expect("run puente")
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -167,6 +150,7 @@ fn send_h2(exchange: &Exchange, case_reference: &str) -> String {
     field(&stdout, "message_id")
 }
 
+/// Every handling command of the CLI prints its help.
 #[test]
 fn every_handling_command_has_help() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -191,6 +175,7 @@ fn every_handling_command_has_help() {
     }
 }
 
+/// Consent, forwarding, retries and retraction work end to end through the CLI.
 #[tokio::test]
 async fn forward_with_consent_then_retract_through_the_cli() {
     let x = Exchange::start();
@@ -336,6 +321,7 @@ async fn forward_with_consent_then_retract_through_the_cli() {
     assert_eq!(acknowledged, [("CO-DIJIN", true), ("MX-FGR", false)]);
 }
 
+/// Corrections and threads work end to end through the CLI.
 #[test]
 fn correct_and_thread_through_the_cli() {
     let x = Exchange::start();

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{agency_spiffe, TestPki};
+use common::{agency_spiffe, puente_command, TestPki};
 use puente::pb::v1::exchange_service_server::{ExchangeService, ExchangeServiceServer};
 use puente::pb::v1::{
     message, AcknowledgeMessageRequest, AcknowledgeMessageResponse, Agency, AgencyStatus,
@@ -329,25 +329,11 @@ impl FakeExchange {
 
     /// Runs `puente ARGS` as ES-CNP against the fake.
     fn run(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
-        command
-            .args(args)
+        puente_command(self.dir.path(), args)
             .args(["--addr", &self.addr.to_string()])
             .args(["--cert", "es.pem", "--key", "es.key", "--ca", "ca.pem"])
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn");
-        for var in [
-            "PUENTE_PROFILE",
-            "PUENTE_PROFILES",
-            "PUENTE_ADDR",
-            "PUENTE_CERT",
-            "PUENTE_KEY",
-            "PUENTE_CA",
-            "PUENTE_SERVER_NAME",
-        ] {
-            command.env_remove(var);
-        }
-        command.output().expect("run puente")
+            .output()
+            .expect("run puente")
     }
 }
 

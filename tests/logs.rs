@@ -26,6 +26,7 @@ fn rpc_lines<'a>(lines: &'a [Value], caller: &str, method: &str) -> Vec<&'a Valu
         .collect()
 }
 
+/// JSON logs have one line per call with its outcome, and never a subject, text or attachment.
 #[tokio::test]
 async fn json_logs_have_one_line_per_call_and_never_the_content() {
     let dir = tempfile::tempdir().expect("temporary directory");

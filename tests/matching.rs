@@ -78,6 +78,8 @@ fn query(epoch: u32, identifiers: Vec<BlindedIdentifier>) -> QueryRequest {
     }
 }
 
+/// A blinded query hits another agency's identifier, the holder is told who asked and why, and the
+/// log never holds the identifier.
 #[tokio::test]
 async fn a_query_hits_another_agencys_identifier_and_the_holder_is_told() {
     let pki = TestPki::new();
@@ -161,6 +163,7 @@ async fn a_query_hits_another_agencys_identifier_and_the_holder_is_told() {
     }
 }
 
+/// An agency never hits its own identifiers, and identifiers of other kinds or epochs never match.
 #[tokio::test]
 async fn an_agency_never_hits_itself_and_kinds_and_epochs_do_not_mix() {
     let pki = TestPki::new();
@@ -197,6 +200,7 @@ async fn an_agency_never_hits_itself_and_kinds_and_epochs_do_not_mix() {
     assert!(!other_kind.results[0].hit, "another kind never matches");
 }
 
+/// Publishing an identifier again is idempotent, and withdrawing it removes the hit.
 #[tokio::test]
 async fn publishing_is_idempotent_and_withdrawing_removes_the_hit() {
     let pki = TestPki::new();
@@ -243,6 +247,8 @@ async fn publishing_is_idempotent_and_withdrawing_removes_the_hit() {
     assert!(!after.results[0].hit);
 }
 
+/// Match queries are validated (blinded length, kind, count) and need a case reference and a legal
+/// basis.
 #[tokio::test]
 async fn queries_are_validated_and_need_a_purpose() {
     let pki = TestPki::new();
@@ -279,6 +285,7 @@ async fn queries_are_validated_and_need_a_purpose() {
     assert_bad_field(co.query(query(1, too_many)).await, "identifiers");
 }
 
+/// The match-query quota is enforced with retry advice, per agency.
 #[tokio::test]
 async fn the_query_quota_is_enforced_with_retry_advice() {
     let pki = TestPki::new();
@@ -345,6 +352,8 @@ async fn the_query_quota_survives_a_restart() {
     assert_eq!(last.remaining_quota, 0);
 }
 
+/// Only active agencies may query identifiers: an auditor and a suspended agency are
+/// PERMISSION_DENIED.
 #[tokio::test]
 async fn only_active_agencies_may_match() {
     let pki = TestPki::new();

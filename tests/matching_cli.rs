@@ -7,24 +7,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{agency_spiffe, register_agency, ServerProcess, TestPki};
+use common::{agency_spiffe, puente_command, register_agency, ServerProcess, TestPki};
 use puente::pb::v1::Region;
 
 const AGENCIES: [(&str, Region); 2] = [("ES-CNP", Region::Eu), ("CO-DIJIN", Region::Celac)];
-
-/// Variables that would point the client somewhere else than the test server.
-const CLIENT_ENV: [&str; 8] = [
-    "PUENTE_PROFILE",
-    "PUENTE_PROFILES",
-    "PUENTE_ADDR",
-    "PUENTE_CERT",
-    "PUENTE_KEY",
-    "PUENTE_CA",
-    "PUENTE_SERVER_NAME",
-    "PUENTE_MATCHING_KEY",
-];
 
 /// What ES-CNP holds: a firearm and an IBAN, with its own references.
 const PUBLISHED: &str = "\
@@ -62,15 +50,9 @@ impl Workspace {
 
     /// Runs `puente ARGS` with no connection flags.
     fn run(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puente"));
-        command
-            .args(args)
-            .current_dir(self.path())
-            .env("RUST_LOG", "warn");
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command.output().expect("run puente")
+        puente_command(self.path(), args)
+            .output()
+            .expect("run puente")
     }
 
     /// Runs `puente ARGS` connected to `addr` as agency `id`.
@@ -147,6 +129,7 @@ fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {
     })
 }
 
+/// `puente match keygen` writes an owner-only key, never overwrites one, and refuses epoch 0.
 #[test]
 fn keygen_writes_a_private_key_and_never_overwrites_it() {
     let pki = TestPki::new();
@@ -175,6 +158,7 @@ fn keygen_writes_a_private_key_and_never_overwrites_it() {
     assert!(!ws.path().join("zero.key").exists());
 }
 
+/// A publication file with invalid lines is refused before connecting, each bad line named.
 #[test]
 fn a_file_with_an_invalid_line_is_refused_before_connecting() {
     let pki = TestPki::new();
@@ -218,6 +202,7 @@ fn register_agencies(pki: &TestPki, addr: SocketAddr) {
     });
 }
 
+/// Through the CLI an agency finds who holds a firearm written differently, and the holder is told.
 #[test]
 fn an_agency_finds_who_holds_a_firearm_written_differently_and_the_holder_is_told() {
     let pki = TestPki::new();

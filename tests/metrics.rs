@@ -132,19 +132,20 @@ async fn scrape(addr: SocketAddr) -> Scrape {
 /// Scrapes until `ready` holds for a scrape (what it waits for happens on the server after the
 /// client has its answer), failing after [`WAIT`].
 async fn scrape_until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let scraped = scrape(addr).await;
-        if ready(&scraped) {
-            return scraped;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the metrics did not reach the expected state:\n{}",
-            scraped.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within(
+        "the metrics to reach the expected state",
+        WAIT,
+        Duration::from_millis(50),
+        async || {
+            let scraped = scrape(addr).await;
+            if ready(&scraped) {
+                Ok(scraped)
+            } else {
+                Err(scraped.text)
+            }
+        },
+    )
+    .await
 }
 
 fn exchange_call(method: &'static str, code: &'static str) -> [(&'static str, &'static str); 3] {
@@ -167,6 +168,8 @@ async fn start_with_agencies() -> (tempfile::TempDir, TestPki, ServerProcess) {
     (dir, pki, server)
 }
 
+/// The metrics endpoint counts calls, messages, streams, refused handshakes, the audit log and
+/// storage.
 #[tokio::test]
 async fn metrics_endpoint_shows_calls_messages_streams_handshakes_and_storage() {
     let (_dir, pki, server) = start_with_agencies().await;
@@ -397,6 +400,8 @@ async fn metrics_endpoint_shows_calls_messages_streams_handshakes_and_storage() 
     assert_eq!(scraped.value("puente_messages_delivered_total", &[]), 3.0);
 }
 
+/// The metrics endpoint has its own loopback port and serves only GET /metrics, with the store's
+/// figures before any call.
 #[tokio::test]
 async fn metrics_endpoint_serves_only_get_metrics() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -420,6 +425,8 @@ async fn metrics_endpoint_serves_only_get_metrics() {
     assert_eq!(scraped.value("puente_audit_log_entries", &[]), 0.0);
 }
 
+/// After a restart the inbox backlog is measured from stored delivery states, and counters start
+/// again.
 #[tokio::test]
 async fn inbox_backlog_after_a_restart_is_measured_from_stored_delivery_states() {
     let (dir, pki, server) = start_with_agencies().await;

@@ -111,6 +111,7 @@ async fn connect_with(
     connect(&cert, &key, &pki.ca_pem, server.addr).await
 }
 
+/// A registered agency with a valid certificate from the exchange CA is served.
 #[tokio::test]
 async fn accepts_registered_agency_certificate() {
     let pki = TestPki::new();
@@ -126,6 +127,7 @@ async fn accepts_registered_agency_certificate() {
     assert_eq!(ids, ["CO-DIJIN", "ES-CNP"]);
 }
 
+/// A certificate from another CA, even one with the same name, is refused at the handshake.
 #[tokio::test]
 async fn rejects_certificate_from_foreign_ca() {
     let pki = TestPki::new();
@@ -136,6 +138,7 @@ async fn rejects_certificate_from_foreign_ca() {
     assert_refused(connect(&cert, &key, &pki.ca_pem, server.addr).await).await;
 }
 
+/// A certificate issued by an intermediate CA is refused, even with the intermediate sent along.
 #[tokio::test]
 async fn rejects_certificate_issued_by_an_intermediate_ca() {
     let pki = TestPki::new();
@@ -146,6 +149,7 @@ async fn rejects_certificate_issued_by_an_intermediate_ca() {
     assert_refused(connect(&chain, &key, &pki.ca_pem, server.addr).await).await;
 }
 
+/// An expired client certificate is refused at the handshake.
 #[tokio::test]
 async fn rejects_expired_certificate() {
     let pki = TestPki::new();
@@ -159,6 +163,7 @@ async fn rejects_expired_certificate() {
     assert_refused(connected).await;
 }
 
+/// A client certificate that is not yet valid is refused at the handshake.
 #[tokio::test]
 async fn rejects_not_yet_valid_certificate() {
     let pki = TestPki::new();
@@ -172,6 +177,7 @@ async fn rejects_not_yet_valid_certificate() {
     assert_refused(connected).await;
 }
 
+/// A certificate without the clientAuth EKU is refused at the handshake.
 #[tokio::test]
 async fn rejects_certificate_without_client_auth_eku() {
     let pki = TestPki::new();
@@ -193,6 +199,7 @@ async fn rejects_certificate_without_any_eku() {
     assert_refused(connected).await;
 }
 
+/// A connection without a client certificate is refused.
 #[tokio::test]
 async fn rejects_connection_without_client_certificate() {
     let pki = TestPki::new();
@@ -200,6 +207,7 @@ async fn rejects_connection_without_client_certificate() {
     assert_refused(connect_without_certificate(&pki.ca_pem, server.addr).await).await;
 }
 
+/// A certificate without a SPIFFE ID is UNAUTHENTICATED.
 #[tokio::test]
 async fn certificate_without_spiffe_id_is_unauthenticated() {
     let pki = TestPki::new();
@@ -215,6 +223,7 @@ async fn certificate_without_spiffe_id_is_unauthenticated() {
     assert_every_admin_call_fails(channel, Code::Unauthenticated).await;
 }
 
+/// A certificate with two SPIFFE IDs is UNAUTHENTICATED.
 #[tokio::test]
 async fn certificate_with_two_spiffe_ids_is_unauthenticated() {
     let pki = TestPki::new();
@@ -230,6 +239,7 @@ async fn certificate_with_two_spiffe_ids_is_unauthenticated() {
     assert_every_admin_call_fails(channel, Code::Unauthenticated).await;
 }
 
+/// A SPIFFE ID of another trust domain is UNAUTHENTICATED.
 #[tokio::test]
 async fn certificate_from_other_trust_domain_is_unauthenticated() {
     let pki = TestPki::new();
@@ -247,6 +257,7 @@ async fn certificate_from_other_trust_domain_is_unauthenticated() {
     assert_every_admin_call_fails(channel, Code::Unauthenticated).await;
 }
 
+/// A SPIFFE ID with an unknown role is UNAUTHENTICATED.
 #[tokio::test]
 async fn spiffe_id_with_unknown_role_is_unauthenticated() {
     let pki = TestPki::new();
@@ -261,6 +272,7 @@ async fn spiffe_id_with_unknown_role_is_unauthenticated() {
     assert_every_admin_call_fails(channel, Code::Unauthenticated).await;
 }
 
+/// An agency that is not registered is PERMISSION_DENIED.
 #[tokio::test]
 async fn unregistered_agency_is_permission_denied() {
     let pki = TestPki::new();
@@ -269,6 +281,7 @@ async fn unregistered_agency_is_permission_denied() {
     assert_every_call_fails(channel, Code::PermissionDenied).await;
 }
 
+/// A suspended agency is PERMISSION_DENIED from its next call, also on an open connection.
 #[tokio::test]
 async fn suspended_agency_is_permission_denied() {
     let pki = TestPki::new();
@@ -284,6 +297,7 @@ async fn suspended_agency_is_permission_denied() {
     assert_every_call_fails(channel, Code::PermissionDenied).await;
 }
 
+/// An auditor cannot call ExchangeService methods.
 #[tokio::test]
 async fn auditor_cannot_call_exchange_methods() {
     let pki = TestPki::new();
@@ -293,6 +307,7 @@ async fn auditor_cannot_call_exchange_methods() {
     assert_every_admin_call_fails(channel, Code::PermissionDenied).await;
 }
 
+/// An administrator cannot call ExchangeService methods.
 #[tokio::test]
 async fn admin_cannot_call_exchange_methods() {
     let pki = TestPki::new();
@@ -301,6 +316,7 @@ async fn admin_cannot_call_exchange_methods() {
     assert_every_call_fails(channel, Code::PermissionDenied).await;
 }
 
+/// An agency cannot call AdminService methods.
 #[tokio::test]
 async fn agency_cannot_call_admin_methods() {
     let pki = TestPki::new();
@@ -309,6 +325,7 @@ async fn agency_cannot_call_admin_methods() {
     assert_every_admin_call_fails(channel, Code::PermissionDenied).await;
 }
 
+/// The gRPC health service reports the server and its services as serving.
 #[tokio::test]
 async fn health_service_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -332,6 +349,7 @@ async fn health_service_reports_serving() {
     }
 }
 
+/// gRPC reflection lists the Puente services.
 #[tokio::test]
 async fn reflection_lists_the_puente_services() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -370,6 +388,7 @@ async fn reflection_lists_the_puente_services() {
     }
 }
 
+/// A revoked certificate is refused; a new certificate for the same agency is not affected.
 #[tokio::test]
 async fn rejects_revoked_certificate() {
     let pki = TestPki::new();
@@ -390,6 +409,7 @@ async fn rejects_revoked_certificate() {
         .expect("a certificate that is not revoked is accepted");
 }
 
+/// Only the configured trust domain is accepted, also when it is not the default.
 #[tokio::test]
 async fn only_the_configured_trust_domain_is_accepted() {
     let pki = TestPki::new();

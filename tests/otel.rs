@@ -118,6 +118,8 @@ fn call_span<'a>(spans: &'a [Exported], method: &str, caller: &str) -> &'a Expor
     found[0]
 }
 
+/// With --otel, calls are exported as spans in the caller's trace, or in a new one, with handler
+/// spans nested.
 #[tokio::test]
 async fn calls_are_spans_in_the_callers_trace_or_in_a_new_one() {
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    agency_spiffe, assert_code, assert_refused, connect, inbox_request, TestPki, TestServer, WAIT,
+    agency_spiffe, assert_code, assert_refused, connect, eventually, inbox_request, TestPki,
+    TestServer, WAIT,
 };
 use puente::pb::v1::admin_service_client::AdminServiceClient;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
@@ -99,22 +100,8 @@ async fn crl_audit_reasons(pki: &TestPki, server: &TestServer) -> Vec<String> {
     reasons
 }
 
-/// Polls `check` every 20 ms until it holds or [`WAIT`] passes.
-async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
+/// A CRL published through AdminService refuses the revoked certificate's next handshake, others
+/// unaffected.
 #[tokio::test]
 async fn published_crl_refuses_the_next_handshake() {
     let pki = TestPki::new();
@@ -141,6 +128,7 @@ async fn published_crl_refuses_the_next_handshake() {
         .expect("unrevoked agency still served");
 }
 
+/// A published CRL refuses the next call on a connection opened before it.
 #[tokio::test]
 async fn revoked_certificate_is_refused_on_open_connection() {
     let pki = TestPki::new();
@@ -169,6 +157,7 @@ async fn revoked_certificate_is_refused_on_open_connection() {
     );
 }
 
+/// An open inbox stream ends when its certificate is revoked.
 #[tokio::test]
 async fn inbox_stream_ends_when_its_certificate_is_revoked() {
     let pki = TestPki::new();
@@ -195,6 +184,7 @@ async fn inbox_stream_ends_when_its_certificate_is_revoked() {
     );
 }
 
+/// A CRL signed by another CA is refused.
 #[tokio::test]
 async fn crl_from_another_ca_is_refused() {
     let pki = TestPki::new();
@@ -212,6 +202,7 @@ async fn crl_from_another_ca_is_refused() {
     );
 }
 
+/// Only administrators may publish a CRL.
 #[tokio::test]
 async fn only_administrators_may_publish_a_crl() {
     let pki = TestPki::new();
@@ -234,6 +225,7 @@ async fn only_administrators_may_publish_a_crl() {
     );
 }
 
+/// An older CRL cannot undo a revocation; publishing the same CRL again is harmless.
 #[tokio::test]
 async fn an_older_crl_cannot_undo_a_revocation() {
     let pki = TestPki::new();
@@ -347,6 +339,7 @@ async fn a_crl_file_that_drops_a_revocation_is_not_applied_at_start() {
     assert_refused(connect(&cert, &key, &pki.ca_pem, restarted.addr).await).await;
 }
 
+/// A revocation survives a server restart.
 #[tokio::test]
 async fn revocation_survives_a_restart() {
     let pki = TestPki::new();
@@ -372,6 +365,7 @@ async fn revocation_survives_a_restart() {
     assert_refused(connect(&cert, &key, &pki.ca_pem, restarted.addr).await).await;
 }
 
+/// A CRL written to the watched --crl file is applied without a restart.
 #[tokio::test]
 async fn a_crl_written_to_the_watched_file_is_applied() {
     let pki = TestPki::new();
@@ -388,23 +382,23 @@ async fn a_crl_written_to_the_watched_file_is_applied() {
         .expect("valid before the CRL file appears");
 
     std::fs::write(&crl_path, pki.crl(&[serial])).expect("write CRL file");
-    let refused = eventually(|| {
-        let (cert, key, ca) = (cert.clone(), key.clone(), pki.ca_pem.clone());
-        let addr = server.addr;
-        async move {
-            match connect(&cert, &key, &ca, addr).await {
-                Err(_) => true,
-                Ok(channel) => ExchangeServiceClient::new(channel)
-                    .list_agencies(ListAgenciesRequest {})
-                    .await
-                    .is_err(),
-            }
+    eventually("the CRL file to be applied", async || {
+        match connect(&cert, &key, &pki.ca_pem, server.addr).await {
+            Err(_) => Ok(()),
+            Ok(channel) => match ExchangeServiceClient::new(channel)
+                .list_agencies(ListAgenciesRequest {})
+                .await
+            {
+                Err(_) => Ok(()),
+                Ok(_) => Err("still served"),
+            },
         }
     })
     .await;
-    assert!(refused, "the CRL file was not applied");
 }
 
+/// Rotated server certificate and CA bundle files apply without dropping open connections, old-CA
+/// clients still served.
 #[tokio::test]
 async fn rotated_server_certificate_and_ca_bundle_apply_without_dropping_connections() {
     let old = TestPki::new();
@@ -433,24 +427,21 @@ async fn rotated_server_certificate_and_ca_bundle_apply_without_dropping_connect
     std::fs::write(&tls_cert, &new.server_cert_pem).expect("server cert");
 
     let (new_cert, new_key, _) = agency_cert(&new, "CO-DIJIN");
-    let rotated = eventually(|| {
-        let (cert, key, ca) = (new_cert.clone(), new_key.clone(), new.ca_pem.clone());
-        let addr = server.addr;
-        async move {
-            match connect(&cert, &key, &ca, addr).await {
-                Ok(channel) => ExchangeServiceClient::new(channel)
-                    .list_agencies(ListAgenciesRequest {})
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
+    // A client of the new CA, verifying the new server certificate, is served.
+    eventually(
+        "the rotated certificate and CA bundle to apply",
+        async || {
+            let channel = connect(&new_cert, &new_key, &new.ca_pem, server.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            ExchangeServiceClient::new(channel)
+                .list_agencies(ListAgenciesRequest {})
+                .await
+                .map(drop)
+                .map_err(|status| status.to_string())
+        },
+    )
     .await;
-    assert!(
-        rotated,
-        "a client of the new CA, verifying the new server certificate, is served"
-    );
     // A certificate of the old CA still works on a new connection (the bundle holds both)...
     let old_client_new_server_view = connect(&old_cert, &old_key, &new.ca_pem, server.addr)
         .await

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    agency_spiffe, auditor_spiffe, inbox_request, register_agency, text_message, ServerProcess,
-    TestPki, TestServer, WAIT,
+    agency_spiffe, auditor_spiffe, eventually_within, inbox_request, register_agency, text_message,
+    ServerProcess, TestPki, TestServer, WAIT,
 };
 use futures::future::join_all;
 use futures::stream::{self, StreamExt as _};
@@ -503,25 +503,23 @@ async fn audit_streams_beyond_the_per_caller_limit_are_refused_with_a_retry_dela
         .expect("another caller may list");
     // Cancelling one stream frees its place.
     drop(open.pop());
-    let reopened = tokio::time::timeout(WAIT, async {
-        loop {
-            match greedy
-                .list_audit_entries(ListAuditEntriesRequest {
-                    limit: 5,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(stream) => return stream,
-                Err(status) if status.code() == Code::ResourceExhausted => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(status) => panic!("unexpected {status:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a cancelled stream frees its place");
+    let reopened = eventually_within(
+        "a cancelled stream to free its place",
+        WAIT,
+        Duration::from_millis(50),
+        async || match greedy
+            .list_audit_entries(ListAuditEntriesRequest {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(stream) => Ok(stream),
+            Err(status) if status.code() == Code::ResourceExhausted => Err(status),
+            Err(status) => panic!("unexpected {status:?}"),
+        },
+    )
+    .await;
     drop(reopened);
 }
 

@@ -37,6 +37,7 @@ async fn auditor(pki: &TestPki, addr: SocketAddr) -> AuditServiceClient<Channel>
     AuditServiceClient::new(pki.client_for(&auditor_spiffe("ana"), addr).await)
 }
 
+/// A store that cannot write refuses sends, and a restart recovers everything acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everything_acknowledged() {
     let pki = TestPki::new();
@@ -87,7 +88,7 @@ async fn a_store_that_cannot_write_refuses_sends_and_a_restart_recovers_everythi
         refused.push(request);
     }
     drop(es);
-    let status = server.wait_for_exit(Duration::from_secs(30));
+    let status = server.wait_for_exit(Duration::from_secs(30)).await;
     assert!(
         !status.success(),
         "the server must exit with an error status: {status}"

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    delivery_states, inbox_request, next_entry, open_inbox, register_agency, text_message,
-    ServerProcess, TestPki, WAIT,
+    delivery_states, eventually_within, inbox_request, next_entry, open_inbox, register_agency,
+    text_message, ServerProcess, TestPki, WAIT,
 };
 use futures::future::join_all;
 use futures::stream::{self, StreamExt};
@@ -266,6 +266,8 @@ async fn delivered_counts(
         .collect()
 }
 
+/// Idle and stalled inbox streams hold bounded memory each and never block senders or other
+/// readers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_stalled_inbox_streams_hold_bounded_memory_and_never_block_senders() {
     let scale = Scale::from_env();
@@ -400,21 +402,19 @@ async fn idle_and_stalled_inbox_streams_hold_bounded_memory_and_never_block_send
     //    An encoded response is the attachment and well under 1 KiB of the rest.
     let encoded = scale.message_bytes as u64 + KIB;
     let lower = CLIENT_STREAM_WINDOW.div_ceil(encoded) as usize;
-    let deadline = Instant::now() + 3 * WAIT;
     let mut previous = Vec::new();
-    let delivered = loop {
+    let awaited =
+        format!("the stalled streams to settle after a client window's worth ({lower} messages)");
+    let delivered = eventually_within(&awaited, 3 * WAIT, Duration::from_millis(200), async || {
         let counts = delivered_counts(&bulk_clients, &bulk_sent, &stalled_ids).await;
         if counts.iter().all(|&n| n >= lower) && counts == previous {
-            break counts;
+            Ok(counts)
+        } else {
+            previous = counts.clone();
+            Err(counts)
         }
-        assert!(
-            Instant::now() < deadline,
-            "stalled streams did not settle after a client window's worth ({lower} messages): \
-             {counts:?}"
-        );
-        previous = counts;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     let loaded = memory(pid);
 
     // 5. Memory. Idle streams cost little each; a stalled stream holds at most its bound

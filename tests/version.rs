@@ -43,6 +43,7 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// `puente --version` names the package version and a commit.
 #[test]
 fn version_names_the_package_version_and_a_commit() {
     let commit = commit_of(&puente_stdout(&["--version"]));
@@ -54,6 +55,7 @@ fn version_names_the_package_version_and_a_commit() {
     );
 }
 
+/// Subcommands print the same version as `puente --version`.
 #[test]
 fn subcommands_print_the_same_version() {
     // clap names the subcommand (`puente-serve 0.1.0 (commit …)`); the rest is the same.
@@ -67,6 +69,7 @@ fn subcommands_print_the_same_version() {
     );
 }
 
+/// The commit `--version` names is the checkout's HEAD, or the one the builder gives.
 #[test]
 fn version_commit_is_the_checkouts_head() {
     let commit = commit_of(&puente_stdout(&["--version"]));
