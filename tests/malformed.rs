@@ -184,7 +184,7 @@ async fn undecodable_requests_are_invalid_argument_on_every_service() {
         }
     }
     // The framing check is a layer of the router: it covers tonic's own services too (their
-    // message decoding is tonic's codec, see README).
+    // message decoding is tonic's codec, see docs/agency.md, "Rules the exchange enforces").
     let mut cut_frame = frame(&[0x0a, 0x05, b'a', b'b', b'c', b'd', b'e']);
     cut_frame.truncate(8);
     let (code, _) = raw_call(&c.agency, "/grpc.health.v1.Health/Check", cut_frame).await;
