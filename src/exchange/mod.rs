@@ -29,8 +29,8 @@ use crate::pb::v1::MatchHitNotice;
 use crate::pb::v1::{
     AcknowledgeMessageRequest, AcknowledgeMessageResponse, AuditAction, DeliveryState, Evaluation,
     ForwardHop, GetDeliveryStatusRequest, GetDeliveryStatusResponse, GetMessageRequest,
-    GetMessageResponse, ListAgenciesRequest, ListAgenciesResponse, Message, NoticeStatus,
-    RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
+    GetMessageResponse, HandlingCode, ListAgenciesRequest, ListAgenciesResponse, Message,
+    NoticeStatus, RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
 };
 use crate::pb::v1::{
     CorrectMessageRequest, CorrectMessageResponse, DenyConsentRequest, DenyConsentResponse,
@@ -38,8 +38,10 @@ use crate::pb::v1::{
     ListThreadRequest, ListThreadResponse, RequestConsentRequest, RequestConsentResponse,
     RetractMessageRequest, RetractMessageResponse,
 };
+use crate::rpc::InvalidField;
 use crate::store::records::{keys, MessageRecord};
 use crate::store::{Accepted, NewMessage, Store, StoreError};
+use crate::time::{now_micros, timestamp};
 use validate::{MessageId, Recipient};
 
 /// Why an exchange call failed. Mapped to a gRPC status in one place, below.
@@ -73,10 +75,22 @@ pub enum ExchangeError {
     MessageNotFound(MessageId),
     /// The caller can read the message but this operation is for another party.
     #[error("{0}")]
-    NotAllowed(&'static str),
-    /// The originator's handling code forbids this (e.g. forwarding H2/H3 without consent).
-    #[error("{0}")]
-    HandlingRefused(String),
+    NotAllowed(PartyOnly),
+    /// The originator's handling code forbids passing the message on without its consent
+    /// (forwarding H2/H3).
+    #[error("message {message_id} is {} and {originator} has not consented to {holder} passing it to {target}: ask with RequestConsent", handling.as_str_name())]
+    NoConsent {
+        /// The original message.
+        message_id: String,
+        /// Its handling code.
+        handling: HandlingCode,
+        /// The originator, whose consent it needs.
+        originator: String,
+        /// The agency passing it on.
+        holder: AgencyId,
+        /// The agency it would go to.
+        target: String,
+    },
     /// The originator retracted the message: it is not to be passed on any more.
     #[error("message {0} was retracted by its originator and cannot be forwarded")]
     Retracted(String),
@@ -114,7 +128,24 @@ pub enum ExchangeError {
     ShuttingDown,
 }
 
-impl audit::Refusal for ExchangeError {
+/// Which party alone may do what a caller that can read the message tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PartyOnly {
+    /// Acknowledging is for recipients.
+    #[error("only a recipient can acknowledge a message")]
+    RecipientAcknowledges,
+    /// Forwarding, and asking consent to, is for recipients.
+    #[error("only a recipient can pass a message on or ask to")]
+    RecipientPassesOn,
+    /// Delivery status is for the sender.
+    #[error("only the sender can see a message's delivery status")]
+    SenderSeesDelivery,
+    /// Retracting and correcting are for the originator.
+    #[error("only the originator can retract or correct a message")]
+    OriginatorAmends,
+}
+
+impl crate::rpc::Refusal for ExchangeError {
     fn is_refusal(&self) -> bool {
         // A spent response budget is load, not a decision about the caller: recording each
         // one would let a slow reader grow the permanent log.
@@ -145,10 +176,8 @@ impl From<ExchangeError> for Status {
             | ExchangeError::UnregisteredAgency(_)
             | ExchangeError::SuspendedAgency(_)
             | ExchangeError::NotAllowed(_)
-            | ExchangeError::HandlingRefused(_) => Status::permission_denied(err.to_string()),
-            ExchangeError::InvalidField { field, reason } => {
-                crate::errors::bad_request(&field, &reason)
-            }
+            | ExchangeError::NoConsent { .. } => Status::permission_denied(err.to_string()),
+            ExchangeError::InvalidField { field, reason } => InvalidField { field, reason }.into(),
             ExchangeError::RecipientSuspended(_)
             | ExchangeError::Retracted(_)
             | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),
@@ -162,8 +191,8 @@ impl From<ExchangeError> for Status {
             ExchangeError::ResponsesUnread(_) => {
                 crate::admission::exhausted(err.to_string(), crate::admission::RESPONSE_RETRY)
             }
-            ExchangeError::ShuttingDown => crate::errors::shutting_down(),
-            ExchangeError::Store(e) => crate::errors::store_failure(&e),
+            ExchangeError::ShuttingDown => crate::rpc::shutting_down(),
+            ExchangeError::Store(e) => crate::rpc::store_failure(&e),
         }
     }
 }
@@ -416,7 +445,7 @@ impl ExchangeService {
             handling: draft.handling as i32,
             source_reliability: draft.source_reliability as i32,
             information_accuracy: draft.information_accuracy as i32,
-            created_at_micros: crate::store::now_micros(),
+            created_at_micros: now_micros(),
             in_reply_to,
             case_reference: draft.case_reference,
             content_sha256: draft.content_sha256,
@@ -504,9 +533,7 @@ impl ExchangeService {
         };
         let record = self.readable(&agency, &id)?;
         if !record.recipients.iter().any(|r| r == agency.as_str()) {
-            return Err(ExchangeError::NotAllowed(
-                "only a recipient can acknowledge a message",
-            ));
+            return Err(ExchangeError::NotAllowed(PartyOnly::RecipientAcknowledges));
         }
         let delivery = self
             .store
@@ -563,12 +590,10 @@ impl ExchangeService {
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         let record = self.readable(&agency, &id)?;
         if record.sender != agency.as_str() {
-            return Err(ExchangeError::NotAllowed(
-                "only the sender can see a message's delivery status",
-            ));
+            return Err(ExchangeError::NotAllowed(PartyOnly::SenderSeesDelivery));
         }
         let repliers = self.repliers_seen_by(id.as_str(), &agency)?;
-        let now = crate::store::now_micros();
+        let now = now_micros();
         let due = record.respond_by_micros;
         let statuses = |message: &MessageRecord| -> Result<Vec<RecipientStatus>, ExchangeError> {
             Ok(self
@@ -690,13 +715,20 @@ fn is_party(record: &MessageRecord, agency: &AgencyId) -> bool {
     record.sender == agency.as_str() || record.recipients.iter().any(|r| r == agency.as_str())
 }
 
-/// A protobuf timestamp from microseconds since the Unix epoch.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+impl ExchangeService {
+    /// Answers `method` of `puente.v1.ExchangeService` (see [`crate::rpc::answer`]).
+    async fn answer<T>(
+        &self,
+        method: &str,
+        peer: Option<Peer>,
+        result: Result<T, ExchangeError>,
+    ) -> Result<Response<T>, Status> {
+        crate::rpc::answer(&self.store, SERVICE, method, peer, result).await
     }
 }
+
+/// The service's full name, as in the methods' paths.
+const SERVICE: &str = "puente.v1.ExchangeService";
 
 #[tonic::async_trait]
 impl ExchangeApi for ExchangeService {
@@ -707,14 +739,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<SendMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.send(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "SendMessage",
-            peer,
-            result,
-        )
-        .await
+        self.answer("SendMessage", peer, result).await
     }
 
     type StreamInboxStream = inbox::InboxStream;
@@ -726,14 +751,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
         let peer = peer_of(&request);
         let result = self.open_inbox(request);
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "StreamInbox",
-            peer,
-            result,
-        )
-        .await
+        self.answer("StreamInbox", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -743,14 +761,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<AcknowledgeMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.acknowledge(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "AcknowledgeMessage",
-            peer,
-            result,
-        )
-        .await
+        self.answer("AcknowledgeMessage", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -762,14 +773,7 @@ impl ExchangeApi for ExchangeService {
         // Every read is an entry: charged to the caller before anything is read.
         crate::admission::records::charge(peer.as_ref())?;
         let result = self.get(request).await;
-        let answer = audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "GetMessage",
-            peer,
-            result,
-        )
-        .await?;
+        let answer = self.answer("GetMessage", peer, result).await?;
         Ok(with_permit(answer))
     }
 
@@ -780,14 +784,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.delivery_status(request);
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "GetDeliveryStatus",
-            peer,
-            result,
-        )
-        .await
+        self.answer("GetDeliveryStatus", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -799,14 +796,7 @@ impl ExchangeApi for ExchangeService {
         let result = self.require_agency(&request).map(|_| ListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
         });
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "ListAgencies",
-            peer,
-            result,
-        )
-        .await
+        self.answer("ListAgencies", peer, result).await
     }
     #[instrument(skip(self, request))]
     async fn forward_message(
@@ -815,14 +805,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<ForwardMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.forward(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "ForwardMessage",
-            peer,
-            result,
-        )
-        .await
+        self.answer("ForwardMessage", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -832,14 +815,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<RequestConsentResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.ask_consent(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "RequestConsent",
-            peer,
-            result,
-        )
-        .await
+        self.answer("RequestConsent", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -849,14 +825,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GrantConsentResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.grant(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "GrantConsent",
-            peer,
-            result,
-        )
-        .await
+        self.answer("GrantConsent", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -866,14 +835,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<DenyConsentResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.deny(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "DenyConsent",
-            peer,
-            result,
-        )
-        .await
+        self.answer("DenyConsent", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -883,14 +845,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<RetractMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.retract(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "RetractMessage",
-            peer,
-            result,
-        )
-        .await
+        self.answer("RetractMessage", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -900,14 +855,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<CorrectMessageResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.correct(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "CorrectMessage",
-            peer,
-            result,
-        )
-        .await
+        self.answer("CorrectMessage", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -917,14 +865,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<ListThreadResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.thread(request).await;
-        let answer = audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "ListThread",
-            peer,
-            result,
-        )
-        .await?;
+        let answer = self.answer("ListThread", peer, result).await?;
         Ok(with_permit(answer))
     }
 }

@@ -10,6 +10,7 @@
 //! file fills; opening the store replays what the journal holds beyond it.
 
 mod journal;
+mod log;
 mod objects;
 pub mod records;
 mod sealing;
@@ -26,6 +27,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
+use log::LogState;
+pub use log::{LogEntry, StoredHashes};
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
 use records::{
@@ -34,11 +37,11 @@ use records::{
 };
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
-use writer::{Flusher, LogState, Op, Writer};
+pub use writer::CommitFailure;
+use writer::{Flusher, Op, Writer};
 
-use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
-use crate::pb::v1::AuditEvent;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::audit::merkle::MerkleError;
+use std::sync::atomic::AtomicU64;
 
 /// Bytes sealing adds to a body (the Poly1305 tag).
 const SEAL_OVERHEAD: usize = 16;
@@ -78,6 +81,12 @@ pub enum StoreError {
     /// A message body cannot be sealed or opened.
     #[error(transparent)]
     Sealing(#[from] SealingError),
+    /// The audit log's stored hashes do not give its frontier (at open).
+    #[error("store I/O: audit log hashes: {0}")]
+    LogHashes(#[source] MerkleError),
+    /// The group commit this write belonged to failed; the write is not stored.
+    #[error("store I/O: {0}")]
+    Commit(#[source] Arc<CommitFailure>),
 }
 
 /// A message ready to be committed.
@@ -138,57 +147,6 @@ pub struct Store {
     durable_log_size: Arc<AtomicU64>,
     failure: watch::Receiver<Option<String>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// The stored complete-subtree hashes of the audit log, for `audit::merkle`.
-pub struct StoredHashes<'a>(&'a sled::Db);
-
-/// Audit subtree hashes are stored from this level up; below it they are computed from the
-/// 2^level stored leaves they cover. Level 1 saves the leaf-hash key of every audit entry.
-/// Level 4 would save almost every hash key (+12 % durable rate at 32 senders / 32 readers,
-/// BENCHMARKS.md) but then `audit verify --full` could only name the 16-entry block, not the
-/// entry, that was altered when only leaves are rewritten: the server's proofs would be
-/// computed from the altered leaves.
-pub(crate) const FIRST_STORED_HASH_LEVEL: u8 = 1;
-
-impl HashReader for StoredHashes<'_> {
-    /// Levels below [`FIRST_STORED_HASH_LEVEL`] are computed from the stored leaves; higher
-    /// levels are stored.
-    fn hash(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
-        let unavailable = |reason: String| MerkleError::Unavailable {
-            level,
-            index,
-            reason,
-        };
-        if level < FIRST_STORED_HASH_LEVEL {
-            let (start, end) = (index << level, (index + 1) << level);
-            let mut hashes = self
-                .0
-                .range(keys::audit_leaf(start)..keys::audit_leaf(end))
-                .map(|item| item.map(|(_, leaf)| merkle::hash_leaf(&leaf)))
-                .collect::<Result<Vec<Hash>, _>>()
-                .map_err(|e| unavailable(e.to_string()))?;
-            if hashes.len() as u64 != end - start {
-                return Err(unavailable("leaf not stored".into()));
-            }
-            while hashes.len() > 1 {
-                hashes = hashes
-                    .chunks_exact(2)
-                    .map(|pair| merkle::hash_children(&pair[0], &pair[1]))
-                    .collect();
-            }
-            return Ok(hashes[0]);
-        }
-        let value = self
-            .0
-            .get(keys::audit_hash(level, index))
-            .map_err(|e| unavailable(e.to_string()))?
-            .ok_or_else(|| unavailable("not stored".into()))?;
-        value
-            .as_ref()
-            .try_into()
-            .map_err(|_| unavailable("stored value is not 32 bytes".into()))
-    }
 }
 
 /// Durable inbox watermarks: the highest sequence of each agency's inbox that is on stable
@@ -270,7 +228,7 @@ impl Store {
             sequences.insert(agency.agency_id, last);
         }
 
-        let log = load_log_state(&db)?;
+        let log = LogState::load(&db)?;
         let durable_log_size = Arc::new(AtomicU64::new(log.size));
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let (failed, failure) = watch::channel(None);
@@ -324,8 +282,9 @@ impl Store {
     pub async fn send(
         &self,
         mut message: NewMessage,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<Accepted, StoreError> {
+        let event = event.into();
         let id = message.record.message_id.clone();
         let fields = encode(&SealedFields::take(&mut message.record));
         let fields = self.data_keys.seal(&id, Part::Fields, fields)?;
@@ -396,14 +355,14 @@ impl Store {
         message_id: &str,
         agency: &str,
         state: i32,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<DeliveryRecord, StoreError> {
         let (message_id, agency) = (message_id.to_string(), agency.to_string());
         self.submit(|reply| Op::AdvanceDelivery {
             message_id,
             agency,
             state,
-            event: Box::new(event),
+            event: Box::new(event.into()),
             reply: Some(reply),
         })
         .await
@@ -420,38 +379,13 @@ impl Store {
         message_id: &str,
         agency: &str,
         state: i32,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<(), StoreError> {
         let op = Op::AdvanceDelivery {
             message_id: message_id.to_string(),
             agency: agency.to_string(),
             state,
-            event: Box::new(event),
-            reply: None,
-        };
-        self.ops.send(op).await.map_err(|_| StoreError::Closed)
-    }
-
-    /// Appends audit entries durably and returns their indices.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<Vec<u64>, StoreError> {
-        self.submit(|reply| Op::Audit {
-            events,
-            reply: Some(reply),
-        })
-        .await
-    }
-
-    /// Queues an audit entry without waiting for durability; waits only while the writer's
-    /// queue is full.
-    ///
-    /// # Errors
-    /// `Closed` when the store is shutting down.
-    pub async fn record_later(&self, event: AuditEvent) -> Result<(), StoreError> {
-        let op = Op::Audit {
-            events: vec![event],
+            event: Box::new(event.into()),
             reply: None,
         };
         self.ops.send(op).await.map_err(|_| StoreError::Closed)
@@ -465,8 +399,9 @@ impl Store {
         &self,
         puts: Vec<IndexEntry>,
         removes: Vec<Vec<u8>>,
-        events: Vec<AuditEvent>,
+        events: Vec<impl Into<LogEntry>>,
     ) -> Result<(), StoreError> {
+        let events = events.into_iter().map(Into::into).collect();
         self.submit(|reply| Op::Index {
             puts,
             removes,
@@ -516,7 +451,14 @@ impl Store {
     /// # Errors
     /// I/O and sled errors; `Closed` when shutting down. A body file that cannot be removed is
     /// logged and removed at the next start.
-    pub async fn erase(&self, messages: Vec<(String, AuditEvent)>) -> Result<usize, StoreError> {
+    pub async fn erase(
+        &self,
+        messages: Vec<(String, impl Into<LogEntry>)>,
+    ) -> Result<usize, StoreError> {
+        let messages = messages
+            .into_iter()
+            .map(|(id, event)| (id, event.into()))
+            .collect();
         let erased = self.submit(|reply| Op::Erase { messages, reply }).await?;
         let files: Vec<String> = erased
             .iter()
@@ -537,92 +479,6 @@ impl Store {
         Ok(erased.len())
     }
 
-    /// Stores a signed checkpoint durably.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn put_checkpoint(&self, size: u64, note: String) -> Result<(), StoreError> {
-        self.submit(|reply| Op::Checkpoint { size, note, reply })
-            .await
-    }
-
-    /// The latest stored checkpoint: its tree size and signed note.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        match self.db.scan_prefix(keys::CHECKPOINT_PREFIX).next_back() {
-            None => Ok(None),
-            Some(item) => {
-                let (key, value) = item?;
-                let size = keys::trailing_u64(&key).unwrap_or_default();
-                Ok(Some((size, String::from_utf8_lossy(&value).into_owned())))
-            }
-        }
-    }
-
-    /// Number of audit entries on stable storage.
-    pub fn audit_size(&self) -> u64 {
-        self.durable_log_size.load(Ordering::Acquire)
-    }
-
-    /// The stored subtree hashes of the audit log.
-    pub fn audit_hashes(&self) -> StoredHashes<'_> {
-        StoredHashes(&self.db)
-    }
-
-    /// Up to `limit` audit leaves with `start <= index < end`, in order.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn audit_leaves(
-        &self,
-        start: u64,
-        end: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        self.db
-            .range(keys::audit_leaf(start)..keys::audit_leaf(end))
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((keys::trailing_u64(&key).unwrap_or_default(), value.to_vec()))
-            })
-            .collect()
-    }
-
-    /// Up to `limit` indices, `start <= index < end`, of audit entries `agency` is party to.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn audit_party_indices(
-        &self,
-        agency: &str,
-        start: u64,
-        end: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        self.db
-            .range(keys::audit_party(agency, start)..keys::audit_party(agency, end))
-            .take(limit)
-            .map(|item| Ok(keys::trailing_u64(&item?.0).unwrap_or_default()))
-            .collect()
-    }
-
-    /// One audit leaf.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn audit_leaf(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(keys::audit_leaf(index))?.map(|v| v.to_vec()))
-    }
-
     /// Creates or replaces a directory entry durably and returns it as stored.
     ///
     /// # Errors
@@ -631,12 +487,12 @@ impl Store {
         &self,
         record: AgencyRecord,
         mode: PutMode,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<AgencyRecord, StoreError> {
         self.submit(|reply| Op::PutAgency {
             record,
             mode,
-            event: Box::new(event),
+            event: Box::new(event.into()),
             reply,
         })
         .await
@@ -773,13 +629,13 @@ impl Store {
         &self,
         agency: &str,
         window: QuotaRecord,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<(), StoreError> {
         use prost::Message as _;
         self.update_index(
             vec![(keys::match_quota(agency), window.encode_to_vec())],
             Vec::new(),
-            vec![event],
+            vec![event.into()],
         )
         .await
     }
@@ -846,37 +702,6 @@ fn flush_sled(db: &sled::Db, db_file: &File) -> std::io::Result<()> {
     db_file.sync_data()
 }
 
-/// The current time in microseconds since the Unix epoch, the store's time unit.
-pub fn now_micros() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// The writer's audit log state after a restart: size from the last leaf, frontier from the
-/// stored hashes, time from the last entry.
-fn load_log_state(db: &sled::Db) -> Result<LogState, StoreError> {
-    let Some(last) = db.scan_prefix(b"l/").next_back() else {
-        return Ok(LogState::default());
-    };
-    let (key, leaf) = last?;
-    let size = keys::trailing_u64(&key).unwrap_or_default() + 1;
-    let last_time = <AuditEvent as prost::Message>::decode(leaf.as_ref())
-        .map_err(|source| StoreError::Corrupt {
-            key: String::from_utf8_lossy(&key).escape_debug().to_string(),
-            source,
-        })?
-        .time_unix_micros;
-    let frontier = merkle::frontier(&StoredHashes(db), size)
-        .map_err(|e| StoreError::Io(std::io::Error::other(format!("audit log hashes: {e}"))))?;
-    Ok(LogState {
-        size,
-        frontier,
-        last_time,
-    })
-}
-
 fn scan_agencies(db: &sled::Db) -> Result<Vec<AgencyRecord>, StoreError> {
     db.scan_prefix(keys::AGENCY_PREFIX)
         .map(|item| {
@@ -937,7 +762,9 @@ fn idempotent_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::merkle;
     use crate::pb::v1::AuditAction;
+    use crate::time::now_micros;
 
     fn journal_files(data_dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(data_dir.join("journal"))
