@@ -4,204 +4,40 @@
 //! validate requests into domain types ([`validate`]), expand recipients against the directory,
 //! and hand one [`NewMessage`] to the store, which answers only once it is durable.
 
+mod api;
 pub mod content;
+mod error;
 mod handling;
 mod inbox;
 mod threads;
 pub mod validate;
 
-use crate::admission::{ResponseBudget, ResponseBudgetSpent, ResponsePermit, StreamLimits};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost::Message as _;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tonic::{Request, Response};
+use tracing::info;
 
+use crate::admission::{ResponseBudget, ResponsePermit, StreamLimits};
 use crate::audit;
 use crate::config::Limits;
-use crate::directory::{to_wire, Directory};
-use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::directory::Directory;
+use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::metrics::Metrics;
-use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::MatchHitNotice;
 use crate::pb::v1::{
     AcknowledgeMessageRequest, AcknowledgeMessageResponse, AuditAction, DeliveryState, Evaluation,
     ForwardHop, GetDeliveryStatusRequest, GetDeliveryStatusResponse, GetMessageRequest,
-    GetMessageResponse, HandlingCode, ListAgenciesRequest, ListAgenciesResponse, Message,
-    NoticeStatus, RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
+    GetMessageResponse, Message, NoticeStatus, RecipientStatus, SendMessageRequest,
+    SendMessageResponse, StreamInboxRequest,
 };
-use crate::pb::v1::{
-    CorrectMessageRequest, CorrectMessageResponse, DenyConsentRequest, DenyConsentResponse,
-    ForwardMessageRequest, ForwardMessageResponse, GrantConsentRequest, GrantConsentResponse,
-    ListThreadRequest, ListThreadResponse, RequestConsentRequest, RequestConsentResponse,
-    RetractMessageRequest, RetractMessageResponse,
-};
-use crate::rpc::InvalidField;
 use crate::store::records::{keys, MessageRecord};
 use crate::store::{Accepted, NewMessage, Store, StoreError};
 use crate::time::{now_micros, timestamp};
+pub use error::{ExchangeError, PartyOnly};
 use validate::{MessageId, Recipient};
-
-/// Why an exchange call failed. Mapped to a gRPC status in one place, below.
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    /// The caller presented no usable identity.
-    #[error(transparent)]
-    Unauthenticated(#[from] IdentityError),
-    /// The caller is not an agency.
-    #[error("this method needs an agency certificate (spiffe://<trust-domain>/agency/<ID>); this caller is {0}")]
-    NotAnAgency(String),
-    /// The caller's agency is not in the directory.
-    #[error("agency {0} is not registered on this exchange; ask an administrator to register it")]
-    UnregisteredAgency(AgencyId),
-    /// The caller's agency is suspended.
-    #[error("agency {0} is suspended and can neither send nor receive; contact the exchange administrators")]
-    SuspendedAgency(AgencyId),
-    /// A request field breaks a rule.
-    #[error("{field}: {reason}")]
-    InvalidField {
-        /// Field path, e.g. `recipients[2]`.
-        field: String,
-        /// What is wrong and what is expected.
-        reason: String,
-    },
-    /// A named recipient is suspended.
-    #[error("recipient {0} is suspended and cannot receive messages; remove it from recipients")]
-    RecipientSuspended(String),
-    /// No such message, or the caller may not see it (indistinguishable on purpose).
-    #[error("no message {0} that this agency can access")]
-    MessageNotFound(MessageId),
-    /// The caller can read the message but this operation is for another party.
-    #[error("{0}")]
-    NotAllowed(PartyOnly),
-    /// The originator's handling code forbids passing the message on without its consent
-    /// (forwarding H2/H3).
-    #[error("message {message_id} is {} and {originator} has not consented to {holder} passing it to {target}: ask with RequestConsent", handling.as_str_name())]
-    NoConsent {
-        /// The original message.
-        message_id: String,
-        /// Its handling code.
-        handling: HandlingCode,
-        /// The originator, whose consent it needs.
-        originator: String,
-        /// The agency passing it on.
-        holder: AgencyId,
-        /// The agency it would go to.
-        target: String,
-    },
-    /// The originator retracted the message: it is not to be passed on any more.
-    #[error("message {0} was retracted by its originator and cannot be forwarded")]
-    Retracted(String),
-    /// The holder's earlier request (named) to pass this message to this agency still awaits
-    /// the originator's decision.
-    #[error("consent to pass this message to that agency was already asked in request {0}, still pending: wait for the originator's decision")]
-    ConsentPending(String),
-    /// The originator already granted the holder's request (named) for this message and agency.
-    #[error("consent to pass this message to that agency was already granted on request {0}: forward it")]
-    ConsentGranted(String),
-    /// The consent request was replaced by a later one of the same holder for the same agency.
-    #[error(
-        "this consent request was superseded by the holder's later request {0}; decide that one"
-    )]
-    ConsentSuperseded(String),
-    /// The idempotency key was used for a different request.
-    #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
-    IdempotencyConflict(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(StoreError),
-    /// The agency has as many inbox streams open as it may.
-    #[error("{agency} already has {limit} inbox streams open, the most allowed; close one (one stream per reader is enough: it replays the backlog, then follows)")]
-    TooManyStreams {
-        /// The agency.
-        agency: String,
-        /// Its stream limit.
-        limit: usize,
-    },
-    /// The caller's (or the exchange's) budget of answers not yet read is spent.
-    #[error("{0}")]
-    ResponsesUnread(ResponseBudgetSpent),
-    /// The server is shutting down.
-    #[error("shutting down")]
-    ShuttingDown,
-}
-
-/// Which party alone may do what a caller that can read the message tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PartyOnly {
-    /// Acknowledging is for recipients.
-    #[error("only a recipient can acknowledge a message")]
-    RecipientAcknowledges,
-    /// Forwarding, and asking consent to, is for recipients.
-    #[error("only a recipient can pass a message on or ask to")]
-    RecipientPassesOn,
-    /// Delivery status is for the sender.
-    #[error("only the sender can see a message's delivery status")]
-    SenderSeesDelivery,
-    /// Retracting and correcting are for the originator.
-    #[error("only the originator can retract or correct a message")]
-    OriginatorAmends,
-}
-
-impl crate::rpc::Refusal for ExchangeError {
-    fn is_refusal(&self) -> bool {
-        // A spent response budget is load, not a decision about the caller: recording each
-        // one would let a slow reader grow the permanent log.
-        !matches!(
-            self,
-            ExchangeError::Store(_)
-                | ExchangeError::ShuttingDown
-                | ExchangeError::ResponsesUnread(_)
-        )
-    }
-}
-
-impl ExchangeError {
-    /// An `InvalidField` error for a fixed field name.
-    pub fn invalid(field: &str, reason: &str) -> ExchangeError {
-        ExchangeError::InvalidField {
-            field: field.to_string(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
-impl From<ExchangeError> for Status {
-    fn from(err: ExchangeError) -> Self {
-        match err {
-            ExchangeError::Unauthenticated(e) => e.into(),
-            ExchangeError::NotAnAgency(_)
-            | ExchangeError::UnregisteredAgency(_)
-            | ExchangeError::SuspendedAgency(_)
-            | ExchangeError::NotAllowed(_)
-            | ExchangeError::NoConsent { .. } => Status::permission_denied(err.to_string()),
-            ExchangeError::InvalidField { field, reason } => InvalidField { field, reason }.into(),
-            ExchangeError::RecipientSuspended(_)
-            | ExchangeError::Retracted(_)
-            | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),
-            ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
-            ExchangeError::IdempotencyConflict(_)
-            | ExchangeError::ConsentPending(_)
-            | ExchangeError::ConsentGranted(_) => Status::already_exists(err.to_string()),
-            ExchangeError::TooManyStreams { .. } => {
-                crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
-            }
-            ExchangeError::ResponsesUnread(_) => {
-                crate::admission::exhausted(err.to_string(), crate::admission::RESPONSE_RETRY)
-            }
-            ExchangeError::ShuttingDown => crate::rpc::shutting_down(),
-            ExchangeError::Store(e) => crate::rpc::store_failure(&e),
-        }
-    }
-}
-
-impl From<StoreError> for ExchangeError {
-    fn from(err: StoreError) -> Self {
-        ExchangeError::Store(err)
-    }
-}
 
 /// The ExchangeService handlers and what they share.
 #[derive(Clone)]
@@ -713,159 +549,4 @@ fn response(accepted: Accepted) -> SendMessageResponse {
 
 fn is_party(record: &MessageRecord, agency: &AgencyId) -> bool {
     record.sender == agency.as_str() || record.recipients.iter().any(|r| r == agency.as_str())
-}
-
-impl ExchangeService {
-    /// Answers `method` of `puente.v1.ExchangeService` (see [`crate::rpc::answer`]).
-    async fn answer<T>(
-        &self,
-        method: &str,
-        peer: Option<Peer>,
-        result: Result<T, ExchangeError>,
-    ) -> Result<Response<T>, Status> {
-        crate::rpc::answer(&self.store, SERVICE, method, peer, result).await
-    }
-}
-
-/// The service's full name, as in the methods' paths.
-const SERVICE: &str = "puente.v1.ExchangeService";
-
-#[tonic::async_trait]
-impl ExchangeApi for ExchangeService {
-    #[instrument(skip(self, request))]
-    async fn send_message(
-        &self,
-        request: Request<SendMessageRequest>,
-    ) -> Result<Response<SendMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.send(request).await;
-        self.answer("SendMessage", peer, result).await
-    }
-
-    type StreamInboxStream = inbox::InboxStream;
-
-    #[instrument(skip(self, request))]
-    async fn stream_inbox(
-        &self,
-        request: Request<StreamInboxRequest>,
-    ) -> Result<Response<Self::StreamInboxStream>, Status> {
-        let peer = peer_of(&request);
-        let result = self.open_inbox(request);
-        self.answer("StreamInbox", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn acknowledge_message(
-        &self,
-        request: Request<AcknowledgeMessageRequest>,
-    ) -> Result<Response<AcknowledgeMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.acknowledge(request).await;
-        self.answer("AcknowledgeMessage", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn get_message(
-        &self,
-        request: Request<GetMessageRequest>,
-    ) -> Result<Response<GetMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        // Every read is an entry: charged to the caller before anything is read.
-        crate::admission::records::charge(peer.as_ref())?;
-        let result = self.get(request).await;
-        let answer = self.answer("GetMessage", peer, result).await?;
-        Ok(with_permit(answer))
-    }
-
-    #[instrument(skip(self, request))]
-    async fn get_delivery_status(
-        &self,
-        request: Request<GetDeliveryStatusRequest>,
-    ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.delivery_status(request);
-        self.answer("GetDeliveryStatus", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn list_agencies(
-        &self,
-        request: Request<ListAgenciesRequest>,
-    ) -> Result<Response<ListAgenciesResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.require_agency(&request).map(|_| ListAgenciesResponse {
-            agencies: self.directory.list().iter().map(to_wire).collect(),
-        });
-        self.answer("ListAgencies", peer, result).await
-    }
-    #[instrument(skip(self, request))]
-    async fn forward_message(
-        &self,
-        request: Request<ForwardMessageRequest>,
-    ) -> Result<Response<ForwardMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.forward(request).await;
-        self.answer("ForwardMessage", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn request_consent(
-        &self,
-        request: Request<RequestConsentRequest>,
-    ) -> Result<Response<RequestConsentResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.ask_consent(request).await;
-        self.answer("RequestConsent", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn grant_consent(
-        &self,
-        request: Request<GrantConsentRequest>,
-    ) -> Result<Response<GrantConsentResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.grant(request).await;
-        self.answer("GrantConsent", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn deny_consent(
-        &self,
-        request: Request<DenyConsentRequest>,
-    ) -> Result<Response<DenyConsentResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.deny(request).await;
-        self.answer("DenyConsent", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn retract_message(
-        &self,
-        request: Request<RetractMessageRequest>,
-    ) -> Result<Response<RetractMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.retract(request).await;
-        self.answer("RetractMessage", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn correct_message(
-        &self,
-        request: Request<CorrectMessageRequest>,
-    ) -> Result<Response<CorrectMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.correct(request).await;
-        self.answer("CorrectMessage", peer, result).await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn list_thread(
-        &self,
-        request: Request<ListThreadRequest>,
-    ) -> Result<Response<ListThreadResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.thread(request).await;
-        let answer = self.answer("ListThread", peer, result).await?;
-        Ok(with_permit(answer))
-    }
 }
