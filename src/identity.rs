@@ -209,9 +209,7 @@ impl SpiffeId {
             (Some("agency"), Some(id), None) => Ok(Role::Agency(AgencyId::parse(id)?)),
             (Some("auditor"), Some(name), None) => Ok(Role::Auditor(name.to_string())),
             (Some("admin"), Some(name), None) => Ok(Role::Admin(name.to_string())),
-            _ => Err(IdentityError::UnknownRole(crate::errors::excerpt(
-                &self.path,
-            ))),
+            _ => Err(IdentityError::UnknownRole(crate::text::excerpt(&self.path))),
         }
     }
 }
@@ -257,7 +255,7 @@ impl AgencyId {
         if valid {
             Ok(AgencyId(s.to_string()))
         } else {
-            Err(IdentityError::BadAgencyId(crate::errors::excerpt(s)))
+            Err(IdentityError::BadAgencyId(crate::text::excerpt(s)))
         }
     }
 

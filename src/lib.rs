@@ -28,7 +28,8 @@
 //! - [`retention`]: erasure of messages whose topic's retention period ran out.
 //! - [`text`]: strings a person reads: the characters the server refuses in them, and how the
 //!   CLI escapes what it prints and sanitises the attachment names it saves.
-//! - [`errors`]: shared helpers of the error → gRPC status mappings.
+//! - [`rpc`]: the gRPC edge: error → status helpers, refusals recorded in the audit log.
+//! - [`time`]: microseconds since the Unix epoch (the stored time unit) and wire timestamps.
 //! - [`private_files`]: owner-only directories and files whatever the umask; exposed-key checks.
 //! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
 //!   bare-tonic bound.
@@ -40,7 +41,6 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod directory;
-pub mod errors;
 pub mod exchange;
 pub mod identity;
 pub mod matching;
@@ -49,9 +49,11 @@ pub mod pb;
 pub mod pki;
 pub mod private_files;
 pub mod retention;
+pub mod rpc;
 pub mod server;
 pub mod stix;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod time;
 pub mod tls;

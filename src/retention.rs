@@ -15,7 +15,8 @@ use tracing::{error, info};
 use crate::audit;
 use crate::config::Retention;
 use crate::pb::v1::{AuditAction, Topic};
-use crate::store::{now_micros, Store, StoreError};
+use crate::store::{Store, StoreError};
+use crate::time::now_micros;
 
 /// Messages erased per store operation (one group commit each).
 const ERASE_BATCH: usize = 256;

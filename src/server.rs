@@ -580,7 +580,7 @@ fn with_probe(tcp: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
 fn log_connection(caller: &Result<Arc<Caller>, IdentityError>, remote_addr: SocketAddr) {
     match caller {
         Ok(caller) => {
-            let days_left = (caller.not_after - crate::store::now_micros() / 1_000_000) / 86_400;
+            let days_left = (caller.not_after - crate::time::now_micros() / 1_000_000) / 86_400;
             debug!(%remote_addr, caller = %caller.id, serial = %caller.serial, "connection authenticated");
             if days_left < EXPIRY_WARNING_DAYS {
                 budgeted_warn!(caller = %caller.id, serial = %caller.serial, days_left, "client certificate expires soon: issue a new one");

@@ -1,6 +1,6 @@
 //! Strings a person reads: which characters the server refuses in them ([`check`]), and how the
 //! command line shows ([`line`], [`lines`], [`json`]) or stores ([`file_name`]) whatever a server
-//! sends anyway.
+//! sends anyway; how much of a caller's input an error message repeats ([`excerpt`]).
 //!
 //! One classification, [`class_of`], serves both sides. A sender must not be able to act on the
 //! reader's terminal (ESC, C1 controls: clear the screen, set the window title, move the cursor
@@ -268,6 +268,20 @@ fn split_extension(name: &str) -> (&str, &str) {
     }
 }
 
+/// Most characters of a caller's input that an error message repeats: enough to recognise the
+/// value, never enough to turn a refusal into an amplifier of what was sent.
+pub const MAX_ECHO_CHARS: usize = 40;
+
+/// The start of a caller's input, as much of it as an error message (or an audit entry) may
+/// repeat: at most [`MAX_ECHO_CHARS`] characters, followed by `…` when cut. Quote it with
+/// `{:?}` so that control and bidi characters show escaped.
+pub fn excerpt(input: &str) -> String {
+    match input.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((end, _)) => format!("{}…", &input[..end]),
+        None => input.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +434,22 @@ mod tests {
         assert_eq!(numbered("report.txt", 2), "report (2).txt");
         assert_eq!(numbered("README", 3), "README (3)");
         assert_eq!(numbered("_bashrc", 2), "_bashrc (2)");
+    }
+
+    #[test]
+    fn excerpt_keeps_short_input_and_cuts_long_input_on_a_character_boundary() {
+        assert_eq!(excerpt(""), "");
+        assert_eq!(excerpt("ES-CNP"), "ES-CNP");
+        let exact = "x".repeat(MAX_ECHO_CHARS);
+        assert_eq!(excerpt(&exact), exact);
+        let long = "é".repeat(100_000);
+        let cut = excerpt(&long);
+        assert_eq!(cut.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        // Quoted, control and bidi characters show escaped.
+        assert_eq!(
+            format!("{:?}", excerpt("a\u{1b}[2J\u{202e}")),
+            r#""a\u{1b}[2J\u{202e}""#
+        );
     }
 }

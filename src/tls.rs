@@ -109,14 +109,14 @@ impl From<CrlError> for tonic::Status {
     fn from(err: CrlError) -> Self {
         match err {
             CrlError::Malformed(_) | CrlError::NoNumber => {
-                crate::errors::bad_request("crl_pem", &err.to_string())
+                crate::rpc::bad_request("crl_pem", &err.to_string())
             }
             CrlError::UntrustedIssuer => tonic::Status::invalid_argument(err.to_string()),
             CrlError::Rollback { .. } | CrlError::Conflict(_) | CrlError::Unrevokes { .. } => {
                 tonic::Status::failed_precondition(err.to_string())
             }
-            CrlError::Persist(e) => crate::errors::internal(&e),
-            CrlError::Rebuild(e) => crate::errors::internal(&e),
+            CrlError::Persist(e) => crate::rpc::internal(&e),
+            CrlError::Rebuild(e) => crate::rpc::internal(&e),
         }
     }
 }

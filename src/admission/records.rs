@@ -7,7 +7,7 @@
 //!   addresses") is written when the budget allows it again. Entries of refused handshakes per
 //!   day are therefore at most the burst plus the rate times 1,440, whatever the number of
 //!   addresses.
-//! - Calls that append an entry on their caller's behalf — every refusal (`audit::answer`),
+//! - Calls that append an entry on their caller's behalf — every refusal (`rpc::answer`),
 //!   every `GetMessage` read and every `AuditService` query — are charged one token each to the
 //!   caller's [`AuditBudget`] (`limits.audited_call_burst`, then
 //!   `limits.audited_calls_per_minute`); one over it is answered `RESOURCE_EXHAUSTED` with a

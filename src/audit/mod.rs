@@ -3,11 +3,11 @@
 //! and committed to by checkpoints signed as C2SP signed notes with the log's own Ed25519 key
 //! ([`note`]). Served to auditors and agencies by [`service::AuditService`].
 
+pub mod entry;
 pub mod merkle;
 pub mod note;
 pub mod service;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,15 +16,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::identity::{Caller, Peer, Role};
-use crate::pb::v1::{AuditAction, AuditEvent};
-use crate::store::records::MessageRecord;
-use crate::store::{now_micros, Store, StoreError};
-use merkle::Hash;
+use crate::store::{Store, StoreError};
+pub use entry::{event, message_event, parties, EVENT_VERSION};
+use merkle::{Hash, MerkleError};
 use note::{Checkpoint, LogKey, NoteError, NoteVerifier};
 
-/// Encoding version written in every entry.
-pub const EVENT_VERSION: u32 = 1;
 /// How often the signer looks for growth to sign.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// File name of the log's signing key in the data directory.
@@ -39,104 +35,23 @@ pub enum AuditError {
     /// The key or a checkpoint is unusable.
     #[error(transparent)]
     Note(#[from] NoteError),
-    /// The stored hashes do not give the root of a signed checkpoint.
+    /// The stored hashes do not give a root for the size to check or sign.
     #[error("audit log integrity: {0}")]
-    Integrity(String),
-}
-
-/// Every agency an entry concerns: actor, sender, recipients, subject.
-pub fn parties(event: &AuditEvent) -> BTreeSet<&str> {
-    [&event.actor_agency, &event.sender, &event.subject_agency]
-        .into_iter()
-        .chain(event.recipients.iter())
-        .map(String::as_str)
-        .filter(|party| !party.is_empty())
-        .collect()
-}
-
-/// An entry for `action` by `caller` (if any); the writer fixes the time and version.
-pub fn event(action: AuditAction, caller: Option<&Caller>) -> AuditEvent {
-    let mut event = AuditEvent {
-        version: EVENT_VERSION,
-        time_unix_micros: now_micros(),
-        action: action as i32,
-        ..AuditEvent::default()
-    };
-    if let Some(caller) = caller {
-        event.actor = caller.id.to_string();
-        event.actor_serial = caller.serial.clone();
-        if let Role::Agency(agency) = &caller.role {
-            event.actor_agency = agency.to_string();
-        }
-    }
-    event
-}
-
-/// An entry about a message: who, which message, sender, recipients, topic, handling, digest
-/// and size of the content — never the content.
-pub fn message_event(
-    action: AuditAction,
-    caller: Option<&Caller>,
-    record: &MessageRecord,
-) -> AuditEvent {
-    AuditEvent {
-        message_id: record.message_id.clone(),
-        sender: record.sender.clone(),
-        recipients: record.recipients.clone(),
-        topic: record.topic,
-        handling: record.handling,
-        content_sha256: record.content_sha256.clone(),
-        content_size: record.body_len,
-        ..event(action, caller)
-    }
-}
-
-/// An entry for a refused call: who (as far as the connection says), which method, why.
-pub fn refusal_event(peer: Option<&Peer>, method: &str, reason: &str) -> AuditEvent {
-    let caller = peer.and_then(|p| p.caller.as_ref().ok());
-    let mut event = event(AuditAction::RequestRefused, caller.map(|c| c.as_ref()));
-    event.method = method.to_string();
-    event.reason = reason.to_string();
-    if let Some(addr) = peer.and_then(|p| p.remote_addr) {
-        event.remote_address = addr.to_string();
-    }
-    event
-}
-
-/// An error that says whether it refuses the caller (authentication, authorisation,
-/// validation: recorded as REQUEST_REFUSED) or is the server's own failure (not recorded).
-pub trait Refusal: std::fmt::Display {
-    /// Whether this error refuses the caller.
-    fn is_refusal(&self) -> bool;
-}
-
-/// Answers a call of `service` (e.g. `puente.v1.ExchangeService`); a refused call is recorded
-/// in the audit log first: who (as far as the connection says), which method, why — within
-/// the caller's budget of audited calls, else the answer is `RESOURCE_EXHAUSTED` instead.
-pub async fn answer<T, E: Refusal + Into<tonic::Status>>(
-    store: &Store,
-    service: &str,
-    method: &str,
-    peer: Option<Peer>,
-    result: Result<T, E>,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    let err = match result {
-        Ok(value) => return Ok(tonic::Response::new(value)),
-        Err(err) => err,
-    };
-    if err.is_refusal() {
-        // Over the caller's budget of audited calls: refused for that instead, not recorded.
-        crate::admission::records::charge(peer.as_ref())?;
-        let event = refusal_event(
-            peer.as_ref(),
-            &format!("/{service}/{method}"),
-            &err.to_string(),
-        );
-        if let Err(e) = store.record(vec![event]).await {
-            error!(error = %e, "cannot record a refused request in the audit log");
-        }
-    }
-    Err(err.into())
+    Hashes(#[source] MerkleError),
+    /// The stored hashes give another root than the signed checkpoint.
+    #[error(
+        "audit log integrity: the stored hashes give root {} for size {size}, the signed checkpoint says {}",
+        hex::encode(stored),
+        hex::encode(signed)
+    )]
+    RootMismatch {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// The root the stored hashes give.
+        stored: Hash,
+        /// The root the checkpoint signs.
+        signed: Hash,
+    },
 }
 
 /// The log: its identity (origin and key) and the checkpoint signer.
@@ -193,14 +108,13 @@ impl AuditLog {
         let verifier = NoteVerifier::parse(&self.key.verifier_key())?;
         let checkpoint = Checkpoint::parse(verifier.verify(&note)?)?;
         let root = merkle::root(&self.store.audit_hashes(), checkpoint.size)
-            .map_err(|e| AuditError::Integrity(e.to_string()))?;
+            .map_err(AuditError::Hashes)?;
         if root != checkpoint.root {
-            return Err(AuditError::Integrity(format!(
-                "the stored hashes give root {} for size {}, the signed checkpoint says {}",
-                hex::encode(root),
-                checkpoint.size,
-                hex::encode(checkpoint.root)
-            )));
+            return Err(AuditError::RootMismatch {
+                size: checkpoint.size,
+                stored: root,
+                signed: checkpoint.root,
+            });
         }
         Ok(Some(checkpoint))
     }
@@ -234,8 +148,7 @@ impl AuditLog {
         if size <= last_signed.0 {
             return Ok(());
         }
-        let root = merkle::root(&self.store.audit_hashes(), size)
-            .map_err(|e| AuditError::Integrity(e.to_string()))?;
+        let root = merkle::root(&self.store.audit_hashes(), size).map_err(AuditError::Hashes)?;
         let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size,

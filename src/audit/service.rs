@@ -11,12 +11,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::entry::{event, parties, refusal_event};
 use super::merkle::{self, MerkleError};
-use super::{event, parties, refusal_event, AuditError, AuditLog};
+use super::{AuditError, AuditLog};
 use crate::admission::{RateLimits, StreamLimits};
 use crate::config::Limits;
 use crate::directory::Directory;
-use crate::errors::excerpt;
 use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::audit_service_server::AuditService as AuditApi;
 use crate::pb::v1::{
@@ -25,7 +25,9 @@ use crate::pb::v1::{
     GetInclusionProofResponse, GetLogInfoRequest, GetLogInfoResponse, ListAuditEntriesRequest,
     ListAuditEntriesResponse,
 };
+use crate::rpc::InvalidField;
 use crate::store::StoreError;
+use crate::text::excerpt;
 
 /// Entries read from the store per round of a listing: what a listing whose client does not
 /// read holds besides its buffer.
@@ -43,26 +45,36 @@ pub enum AuditServiceError {
     /// No usable identity.
     #[error(transparent)]
     Unauthenticated(#[from] IdentityError),
-    /// The caller may not read the audit log, or not this part of it.
-    #[error("{0}")]
-    Forbidden(String),
+    /// The caller's agency is not registered, or suspended.
+    #[error("agency {0} is not an active registered agency")]
+    InactiveAgency(AgencyId),
+    /// Administrators do not read the audit log.
+    #[error("the audit log is for auditors and agencies; administrators need an auditor certificate to read it")]
+    AdminNotAuditor,
+    /// An agency asked for the entries of another party.
+    #[error(
+        "agency {0} may only list entries it is party to; leave agency_id empty or set it to {0}"
+    )]
+    NotOwnEntries(AgencyId),
     /// A request field is invalid.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// A size beyond the log.
+    #[error("{field} {value} is beyond the log's {size} entries")]
+    BeyondLog {
+        /// The request field.
         field: &'static str,
-        /// What is wrong.
-        reason: String,
+        /// Its value.
+        value: u64,
+        /// The log's size.
+        size: u64,
     },
-    /// A size or index beyond the log.
-    #[error("{0}")]
-    OutOfRange(String),
     /// No such entry among those the caller may see.
     #[error("no audit entry {0} that this caller may see")]
     NotFound(u64),
-    /// No checkpoint can be given.
-    #[error("{0}")]
-    NoCheckpoint(String),
+    /// No checkpoint has been signed yet.
+    #[error("no checkpoint has been signed")]
+    NoCheckpoint,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -92,16 +104,16 @@ impl From<AuditServiceError> for Status {
     fn from(err: AuditServiceError) -> Self {
         match err {
             AuditServiceError::Unauthenticated(e) => e.into(),
-            AuditServiceError::Forbidden(_) => Status::permission_denied(err.to_string()),
-            AuditServiceError::Invalid { field, reason } => {
-                crate::errors::bad_request(field, &reason)
-            }
-            AuditServiceError::OutOfRange(_) => Status::out_of_range(err.to_string()),
+            AuditServiceError::InactiveAgency(_)
+            | AuditServiceError::AdminNotAuditor
+            | AuditServiceError::NotOwnEntries(_) => Status::permission_denied(err.to_string()),
+            AuditServiceError::Invalid(invalid) => invalid.into(),
+            AuditServiceError::BeyondLog { .. } => Status::out_of_range(err.to_string()),
             AuditServiceError::NotFound(_) => Status::not_found(err.to_string()),
-            AuditServiceError::NoCheckpoint(_) => Status::failed_precondition(err.to_string()),
-            AuditServiceError::Store(e) => crate::errors::store_failure(&e),
-            AuditServiceError::Merkle(e) => crate::errors::internal(&e),
-            AuditServiceError::Log(e) => crate::errors::internal(&e),
+            AuditServiceError::NoCheckpoint => Status::failed_precondition(err.to_string()),
+            AuditServiceError::Store(e) => crate::rpc::store_failure(&e),
+            AuditServiceError::Merkle(e) => crate::rpc::internal(&e),
+            AuditServiceError::Log(e) => crate::rpc::internal(&e),
             AuditServiceError::TooManyStreams { .. } | AuditServiceError::AllStreamsOpen(_) => {
                 crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
             }
@@ -192,12 +204,8 @@ impl AuditService {
             Role::Agency(agency) if self.directory.is_active(agency.as_str()) => {
                 Ok(Reader::Agency(Arc::clone(&caller), agency.clone()))
             }
-            Role::Agency(agency) => Err(AuditServiceError::Forbidden(format!(
-                "agency {agency} is not an active registered agency"
-            ))),
-            Role::Admin(_) => Err(AuditServiceError::Forbidden(
-                "the audit log is for auditors and agencies; administrators need an auditor certificate to read it".into(),
-            )),
+            Role::Agency(agency) => Err(AuditServiceError::InactiveAgency(agency.clone())),
+            Role::Admin(_) => Err(AuditServiceError::AdminNotAuditor),
         }
     }
 
@@ -425,9 +433,7 @@ impl AuditApi for AuditService {
             .store()
             .latest_checkpoint()
             .map_err(AuditServiceError::from)?
-            .ok_or_else(|| {
-                AuditServiceError::NoCheckpoint("no checkpoint has been signed".into())
-            })?;
+            .ok_or_else(|| AuditServiceError::NoCheckpoint)?;
         let verifier = super::note::NoteVerifier::parse(&self.log.verifier_key())
             .map_err(AuditError::from)
             .map_err(AuditServiceError::from)?;
@@ -478,10 +484,7 @@ impl AuditApi for AuditService {
         if let Reader::Agency(_, own) = &reader {
             match &agency {
                 Some(asked) if asked != own.as_str() => {
-                    return Err(AuditServiceError::Forbidden(format!(
-                        "agency {own} may only list entries it is party to; leave agency_id empty or set it to {own}"
-                    ))
-                    .into())
+                    return Err(AuditServiceError::NotOwnEntries(own.clone()).into())
                 }
                 _ => agency = Some(own.to_string()),
             }
@@ -490,11 +493,9 @@ impl AuditApi for AuditService {
             Ok(AuditAction::Unspecified) => None,
             Ok(action) => Some(action as i32),
             Err(_) => {
-                return Err(AuditServiceError::Invalid {
-                    field: "action",
-                    reason: "unknown action".into(),
-                }
-                .into())
+                return Err(
+                    AuditServiceError::from(InvalidField::new("action", "unknown action")).into(),
+                )
             }
         };
         let filters = Filters {
@@ -538,16 +539,18 @@ impl AuditApi for AuditService {
             .await?;
         let size = self.log.store().audit_size();
         if tree_size > size {
-            return Err(AuditServiceError::OutOfRange(format!(
-                "tree_size {tree_size} is beyond the log's {size} entries"
-            ))
+            return Err(AuditServiceError::BeyondLog {
+                field: "tree_size",
+                value: tree_size,
+                size,
+            }
             .into());
         }
         if leaf_index >= tree_size {
-            return Err(AuditServiceError::Invalid {
-                field: "leaf_index",
-                reason: format!("must be below tree_size {tree_size}"),
-            }
+            return Err(AuditServiceError::from(InvalidField::new(
+                "leaf_index",
+                format!("must be below tree_size {tree_size}"),
+            ))
             .into());
         }
         let leaf = self
@@ -581,16 +584,18 @@ impl AuditApi for AuditService {
         .await?;
         let size = self.log.store().audit_size();
         if to_size > size {
-            return Err(AuditServiceError::OutOfRange(format!(
-                "to_size {to_size} is beyond the log's {size} entries"
-            ))
+            return Err(AuditServiceError::BeyondLog {
+                field: "to_size",
+                value: to_size,
+                size,
+            }
             .into());
         }
         if from_size > to_size {
-            return Err(AuditServiceError::Invalid {
-                field: "from_size",
-                reason: format!("must not exceed to_size {to_size}"),
-            }
+            return Err(AuditServiceError::from(InvalidField::new(
+                "from_size",
+                format!("must not exceed to_size {to_size}"),
+            ))
             .into());
         }
         let hashes =

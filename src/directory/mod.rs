@@ -9,20 +9,17 @@ use std::sync::{Arc, RwLock};
 use crate::audit;
 use crate::identity::{AgencyId, Caller, IdentityError};
 use crate::pb::v1::{Agency, AgencyStatus, AuditAction, Region};
+use crate::rpc::InvalidField;
 use crate::store::records::AgencyRecord;
-use crate::store::{now_micros, PutMode, Store, StoreError};
+use crate::store::{PutMode, Store, StoreError};
+use crate::time::now_micros;
 
 /// Why a directory operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     /// A field of the agency is invalid.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field path, e.g. `agency.country`.
-        field: &'static str,
-        /// What is wrong and what is expected.
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
     /// The agency id is registered already.
     #[error("agency {0} is already registered")]
     AlreadyExists(AgencyId),
@@ -43,7 +40,7 @@ pub enum DirectoryError {
     Store(#[from] StoreError),
 }
 
-impl audit::Refusal for DirectoryError {
+impl crate::rpc::Refusal for DirectoryError {
     fn is_refusal(&self) -> bool {
         use crate::tls::CrlError;
         !matches!(
@@ -57,13 +54,13 @@ impl audit::Refusal for DirectoryError {
 impl From<DirectoryError> for tonic::Status {
     fn from(err: DirectoryError) -> Self {
         match err {
-            DirectoryError::Invalid { field, reason } => crate::errors::bad_request(field, &reason),
+            DirectoryError::Invalid(invalid) => invalid.into(),
             DirectoryError::AlreadyExists(_) => tonic::Status::already_exists(err.to_string()),
             DirectoryError::NotFound(_) => tonic::Status::not_found(err.to_string()),
             DirectoryError::Unauthenticated(e) => e.into(),
             DirectoryError::NotAdmin(_) => tonic::Status::permission_denied(err.to_string()),
             DirectoryError::Crl(e) => e.into(),
-            DirectoryError::Store(e) => crate::errors::store_failure(&e),
+            DirectoryError::Store(e) => crate::rpc::store_failure(&e),
         }
     }
 }
@@ -87,10 +84,8 @@ impl TryFrom<Option<Agency>> for AgencyEntry {
     type Error = DirectoryError;
 
     fn try_from(agency: Option<Agency>) -> Result<Self, Self::Error> {
-        let invalid = |field, reason: &str| DirectoryError::Invalid {
-            field,
-            reason: reason.to_string(),
-        };
+        let invalid =
+            |field: &str, reason: &str| DirectoryError::from(InvalidField::new(field, reason));
         let agency = agency.ok_or_else(|| invalid("agency", "is required"))?;
         let agency_id = AgencyId::parse(&agency.agency_id)
             .map_err(|e: IdentityError| invalid("agency.agency_id", &e.to_string()))?;
@@ -327,10 +322,10 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = AgencyEntry::try_from(input.clone()).err().map(|e| match e {
-                DirectoryError::Invalid { field, .. } => field,
+                DirectoryError::Invalid(invalid) => invalid.field,
                 other => panic!("unexpected {other}"),
             });
-            assert_eq!(got, want, "{input:?}");
+            assert_eq!(got.as_deref(), want, "{input:?}");
         }
     }
 }

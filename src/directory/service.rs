@@ -7,7 +7,7 @@ use tracing::{info, instrument};
 
 use super::{to_wire, AgencyEntry, Directory, DirectoryError};
 use crate::audit;
-use crate::identity::{caller_of, peer_of, Caller, Role};
+use crate::identity::{caller_of, peer_of, Caller, Peer, Role};
 use crate::pb::v1::admin_service_server::AdminService as AdminApi;
 use crate::pb::v1::{
     AdminServiceListAgenciesRequest, AdminServiceListAgenciesResponse, AuditAction,
@@ -101,7 +101,7 @@ impl AdminService {
             revoked_count: u32::try_from(summary.revoked_count).unwrap_or(u32::MAX),
             next_update: summary
                 .next_update
-                .map(|seconds| crate::exchange::timestamp(seconds.saturating_mul(1_000_000))),
+                .map(|seconds| crate::time::timestamp(seconds.saturating_mul(1_000_000))),
         })
     }
 }
@@ -116,12 +116,13 @@ fn check_unrevoke_reason(reason: &str) -> Result<String, DirectoryError> {
         || reason.chars().count() > MAX_UNREVOKE_REASON
         || crate::text::check(reason, crate::text::Shape::Line).is_err()
     {
-        return Err(DirectoryError::Invalid {
-            field: "unrevoke_reason",
-            reason: format!(
+        return Err(crate::rpc::InvalidField::new(
+            "unrevoke_reason",
+            format!(
                 "is required with allow_unrevoke: 1 to {MAX_UNREVOKE_REASON} printable characters saying why revoked certificates become valid again"
             ),
-        });
+        )
+        .into());
     }
     Ok(reason.to_string())
 }
@@ -134,6 +135,18 @@ fn require_admin<T>(request: &Request<T>) -> Result<Arc<Caller>, DirectoryError>
     }
 }
 
+impl AdminService {
+    /// Answers `method` of `puente.v1.AdminService` (see [`crate::rpc::answer`]).
+    async fn answer<T>(
+        &self,
+        method: &str,
+        peer: Option<Peer>,
+        result: Result<T, DirectoryError>,
+    ) -> Result<Response<T>, Status> {
+        crate::rpc::answer(&self.store, "puente.v1.AdminService", method, peer, result).await
+    }
+}
+
 #[tonic::async_trait]
 impl AdminApi for AdminService {
     #[instrument(skip(self, request))]
@@ -143,14 +156,7 @@ impl AdminApi for AdminService {
     ) -> Result<Response<RegisterAgencyResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.register(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.AdminService",
-            "RegisterAgency",
-            peer,
-            result,
-        )
-        .await
+        self.answer("RegisterAgency", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -160,14 +166,7 @@ impl AdminApi for AdminService {
     ) -> Result<Response<UpdateAgencyResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.update(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.AdminService",
-            "UpdateAgency",
-            peer,
-            result,
-        )
-        .await
+        self.answer("UpdateAgency", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -179,14 +178,7 @@ impl AdminApi for AdminService {
         let result = require_admin(&request).map(|_| AdminServiceListAgenciesResponse {
             agencies: self.directory.list().iter().map(to_wire).collect(),
         });
-        audit::answer(
-            &self.store,
-            "puente.v1.AdminService",
-            "ListAgencies",
-            peer,
-            result,
-        )
-        .await
+        self.answer("ListAgencies", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -196,13 +188,6 @@ impl AdminApi for AdminService {
     ) -> Result<Response<PublishRevocationListResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.publish(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.AdminService",
-            "PublishRevocationList",
-            peer,
-            result,
-        )
-        .await
+        self.answer("PublishRevocationList", peer, result).await
     }
 }

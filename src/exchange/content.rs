@@ -12,7 +12,6 @@
 use time::{Date, Month};
 
 use super::ExchangeError;
-use crate::errors::excerpt;
 use crate::pb::v1::{
     message, send_message_request, Account, AlertType, EarlyWarningAlert, Entity, Evaluation,
     FinancialIntelligenceReport, FirearmMarkings, FirearmRecord, FirearmStatus,
@@ -20,7 +19,7 @@ use crate::pb::v1::{
     ReportCode, Severity, SourceReliability, Substance, SubstanceForm, Transaction,
     TransactionMode,
 };
-use crate::text::Shape;
+use crate::text::{excerpt, Shape};
 
 // === Limits ===
 

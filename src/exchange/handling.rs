@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tonic::Request;
 
 use super::validate::{self, MessageId};
-use super::{ExchangeError, ExchangeService, NewCommit};
+use super::{ExchangeError, ExchangeService, NewCommit, PartyOnly};
 use crate::identity::AgencyId;
 use crate::pb::v1::{
     AuditAction, CorrectMessageRequest, CorrectMessageResponse, DenyConsentRequest,
@@ -17,7 +17,8 @@ use crate::pb::v1::{
     RetractMessageRequest, RetractMessageResponse, SendMessageRequest,
 };
 use crate::store::records::{keys, ConsentRecord, ForwardHopRecord, MessageRecord};
-use crate::store::{now_micros, StoreError};
+use crate::store::StoreError;
+use crate::time::{now_micros, timestamp};
 
 /// Longest reason given with a forward, consent or notice, in characters.
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -88,9 +89,7 @@ impl ExchangeService {
             ));
         }
         if !record.recipients.iter().any(|r| r == agency.as_str()) {
-            return Err(ExchangeError::NotAllowed(
-                "only a recipient can pass a message on or ask to",
-            ));
+            return Err(ExchangeError::NotAllowed(PartyOnly::RecipientPassesOn));
         }
         Ok(record)
     }
@@ -204,10 +203,13 @@ impl ExchangeService {
                 if let Some(request_id) = self.consent_of(&original_id, agency.as_str(), target)? {
                     consents.push(request_id);
                 } else {
-                    return Err(ExchangeError::HandlingRefused(format!(
-                        "message {original_id} is {} and {originator} has not consented to {agency} passing it to {target}: ask with RequestConsent",
-                        handling.as_str_name()
-                    )));
+                    return Err(ExchangeError::NoConsent {
+                        message_id: original_id,
+                        handling,
+                        originator,
+                        holder: agency,
+                        target: target.clone(),
+                    });
                 }
             }
         }
@@ -525,9 +527,7 @@ impl ExchangeService {
         let id = MessageId::parse("message_id", message_id)?;
         let original = self.readable(agency, &id)?;
         if original.sender != agency.as_str() || original.kind != MessageKind::Unspecified as i32 {
-            return Err(ExchangeError::NotAllowed(
-                "only the originator can retract or correct a message",
-            ));
+            return Err(ExchangeError::NotAllowed(PartyOnly::OriginatorAmends));
         }
         let reason = check_reason(reason, true)?;
         let holders = self.holders(&original)?;
@@ -649,6 +649,6 @@ fn forward_response(accepted: crate::store::Accepted) -> ForwardMessageResponse 
     ForwardMessageResponse {
         message_id: accepted.message_id,
         audit_index: Some(accepted.audit_index),
-        accepted_at: Some(super::timestamp(accepted.accepted_at_micros)),
+        accepted_at: Some(timestamp(accepted.accepted_at_micros)),
     }
 }

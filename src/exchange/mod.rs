@@ -4,175 +4,40 @@
 //! validate requests into domain types ([`validate`]), expand recipients against the directory,
 //! and hand one [`NewMessage`] to the store, which answers only once it is durable.
 
+mod api;
 pub mod content;
+mod error;
 mod handling;
 mod inbox;
 mod threads;
 pub mod validate;
 
-use crate::admission::{ResponseBudget, ResponseBudgetSpent, ResponsePermit, StreamLimits};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost::Message as _;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tonic::{Request, Response};
+use tracing::info;
 
+use crate::admission::{ResponseBudget, ResponsePermit, StreamLimits};
 use crate::audit;
 use crate::config::Limits;
-use crate::directory::{to_wire, Directory};
-use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Peer, Role};
+use crate::directory::Directory;
+use crate::identity::{caller_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::metrics::Metrics;
-use crate::pb::v1::exchange_service_server::ExchangeService as ExchangeApi;
 use crate::pb::v1::MatchHitNotice;
 use crate::pb::v1::{
     AcknowledgeMessageRequest, AcknowledgeMessageResponse, AuditAction, DeliveryState, Evaluation,
     ForwardHop, GetDeliveryStatusRequest, GetDeliveryStatusResponse, GetMessageRequest,
-    GetMessageResponse, ListAgenciesRequest, ListAgenciesResponse, Message, NoticeStatus,
-    RecipientStatus, SendMessageRequest, SendMessageResponse, StreamInboxRequest,
-};
-use crate::pb::v1::{
-    CorrectMessageRequest, CorrectMessageResponse, DenyConsentRequest, DenyConsentResponse,
-    ForwardMessageRequest, ForwardMessageResponse, GrantConsentRequest, GrantConsentResponse,
-    ListThreadRequest, ListThreadResponse, RequestConsentRequest, RequestConsentResponse,
-    RetractMessageRequest, RetractMessageResponse,
+    GetMessageResponse, Message, NoticeStatus, RecipientStatus, SendMessageRequest,
+    SendMessageResponse, StreamInboxRequest,
 };
 use crate::store::records::{keys, MessageRecord};
 use crate::store::{Accepted, NewMessage, Store, StoreError};
+use crate::time::{now_micros, timestamp};
+pub use error::{ExchangeError, PartyOnly};
 use validate::{MessageId, Recipient};
-
-/// Why an exchange call failed. Mapped to a gRPC status in one place, below.
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    /// The caller presented no usable identity.
-    #[error(transparent)]
-    Unauthenticated(#[from] IdentityError),
-    /// The caller is not an agency.
-    #[error("this method needs an agency certificate (spiffe://<trust-domain>/agency/<ID>); this caller is {0}")]
-    NotAnAgency(String),
-    /// The caller's agency is not in the directory.
-    #[error("agency {0} is not registered on this exchange; ask an administrator to register it")]
-    UnregisteredAgency(AgencyId),
-    /// The caller's agency is suspended.
-    #[error("agency {0} is suspended and can neither send nor receive; contact the exchange administrators")]
-    SuspendedAgency(AgencyId),
-    /// A request field breaks a rule.
-    #[error("{field}: {reason}")]
-    InvalidField {
-        /// Field path, e.g. `recipients[2]`.
-        field: String,
-        /// What is wrong and what is expected.
-        reason: String,
-    },
-    /// A named recipient is suspended.
-    #[error("recipient {0} is suspended and cannot receive messages; remove it from recipients")]
-    RecipientSuspended(String),
-    /// No such message, or the caller may not see it (indistinguishable on purpose).
-    #[error("no message {0} that this agency can access")]
-    MessageNotFound(MessageId),
-    /// The caller can read the message but this operation is for another party.
-    #[error("{0}")]
-    NotAllowed(&'static str),
-    /// The originator's handling code forbids this (e.g. forwarding H2/H3 without consent).
-    #[error("{0}")]
-    HandlingRefused(String),
-    /// The originator retracted the message: it is not to be passed on any more.
-    #[error("message {0} was retracted by its originator and cannot be forwarded")]
-    Retracted(String),
-    /// The holder's earlier request (named) to pass this message to this agency still awaits
-    /// the originator's decision.
-    #[error("consent to pass this message to that agency was already asked in request {0}, still pending: wait for the originator's decision")]
-    ConsentPending(String),
-    /// The originator already granted the holder's request (named) for this message and agency.
-    #[error("consent to pass this message to that agency was already granted on request {0}: forward it")]
-    ConsentGranted(String),
-    /// The consent request was replaced by a later one of the same holder for the same agency.
-    #[error(
-        "this consent request was superseded by the holder's later request {0}; decide that one"
-    )]
-    ConsentSuperseded(String),
-    /// The idempotency key was used for a different request.
-    #[error("client_message_id {0:?} was already used for a different message; use a new key for new content")]
-    IdempotencyConflict(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(StoreError),
-    /// The agency has as many inbox streams open as it may.
-    #[error("{agency} already has {limit} inbox streams open, the most allowed; close one (one stream per reader is enough: it replays the backlog, then follows)")]
-    TooManyStreams {
-        /// The agency.
-        agency: String,
-        /// Its stream limit.
-        limit: usize,
-    },
-    /// The caller's (or the exchange's) budget of answers not yet read is spent.
-    #[error("{0}")]
-    ResponsesUnread(ResponseBudgetSpent),
-    /// The server is shutting down.
-    #[error("shutting down")]
-    ShuttingDown,
-}
-
-impl audit::Refusal for ExchangeError {
-    fn is_refusal(&self) -> bool {
-        // A spent response budget is load, not a decision about the caller: recording each
-        // one would let a slow reader grow the permanent log.
-        !matches!(
-            self,
-            ExchangeError::Store(_)
-                | ExchangeError::ShuttingDown
-                | ExchangeError::ResponsesUnread(_)
-        )
-    }
-}
-
-impl ExchangeError {
-    /// An `InvalidField` error for a fixed field name.
-    pub fn invalid(field: &str, reason: &str) -> ExchangeError {
-        ExchangeError::InvalidField {
-            field: field.to_string(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
-impl From<ExchangeError> for Status {
-    fn from(err: ExchangeError) -> Self {
-        match err {
-            ExchangeError::Unauthenticated(e) => e.into(),
-            ExchangeError::NotAnAgency(_)
-            | ExchangeError::UnregisteredAgency(_)
-            | ExchangeError::SuspendedAgency(_)
-            | ExchangeError::NotAllowed(_)
-            | ExchangeError::HandlingRefused(_) => Status::permission_denied(err.to_string()),
-            ExchangeError::InvalidField { field, reason } => {
-                crate::errors::bad_request(&field, &reason)
-            }
-            ExchangeError::RecipientSuspended(_)
-            | ExchangeError::Retracted(_)
-            | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),
-            ExchangeError::MessageNotFound(_) => Status::not_found(err.to_string()),
-            ExchangeError::IdempotencyConflict(_)
-            | ExchangeError::ConsentPending(_)
-            | ExchangeError::ConsentGranted(_) => Status::already_exists(err.to_string()),
-            ExchangeError::TooManyStreams { .. } => {
-                crate::admission::exhausted(err.to_string(), crate::admission::STREAM_RETRY)
-            }
-            ExchangeError::ResponsesUnread(_) => {
-                crate::admission::exhausted(err.to_string(), crate::admission::RESPONSE_RETRY)
-            }
-            ExchangeError::ShuttingDown => crate::errors::shutting_down(),
-            ExchangeError::Store(e) => crate::errors::store_failure(&e),
-        }
-    }
-}
-
-impl From<StoreError> for ExchangeError {
-    fn from(err: StoreError) -> Self {
-        ExchangeError::Store(err)
-    }
-}
 
 /// The ExchangeService handlers and what they share.
 #[derive(Clone)]
@@ -416,7 +281,7 @@ impl ExchangeService {
             handling: draft.handling as i32,
             source_reliability: draft.source_reliability as i32,
             information_accuracy: draft.information_accuracy as i32,
-            created_at_micros: crate::store::now_micros(),
+            created_at_micros: now_micros(),
             in_reply_to,
             case_reference: draft.case_reference,
             content_sha256: draft.content_sha256,
@@ -504,9 +369,7 @@ impl ExchangeService {
         };
         let record = self.readable(&agency, &id)?;
         if !record.recipients.iter().any(|r| r == agency.as_str()) {
-            return Err(ExchangeError::NotAllowed(
-                "only a recipient can acknowledge a message",
-            ));
+            return Err(ExchangeError::NotAllowed(PartyOnly::RecipientAcknowledges));
         }
         let delivery = self
             .store
@@ -563,12 +426,10 @@ impl ExchangeService {
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         let record = self.readable(&agency, &id)?;
         if record.sender != agency.as_str() {
-            return Err(ExchangeError::NotAllowed(
-                "only the sender can see a message's delivery status",
-            ));
+            return Err(ExchangeError::NotAllowed(PartyOnly::SenderSeesDelivery));
         }
         let repliers = self.repliers_seen_by(id.as_str(), &agency)?;
-        let now = crate::store::now_micros();
+        let now = now_micros();
         let due = record.respond_by_micros;
         let statuses = |message: &MessageRecord| -> Result<Vec<RecipientStatus>, ExchangeError> {
             Ok(self
@@ -688,243 +549,4 @@ fn response(accepted: Accepted) -> SendMessageResponse {
 
 fn is_party(record: &MessageRecord, agency: &AgencyId) -> bool {
     record.sender == agency.as_str() || record.recipients.iter().any(|r| r == agency.as_str())
-}
-
-/// A protobuf timestamp from microseconds since the Unix epoch.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
-
-#[tonic::async_trait]
-impl ExchangeApi for ExchangeService {
-    #[instrument(skip(self, request))]
-    async fn send_message(
-        &self,
-        request: Request<SendMessageRequest>,
-    ) -> Result<Response<SendMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.send(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "SendMessage",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    type StreamInboxStream = inbox::InboxStream;
-
-    #[instrument(skip(self, request))]
-    async fn stream_inbox(
-        &self,
-        request: Request<StreamInboxRequest>,
-    ) -> Result<Response<Self::StreamInboxStream>, Status> {
-        let peer = peer_of(&request);
-        let result = self.open_inbox(request);
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "StreamInbox",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn acknowledge_message(
-        &self,
-        request: Request<AcknowledgeMessageRequest>,
-    ) -> Result<Response<AcknowledgeMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.acknowledge(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "AcknowledgeMessage",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn get_message(
-        &self,
-        request: Request<GetMessageRequest>,
-    ) -> Result<Response<GetMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        // Every read is an entry: charged to the caller before anything is read.
-        crate::admission::records::charge(peer.as_ref())?;
-        let result = self.get(request).await;
-        let answer = audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "GetMessage",
-            peer,
-            result,
-        )
-        .await?;
-        Ok(with_permit(answer))
-    }
-
-    #[instrument(skip(self, request))]
-    async fn get_delivery_status(
-        &self,
-        request: Request<GetDeliveryStatusRequest>,
-    ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.delivery_status(request);
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "GetDeliveryStatus",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn list_agencies(
-        &self,
-        request: Request<ListAgenciesRequest>,
-    ) -> Result<Response<ListAgenciesResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.require_agency(&request).map(|_| ListAgenciesResponse {
-            agencies: self.directory.list().iter().map(to_wire).collect(),
-        });
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "ListAgencies",
-            peer,
-            result,
-        )
-        .await
-    }
-    #[instrument(skip(self, request))]
-    async fn forward_message(
-        &self,
-        request: Request<ForwardMessageRequest>,
-    ) -> Result<Response<ForwardMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.forward(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "ForwardMessage",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn request_consent(
-        &self,
-        request: Request<RequestConsentRequest>,
-    ) -> Result<Response<RequestConsentResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.ask_consent(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "RequestConsent",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn grant_consent(
-        &self,
-        request: Request<GrantConsentRequest>,
-    ) -> Result<Response<GrantConsentResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.grant(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "GrantConsent",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn deny_consent(
-        &self,
-        request: Request<DenyConsentRequest>,
-    ) -> Result<Response<DenyConsentResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.deny(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "DenyConsent",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn retract_message(
-        &self,
-        request: Request<RetractMessageRequest>,
-    ) -> Result<Response<RetractMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.retract(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "RetractMessage",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn correct_message(
-        &self,
-        request: Request<CorrectMessageRequest>,
-    ) -> Result<Response<CorrectMessageResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.correct(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "CorrectMessage",
-            peer,
-            result,
-        )
-        .await
-    }
-
-    #[instrument(skip(self, request))]
-    async fn list_thread(
-        &self,
-        request: Request<ListThreadRequest>,
-    ) -> Result<Response<ListThreadResponse>, Status> {
-        let peer = peer_of(&request);
-        let result = self.thread(request).await;
-        let answer = audit::answer(
-            &self.store,
-            "puente.v1.ExchangeService",
-            "ListThread",
-            peer,
-            result,
-        )
-        .await?;
-        Ok(with_permit(answer))
-    }
 }

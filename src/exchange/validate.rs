@@ -6,14 +6,13 @@ use sha2::{Digest, Sha256};
 
 use super::ExchangeError;
 use crate::config::Limits;
-use crate::errors::excerpt;
 use crate::identity::AgencyId;
 use crate::pb::v1::send_message_request::Content;
 use crate::pb::v1::{
     Attachment, HandlingCode, InformationAccuracy, Priority, Region, SendMessageRequest,
     SourceReliability, Topic,
 };
-use crate::text::{self, Shape};
+use crate::text::{self, excerpt, Shape};
 
 /// Longest subject, in characters.
 pub const MAX_SUBJECT_CHARS: usize = 256;
@@ -271,7 +270,7 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
         None => 0,
         Some(at) => {
             let micros = at.seconds.saturating_mul(1_000_000) + i64::from(at.nanos) / 1_000;
-            let now = crate::store::now_micros();
+            let now = crate::time::now_micros();
             if micros <= now || micros > now + MAX_RESPOND_BY_DAYS * 86_400_000_000 {
                 return Err(invalid(
                     "respond_by",

@@ -18,7 +18,7 @@ use tracing::{info, instrument};
 
 use crate::audit;
 use crate::directory::Directory;
-use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Role};
+use crate::identity::{caller_of, peer_of, AgencyId, Caller, IdentityError, Peer, Role};
 use crate::pb::v1::match_service_server::MatchService as MatchApi;
 use crate::pb::v1::{
     AuditAction, BlindedIdentifier, HandlingCode, IdentifierKind, InformationAccuracy,
@@ -26,8 +26,10 @@ use crate::pb::v1::{
     PublishIdentifiersResponse, QueryRequest, QueryResponse, QueryResult, SendMessageRequest,
     SourceReliability, Topic, WithdrawIdentifiersRequest, WithdrawIdentifiersResponse,
 };
+use crate::rpc::InvalidField;
 use crate::store::records::{keys, MessageRecord, PublishedRecord, QuotaRecord};
-use crate::store::{now_micros, NewMessage, Store, StoreError};
+use crate::store::{NewMessage, Store, StoreError};
+use crate::time::now_micros;
 
 /// Most identifiers one publication or withdrawal may carry.
 pub const MAX_PUBLISH_BATCH: usize = 10_000;
@@ -44,17 +46,15 @@ pub enum MatchError {
     /// No usable identity.
     #[error(transparent)]
     Unauthenticated(#[from] IdentityError),
-    /// Not an active agency.
-    #[error("{0}")]
-    Forbidden(String),
+    /// The caller is not an agency.
+    #[error("matching is for agencies (spiffe://<trust-domain>/agency/<ID>); this caller is {0}")]
+    NotAnAgency(String),
+    /// The caller's agency is not registered, or suspended.
+    #[error("agency {0} is not an active registered agency")]
+    InactiveAgency(AgencyId),
     /// A field breaks a rule.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// Field path.
-        field: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
     /// The caller's query quota is used up.
     #[error("query quota of {quota} identifiers per hour used up; retry in {retry_after:?}")]
     QuotaExceeded {
@@ -68,7 +68,7 @@ pub enum MatchError {
     Store(#[from] StoreError),
 }
 
-impl audit::Refusal for MatchError {
+impl crate::rpc::Refusal for MatchError {
     fn is_refusal(&self) -> bool {
         !matches!(self, MatchError::Store(_))
     }
@@ -78,23 +78,22 @@ impl From<MatchError> for Status {
     fn from(err: MatchError) -> Self {
         match err {
             MatchError::Unauthenticated(e) => e.into(),
-            MatchError::Forbidden(_) => Status::permission_denied(err.to_string()),
-            MatchError::Invalid { field, reason } => crate::errors::bad_request(&field, &reason),
+            MatchError::NotAnAgency(_) | MatchError::InactiveAgency(_) => {
+                Status::permission_denied(err.to_string())
+            }
+            MatchError::Invalid(invalid) => invalid.into(),
             MatchError::QuotaExceeded { retry_after, .. } => Status::with_error_details(
                 Code::ResourceExhausted,
                 err.to_string(),
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            MatchError::Store(e) => crate::errors::store_failure(&e),
+            MatchError::Store(e) => crate::rpc::store_failure(&e),
         }
     }
 }
 
 fn invalid(field: impl Into<String>, reason: &str) -> MatchError {
-    MatchError::Invalid {
-        field: field.into(),
-        reason: reason.to_string(),
-    }
+    MatchError::Invalid(InvalidField::new(field, reason))
 }
 
 /// The MatchService handlers.
@@ -173,15 +172,10 @@ impl MatchService {
     ) -> Result<(Arc<Caller>, AgencyId), MatchError> {
         let caller = caller_of(request)?;
         let Role::Agency(agency) = &caller.role else {
-            return Err(MatchError::Forbidden(format!(
-                "matching is for agencies (spiffe://<trust-domain>/agency/<ID>); this caller is {}",
-                caller.id
-            )));
+            return Err(MatchError::NotAnAgency(caller.id.to_string()));
         };
         if !self.directory.is_active(agency.as_str()) {
-            return Err(MatchError::Forbidden(format!(
-                "agency {agency} is not an active registered agency"
-            )));
+            return Err(MatchError::InactiveAgency(agency.clone()));
         }
         let agency = agency.clone();
         Ok((caller, agency))
@@ -454,6 +448,18 @@ impl MatchService {
     }
 }
 
+impl MatchService {
+    /// Answers `method` of `puente.v1.MatchService` (see [`crate::rpc::answer`]).
+    async fn answer<T>(
+        &self,
+        method: &str,
+        peer: Option<Peer>,
+        result: Result<T, MatchError>,
+    ) -> Result<Response<T>, Status> {
+        crate::rpc::answer(&self.store, "puente.v1.MatchService", method, peer, result).await
+    }
+}
+
 #[tonic::async_trait]
 impl MatchApi for MatchService {
     #[instrument(skip(self, request))]
@@ -463,14 +469,7 @@ impl MatchApi for MatchService {
     ) -> Result<Response<PublishIdentifiersResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.publish(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.MatchService",
-            "PublishIdentifiers",
-            peer,
-            result,
-        )
-        .await
+        self.answer("PublishIdentifiers", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -480,14 +479,7 @@ impl MatchApi for MatchService {
     ) -> Result<Response<WithdrawIdentifiersResponse>, Status> {
         let peer = peer_of(&request);
         let result = self.withdraw(request).await;
-        audit::answer(
-            &self.store,
-            "puente.v1.MatchService",
-            "WithdrawIdentifiers",
-            peer,
-            result,
-        )
-        .await
+        self.answer("WithdrawIdentifiers", peer, result).await
     }
 
     #[instrument(skip(self, request))]
@@ -497,6 +489,6 @@ impl MatchApi for MatchService {
     ) -> Result<Response<QueryResponse>, Status> {
         let peer = peer_of(&request);
         let result = MatchService::query(self, request).await;
-        audit::answer(&self.store, "puente.v1.MatchService", "Query", peer, result).await
+        self.answer("Query", peer, result).await
     }
 }

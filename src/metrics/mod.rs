@@ -33,7 +33,8 @@ use crate::directory::Directory;
 use crate::identity::{Caller, Role};
 use crate::pb::v1::{AuditAction, AuditEvent, DeliveryState};
 use crate::store::records::{keys, DeliveryRecord};
-use crate::store::{now_micros, Store, StoreError};
+use crate::store::{Store, StoreError};
+use crate::time::now_micros;
 
 /// Upper bounds of the RPC latency buckets, seconds: 0.5 ms to 10 s for unary calls, then up to
 /// an hour for the life of server-streaming calls.

@@ -8,8 +8,15 @@
 //! inbox watermarks and audit log size that readers follow. So an answer means "on stable storage", and no reader
 //! ever sees an entry a crash could lose. sled is flushed in the background whenever a journal
 //! file fills; opening the store replays what the journal holds beyond it.
+//!
+//! Here: opening, the directory, index entries, consent and match-quota records. Elsewhere:
+//! `messages` (sends, deliveries, inboxes, bodies, erasure), `log` (the audit log's leaves,
+//! party index, hashes and checkpoints), `writer` (sequencing and group commit), `journal`,
+//! `objects` (large bodies), `sealing` (AEAD at rest), [`records`] (record types and keys).
 
 mod journal;
+mod log;
+mod messages;
 mod objects;
 pub mod records;
 mod sealing;
@@ -26,22 +33,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
+use log::LogState;
+pub use log::{LogEntry, StoredHashes};
+use messages::idempotent_answer;
+pub use messages::{Accepted, NewMessage, RetentionEntry};
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-use records::{
-    keys, AgencyRecord, ConsentRecord, DeliveryRecord, IdempotencyRecord, MessageRecord,
-    QuotaRecord, SealedFields,
-};
+use records::{keys, AgencyRecord, ConsentRecord, QuotaRecord};
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
-use writer::{Flusher, LogState, Op, Writer};
+pub use writer::CommitFailure;
+use writer::{Flusher, Op, Writer};
 
-use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
-use crate::pb::v1::AuditEvent;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Bytes sealing adds to a body (the Poly1305 tag).
-const SEAL_OVERHEAD: usize = 16;
+use crate::audit::merkle::MerkleError;
+use std::sync::atomic::AtomicU64;
 
 /// How many queued operations the writer takes into one group commit at most.
 pub const MAX_GROUP_COMMIT: usize = 512;
@@ -78,46 +83,16 @@ pub enum StoreError {
     /// A message body cannot be sealed or opened.
     #[error(transparent)]
     Sealing(#[from] SealingError),
-}
-
-/// A message ready to be committed.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// The record with its plain body; `send` seals the body and keeps it inline or writes it
-    /// to the object directory.
-    pub record: MessageRecord,
-    /// The sender's idempotency key.
-    pub client_message_id: String,
-    /// SHA-256 of the request without its idempotency key.
-    pub request_sha256: Vec<u8>,
-    /// Further keys written in the same batch: thread, reply, forward and notice indexes,
-    /// consent decisions.
-    pub index_entries: Vec<IndexEntry>,
+    /// The audit log's stored hashes do not give its frontier (at open).
+    #[error("store I/O: audit log hashes: {0}")]
+    LogHashes(#[source] MerkleError),
+    /// The group commit this write belonged to failed; the write is not stored.
+    #[error("store I/O: {0}")]
+    Commit(#[source] Arc<CommitFailure>),
 }
 
 /// A key and its value in one of the store's indexes.
 pub type IndexEntry = (Vec<u8>, Vec<u8>);
-
-/// A committed send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    /// The message id.
-    pub message_id: String,
-    /// When it was accepted, microseconds since the Unix epoch.
-    pub accepted_at_micros: i64,
-    /// Index of its MESSAGE_ACCEPTED audit entry.
-    pub audit_index: u64,
-    /// False when this answers a retry of an already committed request.
-    pub created: bool,
-}
-
-/// A message's place in its topic's retention order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionEntry {
-    /// The message.
-    pub message_id: String,
-    key: Vec<u8>,
-}
 
 /// Whether `put_agency` creates or replaces a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,57 +113,6 @@ pub struct Store {
     durable_log_size: Arc<AtomicU64>,
     failure: watch::Receiver<Option<String>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// The stored complete-subtree hashes of the audit log, for `audit::merkle`.
-pub struct StoredHashes<'a>(&'a sled::Db);
-
-/// Audit subtree hashes are stored from this level up; below it they are computed from the
-/// 2^level stored leaves they cover. Level 1 saves the leaf-hash key of every audit entry.
-/// Level 4 would save almost every hash key (+12 % durable rate at 32 senders / 32 readers,
-/// BENCHMARKS.md) but then `audit verify --full` could only name the 16-entry block, not the
-/// entry, that was altered when only leaves are rewritten: the server's proofs would be
-/// computed from the altered leaves.
-pub(crate) const FIRST_STORED_HASH_LEVEL: u8 = 1;
-
-impl HashReader for StoredHashes<'_> {
-    /// Levels below [`FIRST_STORED_HASH_LEVEL`] are computed from the stored leaves; higher
-    /// levels are stored.
-    fn hash(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
-        let unavailable = |reason: String| MerkleError::Unavailable {
-            level,
-            index,
-            reason,
-        };
-        if level < FIRST_STORED_HASH_LEVEL {
-            let (start, end) = (index << level, (index + 1) << level);
-            let mut hashes = self
-                .0
-                .range(keys::audit_leaf(start)..keys::audit_leaf(end))
-                .map(|item| item.map(|(_, leaf)| merkle::hash_leaf(&leaf)))
-                .collect::<Result<Vec<Hash>, _>>()
-                .map_err(|e| unavailable(e.to_string()))?;
-            if hashes.len() as u64 != end - start {
-                return Err(unavailable("leaf not stored".into()));
-            }
-            while hashes.len() > 1 {
-                hashes = hashes
-                    .chunks_exact(2)
-                    .map(|pair| merkle::hash_children(&pair[0], &pair[1]))
-                    .collect();
-            }
-            return Ok(hashes[0]);
-        }
-        let value = self
-            .0
-            .get(keys::audit_hash(level, index))
-            .map_err(|e| unavailable(e.to_string()))?
-            .ok_or_else(|| unavailable("not stored".into()))?;
-        value
-            .as_ref()
-            .try_into()
-            .map_err(|_| unavailable("stored value is not 32 bytes".into()))
-    }
 }
 
 /// Durable inbox watermarks: the highest sequence of each agency's inbox that is on stable
@@ -270,7 +194,7 @@ impl Store {
             sequences.insert(agency.agency_id, last);
         }
 
-        let log = load_log_state(&db)?;
+        let log = LogState::load(&db)?;
         let durable_log_size = Arc::new(AtomicU64::new(log.size));
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let (failed, failure) = watch::channel(None);
@@ -311,152 +235,6 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Commits a message durably: its record, an inbox entry per recipient (each PENDING until a
-    /// delivery record says otherwise) and its idempotency key, atomically. The body is sealed
-    /// with the current data key; sealed, if larger than [`INLINE_BODY_MAX`], it is first written
-    /// to its own fsynced file.
-    ///
-    /// A retry (same sender and `client_message_id`, same `request_sha256`) returns the original
-    /// acceptance with `created == false` and writes nothing.
-    ///
-    /// # Errors
-    /// `IdempotencyConflict` for the same key with another request; I/O and sled errors.
-    pub async fn send(
-        &self,
-        mut message: NewMessage,
-        event: AuditEvent,
-    ) -> Result<Accepted, StoreError> {
-        let id = message.record.message_id.clone();
-        let fields = encode(&SealedFields::take(&mut message.record));
-        let fields = self.data_keys.seal(&id, Part::Fields, fields)?;
-        message.record.sealed_fields = fields.ciphertext;
-        message.record.sealed_fields_nonce = fields.nonce;
-        let body = std::mem::take(&mut message.record.body);
-        let external = body.len() + SEAL_OVERHEAD > INLINE_BODY_MAX;
-        let sealed = if external {
-            // Sealing and writing megabytes would hold up a runtime thread.
-            let (keys, objects, id) = (
-                Arc::clone(&self.data_keys),
-                self.objects.clone(),
-                id.clone(),
-            );
-            tokio::task::spawn_blocking(move || -> Result<Sealed, StoreError> {
-                let mut sealed = keys.seal(&id, Part::Body, body)?;
-                objects.put(&id, &sealed.ciphertext)?;
-                sealed.ciphertext = Vec::new();
-                Ok(sealed)
-            })
-            .await
-            .map_err(|_| StoreError::Closed)??
-        } else {
-            self.data_keys.seal(&id, Part::Body, body)?
-        };
-        message.record.body = sealed.ciphertext;
-        message.record.body_key_id = sealed.key_id;
-        message.record.body_nonce = sealed.nonce;
-        message.record.body_external = external;
-        let result = self
-            .submit(|reply| Op::Send {
-                message: Box::new(message),
-                event: Box::new(event),
-                reply,
-            })
-            .await;
-        if external && !matches!(result, Ok(Accepted { created: true, .. })) {
-            if let Err(e) = self.objects.remove(&id) {
-                tracing::warn!(message_id = %id, error = %e, "cannot remove body of uncommitted send");
-            }
-        }
-        result
-    }
-
-    /// The answer already given to this sender for this idempotency key and request, if the
-    /// request was committed before. Lets a retry succeed even when the checks a new send
-    /// would pass (recipients active, reply target readable) no longer hold.
-    ///
-    /// # Errors
-    /// `IdempotencyConflict` if the key was used for a different request; sled errors.
-    pub fn earlier_send(
-        &self,
-        sender: &str,
-        client_message_id: &str,
-        request_sha256: &[u8],
-    ) -> Result<Option<Accepted>, StoreError> {
-        let key = keys::idempotency(sender, client_message_id);
-        idempotent_answer(get_record(&self.db, &key)?, request_sha256)
-    }
-
-    /// Moves a recipient's delivery state forward to `state` (never backward), records `event`
-    /// in the audit log in the same batch, and returns the resulting record, once durable.
-    ///
-    /// # Errors
-    /// `NotFound` if the agency is not a recipient of the message; I/O and sled errors.
-    pub async fn advance_delivery(
-        &self,
-        message_id: &str,
-        agency: &str,
-        state: i32,
-        event: AuditEvent,
-    ) -> Result<DeliveryRecord, StoreError> {
-        let (message_id, agency) = (message_id.to_string(), agency.to_string());
-        self.submit(|reply| Op::AdvanceDelivery {
-            message_id,
-            agency,
-            state,
-            event: Box::new(event),
-            reply: Some(reply),
-        })
-        .await
-    }
-
-    /// Queues a move to `state` with its audit entry without waiting for durability (used when
-    /// a message is streamed: DELIVERED is informative, and a crash before the next flush only
-    /// understates delivery). Waits only while the writer's queue is full.
-    ///
-    /// # Errors
-    /// `Closed` when the store is shutting down.
-    pub async fn advance_delivery_later(
-        &self,
-        message_id: &str,
-        agency: &str,
-        state: i32,
-        event: AuditEvent,
-    ) -> Result<(), StoreError> {
-        let op = Op::AdvanceDelivery {
-            message_id: message_id.to_string(),
-            agency: agency.to_string(),
-            state,
-            event: Box::new(event),
-            reply: None,
-        };
-        self.ops.send(op).await.map_err(|_| StoreError::Closed)
-    }
-
-    /// Appends audit entries durably and returns their indices.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<Vec<u64>, StoreError> {
-        self.submit(|reply| Op::Audit {
-            events,
-            reply: Some(reply),
-        })
-        .await
-    }
-
-    /// Queues an audit entry without waiting for durability; waits only while the writer's
-    /// queue is full.
-    ///
-    /// # Errors
-    /// `Closed` when the store is shutting down.
-    pub async fn record_later(&self, event: AuditEvent) -> Result<(), StoreError> {
-        let op = Op::Audit {
-            events: vec![event],
-            reply: None,
-        };
-        self.ops.send(op).await.map_err(|_| StoreError::Closed)
-    }
-
     /// Writes and removes index entries durably and atomically, with audit entries.
     ///
     /// # Errors
@@ -465,8 +243,9 @@ impl Store {
         &self,
         puts: Vec<IndexEntry>,
         removes: Vec<Vec<u8>>,
-        events: Vec<AuditEvent>,
+        events: Vec<impl Into<LogEntry>>,
     ) -> Result<(), StoreError> {
+        let events = events.into_iter().map(Into::into).collect();
         self.submit(|reply| Op::Index {
             puts,
             removes,
@@ -474,153 +253,6 @@ impl Store {
             reply,
         })
         .await
-    }
-
-    /// Up to `limit` messages of `topic` accepted before `before_micros`, oldest first, starting
-    /// after `after` (a position returned earlier) or at the oldest.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn accepted_before(
-        &self,
-        topic: i32,
-        before_micros: i64,
-        after: Option<&RetentionEntry>,
-        limit: usize,
-    ) -> Result<Vec<RetentionEntry>, StoreError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(position) => Bound::Excluded(position.key.clone()),
-            None => Bound::Included(keys::retention_prefix(topic)),
-        };
-        let end = Bound::Excluded(keys::retention(topic, before_micros, ""));
-        self.db
-            .range::<Vec<u8>, _>((start, end))
-            .take(limit)
-            .map(|item| {
-                let (key, _) = item?;
-                Ok(RetentionEntry {
-                    message_id: keys::retention_message_id(&key)
-                        .unwrap_or_default()
-                        .to_string(),
-                    key: key.to_vec(),
-                })
-            })
-            .collect()
-    }
-
-    /// Erases messages durably, each with its audit entry (see `records::keys` for what stays):
-    /// the record with its inline body, delivery records, retention entry, then the body file.
-    /// Messages already gone are skipped. Returns how many were erased.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down. A body file that cannot be removed is
-    /// logged and removed at the next start.
-    pub async fn erase(&self, messages: Vec<(String, AuditEvent)>) -> Result<usize, StoreError> {
-        let erased = self.submit(|reply| Op::Erase { messages, reply }).await?;
-        let files: Vec<String> = erased
-            .iter()
-            .filter(|record| record.body_external)
-            .map(|record| record.message_id.clone())
-            .collect();
-        if !files.is_empty() {
-            let objects = self.objects.clone();
-            let removed = tokio::task::spawn_blocking(move || {
-                files.iter().try_for_each(|id| objects.remove(id))
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-            if let Err(e) = removed {
-                tracing::warn!(error = %e, "cannot remove the body file of an erased message; the next start removes it");
-            }
-        }
-        Ok(erased.len())
-    }
-
-    /// Stores a signed checkpoint durably.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn put_checkpoint(&self, size: u64, note: String) -> Result<(), StoreError> {
-        self.submit(|reply| Op::Checkpoint { size, note, reply })
-            .await
-    }
-
-    /// The latest stored checkpoint: its tree size and signed note.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        match self.db.scan_prefix(keys::CHECKPOINT_PREFIX).next_back() {
-            None => Ok(None),
-            Some(item) => {
-                let (key, value) = item?;
-                let size = keys::trailing_u64(&key).unwrap_or_default();
-                Ok(Some((size, String::from_utf8_lossy(&value).into_owned())))
-            }
-        }
-    }
-
-    /// Number of audit entries on stable storage.
-    pub fn audit_size(&self) -> u64 {
-        self.durable_log_size.load(Ordering::Acquire)
-    }
-
-    /// The stored subtree hashes of the audit log.
-    pub fn audit_hashes(&self) -> StoredHashes<'_> {
-        StoredHashes(&self.db)
-    }
-
-    /// Up to `limit` audit leaves with `start <= index < end`, in order.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn audit_leaves(
-        &self,
-        start: u64,
-        end: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        self.db
-            .range(keys::audit_leaf(start)..keys::audit_leaf(end))
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((keys::trailing_u64(&key).unwrap_or_default(), value.to_vec()))
-            })
-            .collect()
-    }
-
-    /// Up to `limit` indices, `start <= index < end`, of audit entries `agency` is party to.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn audit_party_indices(
-        &self,
-        agency: &str,
-        start: u64,
-        end: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        self.db
-            .range(keys::audit_party(agency, start)..keys::audit_party(agency, end))
-            .take(limit)
-            .map(|item| Ok(keys::trailing_u64(&item?.0).unwrap_or_default()))
-            .collect()
-    }
-
-    /// One audit leaf.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn audit_leaf(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(keys::audit_leaf(index))?.map(|v| v.to_vec()))
     }
 
     /// Creates or replaces a directory entry durably and returns it as stored.
@@ -631,111 +263,15 @@ impl Store {
         &self,
         record: AgencyRecord,
         mode: PutMode,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<AgencyRecord, StoreError> {
         self.submit(|reply| Op::PutAgency {
             record,
             mode,
-            event: Box::new(event),
+            event: Box::new(event.into()),
             reply,
         })
         .await
-    }
-
-    /// A message record, if it exists, with its sealed fields opened (its body stays sealed:
-    /// see [`Store::body`]).
-    ///
-    /// # Errors
-    /// sled errors, corrupt records, sealed fields that do not open.
-    pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
-        let key = keys::message(message_id);
-        let Some(mut record) = get_record::<MessageRecord>(&self.db, &key)? else {
-            return Ok(None);
-        };
-        let sealed = Sealed {
-            key_id: record.body_key_id.clone(),
-            nonce: std::mem::take(&mut record.sealed_fields_nonce),
-            ciphertext: std::mem::take(&mut record.sealed_fields),
-        };
-        let fields = self.data_keys.open(message_id, Part::Fields, sealed)?;
-        decode::<SealedFields>(&key, &fields)?.restore(&mut record);
-        Ok(Some(record))
-    }
-
-    /// The plain body of a message: read from its own file when it is external, then opened
-    /// with the data key that sealed it.
-    ///
-    /// # Errors
-    /// The body file cannot be read; the key is not in the keyring; the sealed body was altered.
-    pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-        let ciphertext = if record.body_external {
-            self.objects.get(&record.message_id)?
-        } else {
-            record.body.clone()
-        };
-        let sealed = Sealed {
-            key_id: record.body_key_id.clone(),
-            nonce: record.body_nonce.clone(),
-            ciphertext,
-        };
-        Ok(self
-            .data_keys
-            .open(&record.message_id, Part::Body, sealed)?)
-    }
-
-    /// The delivery record of each recipient of `message` (as [`Store::message`] read it),
-    /// ordered by agency id.
-    ///
-    /// # Errors
-    /// sled errors and corrupt records.
-    pub fn deliveries(
-        &self,
-        message: &MessageRecord,
-    ) -> Result<Vec<(String, DeliveryRecord)>, StoreError> {
-        let mut deliveries: Vec<_> = message
-            .recipients
-            .iter()
-            .map(|agency| {
-                let key = keys::delivery(&message.message_id, agency);
-                let record =
-                    get_record(&self.db, &key)?.unwrap_or_else(|| DeliveryRecord::pending(message));
-                Ok((agency.clone(), record))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        deliveries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(deliveries)
-    }
-
-    /// Up to `limit` inbox entries of `agency` with `after < sequence <= up_to`, in order.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn inbox_range(
-        &self,
-        agency: &str,
-        after: u64,
-        up_to: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, String)>, StoreError> {
-        if after >= up_to {
-            return Ok(Vec::new());
-        }
-        let start = keys::inbox(agency, after.saturating_add(1));
-        let end = keys::inbox(agency, up_to);
-        self.db
-            .range(start..=end)
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                let sequence = keys::trailing_u64(&key).unwrap_or_default();
-                Ok((sequence, String::from_utf8_lossy(&value).into_owned()))
-            })
-            .collect()
-    }
-
-    /// Follows the durable watermark of an agency's inbox.
-    pub fn subscribe_inbox(&self, agency: &str) -> watch::Receiver<u64> {
-        self.inboxes.subscribe(agency)
     }
 
     /// Keys under `prefix` (the part after it) and their values, in key order.
@@ -773,13 +309,13 @@ impl Store {
         &self,
         agency: &str,
         window: QuotaRecord,
-        event: AuditEvent,
+        event: impl Into<LogEntry>,
     ) -> Result<(), StoreError> {
         use prost::Message as _;
         self.update_index(
             vec![(keys::match_quota(agency), window.encode_to_vec())],
             Vec::new(),
-            vec![event],
+            vec![event.into()],
         )
         .await
     }
@@ -846,37 +382,6 @@ fn flush_sled(db: &sled::Db, db_file: &File) -> std::io::Result<()> {
     db_file.sync_data()
 }
 
-/// The current time in microseconds since the Unix epoch, the store's time unit.
-pub fn now_micros() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// The writer's audit log state after a restart: size from the last leaf, frontier from the
-/// stored hashes, time from the last entry.
-fn load_log_state(db: &sled::Db) -> Result<LogState, StoreError> {
-    let Some(last) = db.scan_prefix(b"l/").next_back() else {
-        return Ok(LogState::default());
-    };
-    let (key, leaf) = last?;
-    let size = keys::trailing_u64(&key).unwrap_or_default() + 1;
-    let last_time = <AuditEvent as prost::Message>::decode(leaf.as_ref())
-        .map_err(|source| StoreError::Corrupt {
-            key: String::from_utf8_lossy(&key).escape_debug().to_string(),
-            source,
-        })?
-        .time_unix_micros;
-    let frontier = merkle::frontier(&StoredHashes(db), size)
-        .map_err(|e| StoreError::Io(std::io::Error::other(format!("audit log hashes: {e}"))))?;
-    Ok(LogState {
-        size,
-        frontier,
-        last_time,
-    })
-}
-
 fn scan_agencies(db: &sled::Db) -> Result<Vec<AgencyRecord>, StoreError> {
     db.scan_prefix(keys::AGENCY_PREFIX)
         .map(|item| {
@@ -911,33 +416,13 @@ fn encode(record: &impl prost::Message) -> Vec<u8> {
     record.encode_to_vec()
 }
 
-/// The original acceptance of an earlier send, given its idempotency record, if the request
-/// digests match.
-///
-/// # Errors
-/// `IdempotencyConflict` if the key was used for a different request.
-fn idempotent_answer(
-    earlier: Option<IdempotencyRecord>,
-    request_sha256: &[u8],
-) -> Result<Option<Accepted>, StoreError> {
-    let Some(existing) = earlier else {
-        return Ok(None);
-    };
-    if existing.request_sha256 != request_sha256 {
-        return Err(StoreError::IdempotencyConflict);
-    }
-    Ok(Some(Accepted {
-        message_id: existing.message_id,
-        accepted_at_micros: existing.accepted_at_micros,
-        audit_index: existing.audit_index,
-        created: false,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::merkle;
     use crate::pb::v1::AuditAction;
+    use crate::time::now_micros;
+    use records::MessageRecord;
 
     fn journal_files(data_dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(data_dir.join("journal"))

@@ -284,6 +284,7 @@ pub struct QuotaRecord {
 
 /// Key layout of the single sled tree. One tree, so that one journal record (a group commit)
 /// covers every record a message touches. Agency ids never contain `/`, and message ids are fixed-length UUIDs.
+/// The audit log's keys (`l/`, `h/`, `p/`, `c/`) are private to `store::log`.
 pub mod keys {
     /// `m/<message_id>` → `MessageRecord`.
     pub fn message(message_id: &str) -> Vec<u8> {
@@ -346,27 +347,6 @@ pub mod keys {
     /// `a/<agency>` → `AgencyRecord`.
     pub fn agency(agency: &str) -> Vec<u8> {
         [AGENCY_PREFIX, agency.as_bytes()].concat()
-    }
-
-    /// `l/<index, 8 bytes big-endian>` → the audit leaf (an encoded `AuditEvent`).
-    pub fn audit_leaf(index: u64) -> Vec<u8> {
-        [b"l/".as_slice(), &index.to_be_bytes()].concat()
-    }
-
-    /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree, for
-    /// levels from `FIRST_STORED_HASH_LEVEL` up (lower ones are computed from the leaves).
-    pub fn audit_hash(level: u8, index: u64) -> Vec<u8> {
-        [b"h/".as_slice(), &[level], &index.to_be_bytes()].concat()
-    }
-
-    /// `p/<agency>/` prefix of the audit entries an agency is party to.
-    pub fn audit_party_prefix(agency: &str) -> Vec<u8> {
-        [b"p/", agency.as_bytes(), b"/"].concat()
-    }
-
-    /// `p/<agency>/<index, 8 bytes big-endian>` → empty: the agency is party to that entry.
-    pub fn audit_party(agency: &str, index: u64) -> Vec<u8> {
-        [audit_party_prefix(agency).as_slice(), &index.to_be_bytes()].concat()
     }
 
     /// `r/<message_id>/` prefix of the replies to a message: `<agency>/<reply_id>` → empty.
@@ -453,14 +433,6 @@ pub mod keys {
             agency.as_bytes(),
         ]
         .concat()
-    }
-
-    /// `c/` prefix of the signed checkpoints.
-    pub const CHECKPOINT_PREFIX: &[u8] = b"c/";
-
-    /// `c/<tree size, 8 bytes big-endian>` → the signed checkpoint note.
-    pub fn checkpoint(size: u64) -> Vec<u8> {
-        [CHECKPOINT_PREFIX, &size.to_be_bytes()].concat()
     }
 }
 

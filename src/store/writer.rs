@@ -9,18 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::journal::{self, Journal};
+use super::log::{self, LogEntry, LogState};
 use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use super::{
-    decode, encode, idempotent_answer, now_micros, Accepted, Inboxes, IndexEntry, NewMessage,
-    PutMode, StoreError, FIRST_STORED_HASH_LEVEL, MAX_GROUP_COMMIT,
+    decode, encode, idempotent_answer, Accepted, Inboxes, IndexEntry, NewMessage, PutMode,
+    StoreError, MAX_GROUP_COMMIT,
 };
-use crate::audit::merkle::{self, Hash};
-use crate::audit::parties;
-use crate::pb::v1::AuditEvent;
+use crate::time::now_micros;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -28,24 +26,24 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) enum Op {
     Send {
         message: Box<NewMessage>,
-        event: Box<AuditEvent>,
+        event: Box<LogEntry>,
         reply: Reply<Accepted>,
     },
     AdvanceDelivery {
         message_id: String,
         agency: String,
         state: i32,
-        event: Box<AuditEvent>,
+        event: Box<LogEntry>,
         reply: Option<Reply<DeliveryRecord>>,
     },
     PutAgency {
         record: AgencyRecord,
         mode: PutMode,
-        event: Box<AuditEvent>,
+        event: Box<LogEntry>,
         reply: Reply<AgencyRecord>,
     },
     Audit {
-        events: Vec<AuditEvent>,
+        entries: Vec<LogEntry>,
         reply: Option<Reply<Vec<u64>>>,
     },
     Checkpoint {
@@ -56,11 +54,11 @@ pub(super) enum Op {
     Index {
         puts: Vec<IndexEntry>,
         removes: Vec<Vec<u8>>,
-        events: Vec<AuditEvent>,
+        events: Vec<LogEntry>,
         reply: Reply<()>,
     },
     Erase {
-        messages: Vec<(String, AuditEvent)>,
+        messages: Vec<(String, LogEntry)>,
         reply: Reply<Vec<MessageRecord>>,
     },
     Close,
@@ -81,15 +79,6 @@ enum Pending {
         Reply<Vec<MessageRecord>>,
         Result<Vec<MessageRecord>, StoreError>,
     ),
-}
-
-/// The writer's view of the audit log: assigned (maybe not yet durable) size, the right edge of
-/// the Merkle tree, and the last timestamp so times never decrease along the log.
-#[derive(Debug, Clone, Default)]
-pub(super) struct LogState {
-    pub(super) size: u64,
-    pub(super) frontier: Vec<(u8, Hash)>,
-    pub(super) last_time: i64,
 }
 
 /// The writes of the operations of one group commit: one journal record, then sled's. Later
@@ -220,6 +209,20 @@ impl Flusher {
     }
 }
 
+/// Why a group commit failed: every write of the group fails with it.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitFailure {
+    /// The journal record could not be written; undone, unless the store stopped for it.
+    #[error("cannot write the commit journal: {0}")]
+    JournalWrite(#[source] std::io::Error),
+    /// The journal record was written but could not be synced.
+    #[error("the commit journal could not be synced ({0}); restart the server to recover")]
+    JournalSync(#[source] std::io::Error),
+    /// sled refused a write of a journaled group.
+    #[error("sled refused a journaled write ({0}); restart the server to replay the journal")]
+    SledApply(#[source] sled::Error),
+}
+
 /// What the writer assigns as it goes, saved at the start of a group so that a group whose
 /// journal write fails leaves no trace.
 #[derive(Clone)]
@@ -236,7 +239,7 @@ pub(super) struct Writer {
     /// Set once the store cannot go on without a restart: a journaled group could not be
     /// applied to sled (sled and the journal disagree until a restart replays the journal), or
     /// a failed journal write could not be undone. Every later write fails.
-    failed: Option<String>,
+    failed: Option<Arc<CommitFailure>>,
     /// Tells the server about `failed`, so it can stop and be restarted.
     failure: watch::Sender<Option<String>>,
     inboxes: Arc<Inboxes>,
@@ -333,36 +336,35 @@ impl Writer {
 
     /// Stops every later write with `failure`: sled and the journal may disagree until a restart
     /// replays the journal. Returns the failure.
-    fn fail(&mut self, failure: String) -> String {
-        self.failed = Some(failure.clone());
-        self.failure.send_replace(Some(failure.clone()));
+    fn fail(&mut self, failure: CommitFailure) -> Arc<CommitFailure> {
+        let failure = Arc::new(failure);
+        self.failed = Some(Arc::clone(&failure));
+        self.failure.send_replace(Some(failure.to_string()));
         failure
     }
 
     /// Makes the group durable in the journal, then applies it to sled, and moves to the next
     /// journal file (with a background sled flush) when the current one is full.
-    fn commit_group(&mut self) -> Result<(), String> {
+    fn commit_group(&mut self) -> Result<(), Arc<CommitFailure>> {
         let group = std::mem::take(&mut self.group);
         if let Some(failure) = &self.failed {
-            return Err(failure.clone());
+            return Err(Arc::clone(failure));
         }
         if group.writes.is_empty() {
             return Ok(());
         }
         if let Err(e) = self.journal.write(&group.writes) {
-            let failure = format!("cannot write the commit journal: {e}");
+            let failure = CommitFailure::JournalWrite(e);
             // A write that was undone leaves the journal as it was: the next group may succeed
             // (e.g. once space is freed). One that could not be undone stops the store.
             return Err(if self.journal.damaged() {
                 self.fail(failure)
             } else {
-                failure
+                Arc::new(failure)
             });
         }
         if let Err(e) = self.journal.sync() {
-            return Err(self.fail(format!(
-                "the commit journal could not be synced ({e}); restart the server to recover"
-            )));
+            return Err(self.fail(CommitFailure::JournalSync(e)));
         }
         // Only now is the group applied to sled, key by key (much cheaper than one sled batch;
         // atomicity comes from the journal). Whatever part of it sled may persist is in a
@@ -374,9 +376,7 @@ impl Writer {
                 None => self.db.remove(key).map(drop),
             };
             if let Err(e) = applied {
-                return Err(self.fail(format!(
-                    "sled refused a journaled write ({e}); restart the server to replay the journal"
-                )));
+                return Err(self.fail(CommitFailure::SledApply(e)));
             }
         }
         if self.journal.wants_rotation(self.flusher.prepared()) && !self.flusher.busy() {
@@ -414,9 +414,10 @@ impl Writer {
                 event,
                 reply,
             } => Pending::Agency(reply, self.put_agency(record, mode, *event)),
-            Op::Audit { events, reply } => Pending::Audit(reply, self.audit(events)),
+            Op::Audit { entries, reply } => Pending::Audit(reply, Ok(self.append_audit(entries))),
             Op::Checkpoint { size, note, reply } => {
-                self.group.insert(keys::checkpoint(size), note.into_bytes());
+                self.group
+                    .insert(log::checkpoint_key(size), note.into_bytes());
                 Pending::Checkpoint(reply, Ok(()))
             }
             Op::Index {
@@ -430,40 +431,18 @@ impl Writer {
         })
     }
 
-    /// Adds audit entries to the group and returns their indices. Hashes of subtrees below
-    /// [`FIRST_STORED_HASH_LEVEL`] are not stored: readers compute them from the leaves (see
-    /// `StoredHashes`).
-    fn append_audit(&mut self, events: Vec<AuditEvent>) -> Vec<u64> {
-        let log = &mut self.log;
-        let mut indices = Vec::with_capacity(events.len());
-        for mut event in events {
-            log.last_time = log.last_time.max(event.time_unix_micros).max(now_micros());
-            event.time_unix_micros = log.last_time;
-            event.version = crate::audit::EVENT_VERSION;
-            let leaf = event.encode_to_vec();
-            let index = log.size;
-            for (level, node, hash) in
-                merkle::append(&mut log.frontier, index, merkle::hash_leaf(&leaf))
-            {
-                if level >= FIRST_STORED_HASH_LEVEL {
-                    self.group.insert(keys::audit_hash(level, node), hash);
-                }
-            }
-            for party in parties(&event) {
-                self.group.insert(keys::audit_party(party, index), []);
-            }
-            self.group.insert(keys::audit_leaf(index), leaf);
-            log.size += 1;
-            indices.push(index);
-        }
-        indices
+    /// Adds audit entries to the group and returns their indices.
+    fn append_audit(&mut self, entries: Vec<LogEntry>) -> Vec<u64> {
+        let group = &mut self.group;
+        self.log
+            .append(entries, |key, value| group.insert(key, value))
     }
 
     fn index(
         &mut self,
         puts: Vec<IndexEntry>,
         removes: Vec<Vec<u8>>,
-        events: Vec<AuditEvent>,
+        events: Vec<LogEntry>,
     ) -> Result<(), StoreError> {
         self.append_audit(events);
         for key in removes {
@@ -475,16 +454,12 @@ impl Writer {
         Ok(())
     }
 
-    fn audit(&mut self, events: Vec<AuditEvent>) -> Result<Vec<u64>, StoreError> {
-        Ok(self.append_audit(events))
-    }
-
     /// Commits a message: its record, index entries, idempotency key and one inbox entry per
     /// recipient. A recipient without a delivery record is PENDING since the message's creation.
     fn send(
         &mut self,
         message: NewMessage,
-        mut event: AuditEvent,
+        mut event: LogEntry,
         advanced: &mut HashMap<String, u64>,
     ) -> Result<Accepted, StoreError> {
         let NewMessage {
@@ -500,7 +475,7 @@ impl Writer {
         if let Some(original) = idempotent_answer(earlier, &request_sha256)? {
             return Ok(original);
         }
-        event.time_unix_micros = record.created_at_micros;
+        event.set_time(record.created_at_micros);
         let audit_index = self.append_audit(vec![event])[0];
         for agency in &record.recipients {
             let sequence = self.sequences.entry(agency.clone()).or_default();
@@ -540,7 +515,7 @@ impl Writer {
     /// Returns the records erased; a message already gone is skipped without an entry.
     fn erase(
         &mut self,
-        messages: Vec<(String, AuditEvent)>,
+        messages: Vec<(String, LogEntry)>,
     ) -> Result<Vec<MessageRecord>, StoreError> {
         let mut erased = Vec::with_capacity(messages.len());
         for (message_id, event) in messages {
@@ -568,7 +543,7 @@ impl Writer {
         message_id: &str,
         agency: &str,
         state: i32,
-        event: AuditEvent,
+        event: LogEntry,
     ) -> Result<DeliveryRecord, StoreError> {
         let key = keys::delivery(message_id, agency);
         let current = match self.group.get_record::<DeliveryRecord>(&self.db, &key)? {
@@ -600,7 +575,7 @@ impl Writer {
         &mut self,
         mut record: AgencyRecord,
         mode: PutMode,
-        event: AuditEvent,
+        event: LogEntry,
     ) -> Result<AgencyRecord, StoreError> {
         let key = keys::agency(&record.agency_id);
         let existing = self.group.get_record::<AgencyRecord>(&self.db, &key)?;
@@ -619,20 +594,20 @@ impl Writer {
 }
 
 impl Pending {
-    fn finish(self, durable: &Result<(), String>) {
+    fn finish(self, durable: &Result<(), Arc<CommitFailure>>) {
         fn settle<T>(
             result: Result<T, StoreError>,
-            durable: &Result<(), String>,
+            durable: &Result<(), Arc<CommitFailure>>,
         ) -> Result<T, StoreError> {
             match durable {
                 Ok(()) => result,
-                Err(e) => Err(StoreError::Io(std::io::Error::other(e.clone()))),
+                Err(failure) => Err(StoreError::Commit(Arc::clone(failure))),
             }
         }
         fn answer<T>(
             reply: Option<Reply<T>>,
             result: Result<T, StoreError>,
-            durable: &Result<(), String>,
+            durable: &Result<(), Arc<CommitFailure>>,
         ) {
             // A caller that went away no longer needs the answer; the write stands.
             if let Some(reply) = reply {
