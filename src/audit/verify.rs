@@ -1,19 +1,16 @@
 //! An auditor's verification of the audit log, with no server state: pinning the log's verifier
 //! key ([`pin`], [`VerifierState`]), opening its signed checkpoints, checking that the log only
-//! grew, that an entry is included, rebuilding the tree from its entries ([`Rebuild`]), naming
-//! the first altered entry ([`Locator`] against the exchange's proofs, [`find_altered`] offline)
-//! and verifying an export ([`verify_export`]). Sans I/O towards the exchange: callers fetch
+//! grew and that an entry is included, rebuilding the tree from its entries ([`Rebuild`]), and
+//! naming the first altered entry ([`Locator`] against the exchange's proofs, [`find_altered`]
+//! offline, for [`super::export::verify_export`]). Sans I/O towards the exchange: callers fetch
 //! proofs and entries and hand them in, so any client (the CLI, tests, other tools) can use it.
 
 use std::path::{Path, PathBuf};
 
-use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
-use super::export::{ExportError, ExportReader};
 use super::merkle::{self, Hash, HashReader as _, MemoryTree, MerkleError};
 use super::note::{Checkpoint, NoteError, NoteVerifier};
-use crate::pb::v1::AuditEvent;
 use crate::pki::PkiError;
 
 /// Why the log, a checkpoint, an entry or an export does not verify.
@@ -173,62 +170,6 @@ pub enum VerifyError {
         /// The entry.
         index: u64,
     },
-    /// The export's header is not its signed checkpoint.
-    #[error("the export's header disagrees with its signed checkpoint: the file was edited")]
-    HeaderEdited,
-    /// An agency's export lacks entries.
-    #[error("the export is partial: it has no entry {expected} (it goes on with entry {got}). An agency's export holds only the entries it is party to, so the checkpoint's root cannot be rebuilt from it; verify a complete export made with an auditor's certificate.")]
-    ExportGap {
-        /// The entry missing.
-        expected: u64,
-        /// The entry that follows.
-        got: u64,
-    },
-    /// An export line holds an entry out of order.
-    #[error("line {line} of the export holds entry {got}, expected entry {expected}")]
-    ExportOutOfOrder {
-        /// The line.
-        line: u64,
-        /// The entry it holds.
-        got: u64,
-        /// The entry expected.
-        expected: u64,
-    },
-    /// The export goes on past its checkpoint.
-    #[error("the export holds more entries than its checkpoint's {size}")]
-    ExportTooLong {
-        /// The checkpoint's size.
-        size: u64,
-    },
-    /// The export ends before its checkpoint's size.
-    #[error("the export is partial: it holds {held} of the checkpoint's {size} entries, so the root cannot be rebuilt; verify a complete export made with an auditor's certificate")]
-    ExportShort {
-        /// Entries held.
-        held: u64,
-        /// The checkpoint's size.
-        size: u64,
-    },
-    /// The export's leaf hashes are authentic and name an altered leaf.
-    #[error("entry {index} does not match the log's signed checkpoint: the export's leaf hashes give the signed root, and the leaf of entry {index} does not have its hash. The export was altered after it was made.")]
-    ExportAltered {
-        /// The altered entry.
-        index: u64,
-    },
-    /// The export does not give its root, and an entry does not even decode.
-    #[error("the entries do NOT give the checkpoint's root: the export or the log was altered. Entry {index} is the first that does not even decode as an audit event.")]
-    ExportUndecodable {
-        /// The first undecodable entry.
-        index: u64,
-    },
-    /// The export does not give its root; which entry cannot be told offline.
-    #[error("the entries do NOT give the checkpoint's root: the export or the log was altered. Which entry cannot be told offline; run `puente audit verify --full` against the exchange to name it.")]
-    ExportUnlocated,
-    /// The entries just exported do not give their checkpoint's root.
-    #[error("the exported entries do NOT give the checkpoint's root: the log was altered. The file is kept as evidence; run `puente audit verify --full` to name the first altered entry.")]
-    ExportedAltered,
-    /// The export file is unreadable or malformed.
-    #[error(transparent)]
-    Export(#[from] ExportError),
     /// A tree computation failed (an index out of range).
     #[error(transparent)]
     Merkle(#[from] MerkleError),
@@ -671,100 +612,6 @@ pub fn find_altered(
     }
     // Same leaf hashes give the same root; unreachable unless the trees disagree internally.
     Ok(Verdict::Unlocated)
-}
-
-/// An export read through and compared with its signed checkpoint; [`ExportCheck::conclude`]
-/// turns the verdict into a result.
-#[derive(Debug)]
-pub struct ExportCheck {
-    /// The export's checkpoint, signed by the pinned key.
-    pub checkpoint: Checkpoint,
-    /// What the comparison found.
-    pub verdict: Verdict,
-    /// The first entry that does not decode as an audit event, if any.
-    pub first_undecodable: Option<u64>,
-}
-
-impl ExportCheck {
-    /// The verdict as a result.
-    ///
-    /// # Errors
-    /// [`VerifyError::ExportAltered`], [`VerifyError::ExportUndecodable`] or
-    /// [`VerifyError::ExportUnlocated`] unless the export is intact.
-    pub fn conclude(&self) -> Result<(), VerifyError> {
-        match (&self.verdict, self.first_undecodable) {
-            (Verdict::Intact, _) => Ok(()),
-            (Verdict::Altered(index), _) => Err(VerifyError::ExportAltered { index: *index }),
-            (Verdict::Unlocated, Some(index)) => Err(VerifyError::ExportUndecodable { index }),
-            (Verdict::Unlocated, None) => Err(VerifyError::ExportUnlocated),
-        }
-    }
-}
-
-/// Reads the export behind `reader` through, checks its header against its checkpoint signed
-/// by `pinned`, and compares its entries with the checkpoint. `progress(read, size)` is called
-/// every `progress_every` entries.
-///
-/// # Errors
-/// The file is malformed, its checkpoint is not signed by `pinned`, or it is partial.
-pub fn verify_export(
-    mut reader: ExportReader,
-    pinned: &Pinned,
-    progress_every: u64,
-    mut progress: impl FnMut(u64, u64),
-) -> Result<ExportCheck, VerifyError> {
-    let header = &reader.header;
-    let checkpoint = pinned.open(&header.checkpoint)?;
-    if checkpoint.origin != header.origin
-        || checkpoint.size != header.size
-        || hex::encode(checkpoint.root) != header.root
-    {
-        return Err(VerifyError::HeaderEdited);
-    }
-
-    // `leaves` hashes the leaves themselves; `claimed` the leaf hashes the export lists.
-    let (mut leaves, mut claimed) = (MemoryTree::default(), MemoryTree::default());
-    let mut first_undecodable = None;
-    while let Some((line, entry)) = reader.next_entry()? {
-        let expected = leaves.size();
-        let got = entry.index();
-        if got != expected {
-            if got > expected && got < checkpoint.size {
-                return Err(VerifyError::ExportGap { expected, got });
-            }
-            return Err(VerifyError::ExportOutOfOrder {
-                line,
-                got,
-                expected,
-            });
-        }
-        if expected >= checkpoint.size {
-            return Err(VerifyError::ExportTooLong {
-                size: checkpoint.size,
-            });
-        }
-        let entry = entry.decode()?;
-        if first_undecodable.is_none() && AuditEvent::decode(entry.leaf.as_slice()).is_err() {
-            first_undecodable = Some(expected);
-        }
-        leaves.push(merkle::hash_leaf(&entry.leaf));
-        claimed.push(entry.claimed_hash);
-        if leaves.size() % progress_every == 0 {
-            progress(leaves.size(), checkpoint.size);
-        }
-    }
-    if leaves.size() < checkpoint.size {
-        return Err(VerifyError::ExportShort {
-            held: leaves.size(),
-            size: checkpoint.size,
-        });
-    }
-    let verdict = find_altered(&leaves, &claimed, &checkpoint)?;
-    Ok(ExportCheck {
-        checkpoint,
-        verdict,
-        first_undecodable,
-    })
 }
 
 #[cfg(test)]

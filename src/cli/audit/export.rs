@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{pin, rpc_error, warn_unpinned, ConnectArgs, Exchange, PinArgs, PROGRESS_EVERY};
-use crate::audit::export::{ExportHeader, ExportWriter};
+use crate::audit::export::{ExportError, ExportHeader, ExportWriter};
 use crate::audit::merkle::{self, MemoryTree};
-use crate::audit::verify::{KeySource, VerifierState, VerifyError};
+use crate::audit::verify::{KeySource, VerifierState};
 use crate::pb::v1::ListAuditEntriesRequest;
 
 /// Flags of `puente audit export`.
@@ -59,7 +59,7 @@ pub(super) async fn export(args: ExportArgs) -> anyhow::Result<()> {
             "note: the export is partial — only the entries your certificate may see; `puente audit verify --export` cannot rebuild the checkpoint's root from it. Export with an auditor's certificate for a complete one."
         );
     } else if merkle::root(&tree, checkpoint.size)? != checkpoint.root {
-        return Err(VerifyError::ExportedAltered.into());
+        return Err(ExportError::ExportedAltered.into());
     }
     if pinned.source == KeySource::Unpinned {
         warn_unpinned(

@@ -149,9 +149,10 @@ pub(super) fn verify_export(path: &Path, pin_args: &PinArgs) -> anyhow::Result<(
     let reader = ExportReader::open(path)?;
     let state = VerifierState::load(&pin_args.state)?;
     let pinned = pin(pin_args, state.as_ref(), &reader.header.verifier_key)?;
-    let check = audit_verify::verify_export(reader, &pinned, PROGRESS_EVERY, |read, size| {
-        eprintln!("read {read} of {size} entries");
-    })?;
+    let check =
+        crate::audit::export::verify_export(reader, &pinned, PROGRESS_EVERY, |read, size| {
+            eprintln!("read {read} of {size} entries");
+        })?;
     if pinned.source == KeySource::Unpinned {
         warn_unpinned(
             &pinned.key,
