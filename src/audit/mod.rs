@@ -4,9 +4,11 @@
 //! ([`note`]). Served to auditors and agencies by [`service::AuditService`].
 
 pub mod entry;
+pub mod export;
 pub mod merkle;
 pub mod note;
 pub mod service;
+pub mod verify;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,420 @@
+//! The measurements of a bench run: the bare-tonic bound, the preload and the durable run.
+
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+use super::*;
+use crate::cli::rpc_error;
+use crate::config::Config;
+use crate::directory::{AgencyEntry, Directory};
+use crate::exchange::ExchangeService;
+use crate::identity::{AgencyId, Peer};
+use crate::pb::bench::v1::echo_service_client::EchoServiceClient;
+use crate::pb::bench::v1::EchoRequest;
+use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
+use crate::pb::v1::exchange_service_server::ExchangeService as _;
+use crate::pb::v1::{
+    message, send_message_request, AcknowledgeMessageRequest, DeliveryState, Evaluation,
+    HandlingCode, InformationAccuracy, Message, Region, SendMessageRequest, SourceReliability,
+    StreamInboxRequest, StreamInboxResponse, Topic,
+};
+use crate::store::{commit_stats, Store};
+
+// === The bare-tonic bound ===
+
+/// The echo service on the run's TLS, called by `--senders` clients in closed loops with
+/// payloads of `--size` bytes.
+pub(super) async fn measure_bound(
+    args: &BenchArgs,
+    cast: &Cast,
+    config: Config,
+) -> anyhow::Result<Bound> {
+    let mut server = Running::start(Service::Echo, config).await?;
+    let mut clients = Vec::with_capacity(args.senders);
+    for i in 0..args.senders {
+        let channel = server.connect(&cast.sender(i).identity).await?;
+        clients.push(EchoServiceClient::new(channel));
+    }
+    let payload = vec![b'x'; args.size];
+    let budget = Budget::new(args.messages, args.duration);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for mut client in clients {
+        let (budget, payload) = (budget.clone(), payload.clone());
+        tasks.spawn(async move {
+            let mut rtts = Vec::new();
+            while budget.next().is_some() {
+                let sent = Instant::now();
+                client
+                    .echo(EchoRequest {
+                        payload: payload.clone(),
+                    })
+                    .await
+                    .map_err(rpc_error)
+                    .context("an echo call failed")?;
+                rtts.push(sent.elapsed());
+            }
+            anyhow::Ok(rtts)
+        });
+    }
+    let mut rtts: Vec<Duration> = join_all(tasks).await?.into_iter().flatten().collect();
+    let elapsed = started.elapsed();
+    server.stop().await?;
+    let rtt = Percentiles::of(&mut rtts);
+    Ok(Bound {
+        messages: rtts.len() as u64,
+        seconds: elapsed.as_secs_f64(),
+        per_second: rtts.len() as f64 / elapsed.as_secs_f64(),
+        rtt_p50_ms: rtt.p50_ms,
+        rtt_p99_ms: rtt.p99_ms,
+    })
+}
+
+// === Setup and preload ===
+
+/// Registers the run's agencies and stores `--preload` messages, before the server starts. Both
+/// go through the library as the server uses it: the directory, and the exchange's own send
+/// handler, called with the sender's identity as a connection would carry it.
+pub(super) async fn prepare(
+    args: &BenchArgs,
+    cast: &Cast,
+    pki: &Pki,
+    data_dir: &Path,
+) -> anyhow::Result<Option<Preload>> {
+    let config = pki.config(data_dir.to_path_buf());
+    let store = Store::open(data_dir, open_data_keys(&pki.data_key)?)
+        .with_context(|| format!("cannot open a store in {}", data_dir.display()))?;
+    let directory = Arc::new(Directory::load(Arc::clone(&store))?);
+    let unread = (AgencyId::parse(UNREAD_AGENCY)?, Region::Celac);
+    let agencies = cast
+        .senders
+        .iter()
+        .map(|s| (s.id.clone(), Region::Eu))
+        .chain(cast.readers.iter().map(|r| (r.id.clone(), Region::Celac)))
+        .chain([unread]);
+    for (id, region) in agencies {
+        let entry = AgencyEntry {
+            name: format!("Bench agency {id}"),
+            country: id.as_str()[..2].to_string(),
+            agency_id: id.clone(),
+            region,
+            status: None,
+        };
+        directory
+            .register(entry, None)
+            .await
+            .with_context(|| format!("cannot register agency {id}"))?;
+    }
+
+    let preload = if args.preload > 0 {
+        Some(preload(args, cast, &config, &store, &directory).await?)
+    } else {
+        None
+    };
+    // The server opens the store next: every handle on it must be gone by then.
+    drop(directory);
+    store.close().await;
+    Ok(preload)
+}
+
+/// Stores `--preload` messages for [`UNREAD_AGENCY`] through the exchange's own send handler,
+/// [`PRELOAD_IN_FLIGHT`] at a time.
+pub(super) async fn preload(
+    args: &BenchArgs,
+    cast: &Cast,
+    config: &Config,
+    store: &Arc<Store>,
+    directory: &Arc<Directory>,
+) -> anyhow::Result<Preload> {
+    eprintln!("bench: preloading {} messages", args.preload);
+    // Inbox streams end when this turns true; the preload opens none.
+    let (_stopping, stopping) = watch::channel(false);
+    let exchange = ExchangeService::new(
+        Arc::clone(store),
+        Arc::clone(directory),
+        config.limits.clone(),
+        stopping,
+        Arc::default(),
+    );
+    let peers: Arc<[Peer]> = cast
+        .senders
+        .iter()
+        .map(|s| s.identity.peer(&config.trust_domain))
+        .collect::<anyhow::Result<_>>()?;
+    let budget = Budget::new(args.preload, None);
+    let size = args.size;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..PRELOAD_IN_FLIGHT {
+        let (exchange, peers, budget) = (exchange.clone(), Arc::clone(&peers), budget.clone());
+        tasks.spawn(async move {
+            while let Some(ticket) = budget.next() {
+                let text = stamped_text(Duration::ZERO, size);
+                let mut request = tonic::Request::new(text_message(
+                    format!("preload-{ticket}"),
+                    UNREAD_AGENCY,
+                    text,
+                ));
+                let peer = peers[ticket as usize % peers.len()].clone();
+                request.extensions_mut().insert(peer);
+                exchange
+                    .send_message(request)
+                    .await
+                    .map_err(rpc_error)
+                    .context("a preloaded send failed")?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    join_all(tasks).await?;
+    let elapsed = started.elapsed();
+    Ok(Preload {
+        messages: args.preload,
+        seconds: elapsed.as_secs_f64(),
+        per_second: args.preload as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+/// Times `fdatasync` of a 4 KiB overwrite in a preallocated file in `data_dir`: the least one
+/// durable answer costs on this disk.
+pub(super) fn measure_fdatasync(data_dir: &Path) -> anyhow::Result<Percentiles> {
+    const SYNCS: usize = 500;
+    const BLOCK: usize = 4096;
+    let path = data_dir.join("bench-fdatasync.tmp");
+    let mut file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let block = vec![0x5a; BLOCK];
+    for _ in 0..SYNCS {
+        file.write_all(&block)?;
+    }
+    file.sync_all()?;
+    let mut samples = Vec::with_capacity(SYNCS);
+    for i in 0..SYNCS {
+        let started = Instant::now();
+        file.write_all_at(&block, (i * BLOCK) as u64)?;
+        file.sync_data()?;
+        samples.push(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    Ok(Percentiles::of(&mut samples))
+}
+
+// === The durable run ===
+
+/// The measured run: readers follow their inboxes, then `--senders` closed loops send until the
+/// budget is spent, then the readers collect what they are owed.
+pub(super) async fn measure_durable(
+    args: &BenchArgs,
+    cast: &Cast,
+    server: &mut Running,
+    base: Instant,
+) -> anyhow::Result<Durable> {
+    // Readers are following their inboxes before the first send.
+    let mut owed = Vec::with_capacity(cast.readers.len());
+    let mut readers = JoinSet::new();
+    for reader in &cast.readers {
+        let mut client = ExchangeServiceClient::new(server.connect(&reader.identity).await?);
+        let stream = client
+            .stream_inbox(StreamInboxRequest {
+                after_sequence: 0,
+                backlog_only: false,
+            })
+            .await
+            .map_err(rpc_error)
+            .with_context(|| format!("cannot open the inbox stream of {}", reader.id))?
+            .into_inner();
+        let (owed_tx, owed_rx) = watch::channel(None);
+        owed.push(owed_tx);
+        readers.spawn(read_inbox(
+            client,
+            stream,
+            owed_rx,
+            base,
+            reader.id.to_string(),
+        ));
+    }
+    let mut senders = Vec::with_capacity(args.senders);
+    for i in 0..args.senders {
+        let channel = server.connect(&cast.sender(i).identity).await?;
+        senders.push(ExchangeServiceClient::new(channel));
+    }
+
+    let recipients = cast.recipients();
+    let before = commit_stats();
+    let budget = Budget::new(args.messages, args.duration);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for client in senders {
+        tasks.spawn(send_loop(
+            client,
+            budget.clone(),
+            Arc::clone(&recipients),
+            args.size,
+            base,
+        ));
+    }
+    let mut send_to_ack = Vec::new();
+    let mut sent_to = vec![0u64; recipients.len()];
+    for (latencies, counts) in join_all(tasks).await? {
+        send_to_ack.extend(latencies);
+        for (total, count) in sent_to.iter_mut().zip(counts) {
+            *total += count;
+        }
+    }
+    let elapsed = started.elapsed();
+    for (reader, count) in owed.iter().zip(&sent_to) {
+        reader.send_replace(Some(*count));
+    }
+    let mut deliveries: Vec<Duration> = join_all(readers).await?.into_iter().flatten().collect();
+    let stats = commit_stats().since(before);
+
+    let messages = send_to_ack.len() as u64;
+    Ok(Durable {
+        messages,
+        seconds: elapsed.as_secs_f64(),
+        per_second: messages as f64 / elapsed.as_secs_f64(),
+        send_to_ack: Percentiles::of(&mut send_to_ack),
+        send_to_delivery: (!cast.readers.is_empty()).then(|| Percentiles::of(&mut deliveries)),
+        mean_group_commit: stats.mean_group_size(),
+        mean_flush_ms: stats.mean_flush_micros() / 1e3,
+    })
+}
+
+/// One sender's closed loop. Returns its send→ack latencies and how many messages it sent to
+/// each recipient.
+pub(super) async fn send_loop(
+    mut client: ExchangeServiceClient<Channel>,
+    budget: Budget,
+    recipients: Arc<[String]>,
+    size: usize,
+    base: Instant,
+) -> anyhow::Result<(Vec<Duration>, Vec<u64>)> {
+    let mut latencies = Vec::new();
+    let mut counts = vec![0u64; recipients.len()];
+    while let Some(ticket) = budget.next() {
+        let to = ticket as usize % recipients.len();
+        let sent = Instant::now();
+        let text = stamped_text(sent.duration_since(base), size);
+        let request = text_message(format!("bench-{ticket}"), &recipients[to], text);
+        client
+            .send_message(request)
+            .await
+            .map_err(rpc_error)
+            .context("a measured send failed")?;
+        latencies.push(sent.elapsed());
+        counts[to] += 1;
+    }
+    Ok((latencies, counts))
+}
+
+/// One reader: follows the inbox stream of `agency`, acknowledges every message as received,
+/// and stops once it has every message it is `owed` (known when the senders are done). Returns
+/// its send→delivery latencies.
+pub(super) async fn read_inbox(
+    client: ExchangeServiceClient<Channel>,
+    mut stream: Streaming<StreamInboxResponse>,
+    mut owed: watch::Receiver<Option<u64>>,
+    base: Instant,
+    agency: String,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    let mut acks = JoinSet::new();
+    loop {
+        let target = *owed.borrow_and_update();
+        let received = latencies.len() as u64;
+        let next = match target {
+            Some(count) if received >= count => break,
+            Some(count) => tokio::time::timeout(STALL_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| {
+                    anyhow!("{agency} received {received} of its {count} messages, then nothing for {STALL_TIMEOUT:?}: the server stopped delivering")
+                })?,
+            None => tokio::select! {
+                next = stream.message() => next,
+                changed = owed.changed() => {
+                    changed.context("the bench stopped before its senders were done")?;
+                    continue;
+                }
+            },
+        };
+        let entry = next
+            .map_err(rpc_error)
+            .with_context(|| format!("the inbox stream of {agency} failed"))?
+            .with_context(|| format!("the inbox stream of {agency} ended early"))?;
+        let arrived = base.elapsed();
+        let message = entry
+            .message
+            .context("an inbox entry came without its message")?;
+        let sent = sent_at(&message)
+            .with_context(|| format!("message {} carries no send instant", message.message_id))?;
+        latencies.push(arrived.saturating_sub(sent));
+
+        if acks.len() >= ACKS_IN_FLIGHT {
+            if let Some(done) = acks.join_next().await {
+                done.context("an acknowledgement task panicked")??;
+            }
+        }
+        let mut client = client.clone();
+        acks.spawn(async move {
+            client
+                .acknowledge_message(AcknowledgeMessageRequest {
+                    message_id: message.message_id,
+                    state: DeliveryState::Received as i32,
+                })
+                .await
+                .map_err(rpc_error)
+                .context("an acknowledgement failed")
+        });
+    }
+    join_all(acks).await?;
+    Ok(latencies)
+}
+
+/// A valid text message (topic, handling code and evaluation as an agency would send them) to
+/// one recipient.
+pub(super) fn text_message(
+    client_message_id: String,
+    recipient: &str,
+    text: String,
+) -> SendMessageRequest {
+    SendMessageRequest {
+        client_message_id,
+        recipients: vec![recipient.to_string()],
+        topic: Topic::FirearmsTrafficking as i32,
+        subject: "Benchmark message".into(),
+        handling: HandlingCode::H1 as i32,
+        evaluation: Some(Evaluation {
+            source_reliability: SourceReliability::B as i32,
+            information_accuracy: InformationAccuracy::InformationAccuracy2 as i32,
+        }),
+        content: Some(send_message_request::Content::Text(text)),
+        ..Default::default()
+    }
+}
+
+/// A text of `size` bytes that starts with the send instant: `t=<nanoseconds> xxx…`.
+pub(super) fn stamped_text(sent: Duration, size: usize) -> String {
+    let mut text = format!("t={} ", sent.as_nanos());
+    let padding = size.saturating_sub(text.len());
+    text.extend(std::iter::repeat_n('x', padding));
+    text
+}
+
+/// The send instant at the start of a message's text.
+pub(super) fn sent_at(message: &Message) -> Option<Duration> {
+    let Some(message::Content::Text(text)) = &message.content else {
+        return None;
+    };
+    let (nanos, _) = text.strip_prefix("t=")?.split_once(' ')?;
+    nanos.parse().ok().map(Duration::from_nanos)
+}
