@@ -159,7 +159,12 @@ impl ExchangeService {
 
     /// The wire form of a stored message, body included.
     fn to_message(&self, record: MessageRecord) -> Result<Message, ExchangeError> {
-        let body = self.store.body(&record)?;
+        let body = self.store.body(&record).map_err(|e| match e {
+            // Erased (retention) after the record was read.
+            StoreError::NotFound => MessageId::parse("message_id", &record.message_id)
+                .map_or_else(|e| e, ExchangeError::MessageNotFound),
+            e => e.into(),
+        })?;
         let body = SendMessageRequest::decode(body.as_slice()).map_err(|source| {
             ExchangeError::Store(StoreError::Corrupt {
                 key: format!("body of {}", record.message_id),

@@ -291,10 +291,19 @@ impl Store {
     /// with the data key that sealed it.
     ///
     /// # Errors
-    /// The body file cannot be read; the key is not in the keyring; the sealed body was altered.
+    /// `NotFound` when the message was erased (retention) after `record` was read; the body
+    /// file cannot be read; the key is not in the keyring; the sealed body was altered.
     pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
         let ciphertext = if record.body_external {
-            self.objects.get(&record.message_id)?
+            match self.objects.get(&record.message_id) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && self.db.get(keys::message(&record.message_id))?.is_none() =>
+                {
+                    return Err(StoreError::NotFound)
+                }
+                read => read?,
+            }
         } else {
             record.body.clone()
         };

@@ -563,7 +563,8 @@ mod tests {
     }
 
     /// Erasure removes the record, its delivery records, its retention entry and its body
-    /// file, with one audit entry each, and keeps the inbox entries.
+    /// file, with one audit entry each, and keeps the inbox entries; a body read that raced
+    /// the erasure is `NotFound`.
     #[tokio::test(flavor = "multi_thread")]
     async fn erased_messages_leave_only_their_audit_entries_and_inbox_slots() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -602,6 +603,9 @@ mod tests {
             .expect("expired");
         assert_eq!(after_first, expired[1..]);
 
+        // A reader that read m-1's record just before the erasure.
+        let read_before = store.message("m-1").expect("read").expect("stored");
+        assert!(read_before.body_external);
         let size = store.audit_size();
         let erase = |id: &str| {
             let mut event = crate::audit::event(AuditAction::MessageErased, None);
@@ -629,6 +633,10 @@ mod tests {
                 .is_none());
         }
         assert!(!dir.path().join("objects").join("m-1").exists());
+        assert!(
+            matches!(store.body(&read_before), Err(StoreError::NotFound)),
+            "a body read racing its message's erasure is NotFound, not an I/O failure"
+        );
         assert!(store
             .accepted_before(5, now_micros() - 5_000_000, None, 10)
             .expect("expired")
