@@ -25,13 +25,8 @@ pub enum ExchangeError {
     #[error("agency {0} is suspended and can neither send nor receive; contact the exchange administrators")]
     SuspendedAgency(AgencyId),
     /// A request field breaks a rule.
-    #[error("{field}: {reason}")]
-    InvalidField {
-        /// Field path, e.g. `recipients[2]`.
-        field: String,
-        /// What is wrong and what is expected.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidField(#[from] InvalidField),
     /// A named recipient is suspended.
     #[error("recipient {0} is suspended and cannot receive messages; remove it from recipients")]
     RecipientSuspended(String),
@@ -124,12 +119,9 @@ impl crate::rpc::Refusal for ExchangeError {
 }
 
 impl ExchangeError {
-    /// An `InvalidField` error for a fixed field name.
-    pub fn invalid(field: &str, reason: &str) -> ExchangeError {
-        ExchangeError::InvalidField {
-            field: field.to_string(),
-            reason: reason.to_string(),
-        }
+    /// An `InvalidField` error: `field` breaks a rule, `reason`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ExchangeError {
+        InvalidField::new(field, reason).into()
     }
 }
 
@@ -142,7 +134,7 @@ impl From<ExchangeError> for Status {
             | ExchangeError::SuspendedAgency(_)
             | ExchangeError::NotAllowed(_)
             | ExchangeError::NoConsent { .. } => Status::permission_denied(err.to_string()),
-            ExchangeError::InvalidField { field, reason } => InvalidField { field, reason }.into(),
+            ExchangeError::InvalidField(invalid) => invalid.into(),
             ExchangeError::RecipientSuspended(_)
             | ExchangeError::Retracted(_)
             | ExchangeError::ConsentSuperseded(_) => Status::failed_precondition(err.to_string()),

@@ -173,9 +173,11 @@ impl ExchangeService {
         }
         let mut targets = Vec::new();
         for (i, entry) in request.recipients.iter().enumerate() {
-            let target = AgencyId::parse(entry).map_err(|_| ExchangeError::InvalidField {
-                field: format!("recipients[{i}]"),
-                reason: "must be an agency id; forwarding takes no regions and no *".into(),
+            let target = AgencyId::parse(entry).map_err(|_| {
+                ExchangeError::invalid(
+                    format!("recipients[{i}]"),
+                    "must be an agency id; forwarding takes no regions and no *",
+                )
             })?;
             if !targets.contains(&target) {
                 targets.push(target);
@@ -290,7 +292,7 @@ impl ExchangeService {
         let id = MessageId::parse("message_id", &request.message_id)?;
         let held = self.held(&agency, &id)?;
         let target = AgencyId::parse(&request.agency_id)
-            .map_err(|e| ExchangeError::invalid("agency_id", &e.to_string()))?;
+            .map_err(|e| ExchangeError::invalid("agency_id", e.to_string()))?;
         if target == agency {
             return Err(ExchangeError::invalid(
                 "agency_id",
@@ -300,7 +302,7 @@ impl ExchangeService {
         if self.directory.get(target.as_str()).is_none() {
             return Err(ExchangeError::invalid(
                 "agency_id",
-                &format!("no agency {target} is registered"),
+                format!("no agency {target} is registered"),
             ));
         }
         let reason = check_reason(&request.reason, true)?;

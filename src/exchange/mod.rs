@@ -117,16 +117,16 @@ impl ExchangeService {
                 Recipient::Agency(id) => {
                     let field = || format!("recipients[{i}]");
                     if id == sender {
-                        return Err(ExchangeError::InvalidField {
-                            field: field(),
-                            reason: "an agency cannot send a message to itself".into(),
-                        });
+                        return Err(ExchangeError::invalid(
+                            field(),
+                            "an agency cannot send a message to itself",
+                        ));
                     }
                     if self.directory.get(id.as_str()).is_none() {
-                        return Err(ExchangeError::InvalidField {
-                            field: field(),
-                            reason: format!("no agency {id} is registered; see ListAgencies"),
-                        });
+                        return Err(ExchangeError::invalid(
+                            field(),
+                            format!("no agency {id} is registered; see ListAgencies"),
+                        ));
                     }
                     if !self.directory.is_active(id.as_str()) {
                         return Err(ExchangeError::RecipientSuspended(id.to_string()));
@@ -147,7 +147,7 @@ impl ExchangeService {
         if expanded.len() > self.limits.max_recipients {
             return Err(ExchangeError::invalid(
                 "recipients",
-                &format!(
+                format!(
                     "expands to {} agencies; the limit is {}",
                     expanded.len(),
                     self.limits.max_recipients

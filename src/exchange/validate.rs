@@ -161,10 +161,7 @@ pub fn check_client_message_id(key: &str) -> Result<(), ExchangeError> {
 /// # Errors
 /// `InvalidField(field)` naming the refused character (never echoing the value).
 pub fn readable(field: &str, value: &str, shape: Shape) -> Result<(), ExchangeError> {
-    text::check(value, shape).map_err(|e| ExchangeError::InvalidField {
-        field: field.to_string(),
-        reason: e.to_string(),
-    })
+    text::check(value, shape).map_err(|e| ExchangeError::invalid(field, e.to_string()))
 }
 
 /// Validates a request against the field rules and `limits`.
@@ -185,10 +182,8 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
     }
     let mut recipients = Vec::new();
     for (i, entry) in request.recipients.iter().enumerate() {
-        let recipient = parse_recipient(entry).map_err(|reason| ExchangeError::InvalidField {
-            field: format!("recipients[{i}]"),
-            reason,
-        })?;
+        let recipient = parse_recipient(entry)
+            .map_err(|reason| ExchangeError::invalid(format!("recipients[{i}]"), reason))?;
         if !recipients.contains(&recipient) {
             recipients.push(recipient);
         }
@@ -301,21 +296,20 @@ pub fn validate(mut request: SendMessageRequest, limits: &Limits) -> Result<Draf
             || name.starts_with('.')
             || name.contains(['/', '\\'])
         {
-            return Err(ExchangeError::InvalidField {
-                field: name_field,
-                reason: "must be 1 to 255 characters, without '/' or '\\', not starting with '.'"
-                    .into(),
-            });
+            return Err(ExchangeError::invalid(
+                name_field,
+                "must be 1 to 255 characters, without '/' or '\\', not starting with '.'",
+            ));
         }
         readable(&name_field, name, Shape::Line)?;
         let media_type = &attachment.media_type;
         if !media_type.is_empty() {
             let field = format!("attachments[{i}].media_type");
             if !is_media_type(media_type) {
-                return Err(ExchangeError::InvalidField {
+                return Err(ExchangeError::invalid(
                     field,
-                    reason: "must be a media type such as application/pdf".into(),
-                });
+                    "must be a media type such as application/pdf",
+                ));
             }
             readable(&field, media_type, Shape::Line)?;
         }
@@ -478,7 +472,7 @@ mod tests {
     fn field_of(result: Result<Draft, ExchangeError>) -> Option<String> {
         match result {
             Ok(_) => None,
-            Err(ExchangeError::InvalidField { field, .. }) => Some(field),
+            Err(ExchangeError::InvalidField(crate::rpc::InvalidField { field, .. })) => Some(field),
             Err(other) => panic!("unexpected error {other}"),
         }
     }

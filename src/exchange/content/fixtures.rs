@@ -141,7 +141,7 @@ pub(super) fn early_warning() -> Content {
 pub(super) fn field_of(content: Content) -> Option<String> {
     match validate_on(&mut Some(content), today()) {
         Ok(()) => None,
-        Err(ExchangeError::InvalidField { field, .. }) => Some(field),
+        Err(ExchangeError::InvalidField(crate::rpc::InvalidField { field, .. })) => Some(field),
         Err(other) => panic!("unexpected error {other}"),
     }
 }

@@ -32,10 +32,7 @@ impl Path {
     }
 
     pub(super) fn invalid(&self, reason: impl Into<String>) -> ExchangeError {
-        ExchangeError::InvalidField {
-            field: self.0.clone(),
-            reason: reason.into(),
-        }
+        ExchangeError::invalid(self.0.clone(), reason)
     }
 }
 
