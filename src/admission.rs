@@ -27,7 +27,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-pub use rate::{RateInterceptor, RateLimits, HANDSHAKE_RECORDS_PER_SECOND, HANDSHAKE_RECORD_BURST};
+pub use rate::{RateLimits, HANDSHAKE_RECORDS_PER_SECOND, HANDSHAKE_RECORD_BURST};
 pub use responses::{
     HeldBody, ResponseBudget, ResponseBudgetSpent, ResponseBytesLayer, ResponseBytesService,
     ResponsePermit, RESPONSE_CHUNK, RESPONSE_RETRY, RESPONSE_WAIT,

@@ -113,7 +113,7 @@ pub async fn answer<T, E: Refusal + Into<Status>>(
     };
     if err.is_refusal() {
         // Over the caller's budget of audited calls: refused for that instead, not recorded.
-        crate::admission::records::charge(peer.as_ref())?;
+        charge_audited(peer.as_ref())?;
         let event = refusal_event(
             peer.as_ref(),
             &format!("/{service}/{method}"),
@@ -124,4 +124,19 @@ pub async fn answer<T, E: Refusal + Into<Status>>(
         }
     }
     Err(err.into())
+}
+
+/// Charges one audited call to the caller of `peer`'s connection against its budget of
+/// audited calls ([`crate::admission::records::AuditBudget`]); a call with no connection
+/// information (in-process) is not charged.
+///
+/// # Errors
+/// `RESOURCE_EXHAUSTED` with a retry delay when the caller's budget is spent.
+pub fn charge_audited(peer: Option<&Peer>) -> Result<(), Status> {
+    let Some(peer) = peer else { return Ok(()) };
+    let caller = peer
+        .caller
+        .as_ref()
+        .map_or_else(|_| "(no usable identity)".to_string(), |c| c.id.to_string());
+    peer.audit_budget.charge(&caller)
 }

@@ -15,6 +15,7 @@
 //! material when its files change.
 
 mod accept;
+mod layers;
 mod reload;
 
 use std::future::Future;
@@ -29,7 +30,6 @@ use tokio::sync::{oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info, warn};
 
-use crate::admission::connections::IdleLayer;
 use crate::admission::{RateLimits, ResponseBytesLayer};
 use crate::audit::service::AuditService;
 use crate::audit::{AuditError, AuditLog};
@@ -50,6 +50,7 @@ use crate::store::{DataKeys, SealingError, Store, StoreError};
 use crate::tls::{TlsError, TlsFiles, TlsState};
 use accept::accept_loop;
 pub use accept::TlsConnection;
+use layers::{IdleLayer, RateInterceptor};
 use reload::watch_tls_files;
 
 /// Room for a request's other fields on top of `limits.max_message_bytes`: a gRPC frame larger
@@ -251,19 +252,19 @@ pub async fn run_with_metrics(
         .add_service(reflection().build_v1alpha()?)
         .add_service(InterceptedService::new(
             ExchangeServiceServer::new(exchange).max_decoding_message_size(max_frame),
-            rates.interceptor(),
+            RateInterceptor(Arc::clone(&rates)),
         ))
         .add_service(InterceptedService::new(
             AdminServiceServer::new(admin).max_decoding_message_size(max_frame),
-            rates.interceptor(),
+            RateInterceptor(Arc::clone(&rates)),
         ))
         .add_service(InterceptedService::new(
             AuditServiceServer::new(auditing),
-            rates.interceptor(),
+            RateInterceptor(Arc::clone(&rates)),
         ))
         .add_service(InterceptedService::new(
             MatchServiceServer::new(matching).max_decoding_message_size(max_frame),
-            rates.interceptor(),
+            RateInterceptor(Arc::clone(&rates)),
         ))
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_timeout = config.drain_timeout();

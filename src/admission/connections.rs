@@ -20,7 +20,8 @@
 //!   identity (`max_connections_per_identity`; every connection without a usable identity
 //!   shares one), so one certificate — a suspended agency's included — cannot fill the server.
 //! - A connection with no call open for `idle_timeout_ms` is closed ([`IdleTimer`]); calls are
-//!   counted by [`IdleLayer`] on the router, from the request to the end of the response body.
+//!   counted by the router's idle layer (`server::layers`), from the request to the end of the
+//!   response body.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -29,17 +30,13 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
-use tower::{Layer, Service};
 
 use crate::config::Config;
-use crate::identity::Peer;
 
 /// How long a handshake that has begun may take before a new connection may displace it when
 /// the budget is full: a TLS 1.3 handshake takes two round trips and a signature.
@@ -436,104 +433,6 @@ impl IdleTimer {
             }
         }
         true
-    }
-}
-
-/// The tower layer that counts each call of a connection in its [`Activity`] (from the
-/// [`Peer`] of the request) until its response body ends or is dropped.
-#[derive(Clone, Copy, Default)]
-pub struct IdleLayer;
-
-impl<S> Layer<S> for IdleLayer {
-    type Service = IdleService<S>;
-
-    fn layer(&self, inner: S) -> IdleService<S> {
-        IdleService { inner }
-    }
-}
-
-/// The router wrapped by [`IdleLayer`].
-#[derive(Clone)]
-pub struct IdleService<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for IdleService<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-{
-    type Response = http::Response<CallBody<ResBody>>;
-    type Error = S::Error;
-    type Future = CallFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let guard = request
-            .extensions()
-            .get::<Peer>()
-            .map(|peer| peer.activity.call());
-        CallFuture {
-            inner: self.inner.call(request),
-            guard,
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`IdleService`].
-    pub struct CallFuture<F> {
-        #[pin]
-        inner: F,
-        guard: Option<CallGuard>,
-    }
-}
-
-impl<F, ResBody, E> Future for CallFuture<F>
-where
-    F: Future<Output = Result<http::Response<ResBody>, E>>,
-{
-    type Output = Result<http::Response<CallBody<ResBody>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let guard = this.guard.take();
-        Poll::Ready(Ok(response.map(|inner| CallBody {
-            inner,
-            _guard: guard,
-        })))
-    }
-}
-
-pin_project! {
-    /// A response body that keeps its call counted until it is dropped.
-    pub struct CallBody<B> {
-        #[pin]
-        inner: B,
-        _guard: Option<CallGuard>,
-    }
-}
-
-impl<B: Body> Body for CallBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -6,12 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tonic::service::Interceptor;
-use tonic::{Request, Status};
-
-use super::{exhausted, MAX_TRACKED_KEYS, WARN_INTERVAL};
+use super::{MAX_TRACKED_KEYS, WARN_INTERVAL};
 use crate::config::Limits;
-use crate::identity::Peer;
 
 /// Refused TLS handshakes recorded per second per remote address, after a burst of
 /// [`HANDSHAKE_RECORD_BURST`]: the others are counted and named in the next entry, so a flood
@@ -76,6 +72,12 @@ impl RateLimits {
             warning,
             buckets: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The sustained rate, in tokens per second.
+    #[must_use]
+    pub fn per_second(&self) -> f64 {
+        self.per_second
     }
 
     /// Takes one token from `key`'s bucket. Returns how many were refused since the last one
@@ -144,40 +146,6 @@ impl RateLimits {
         Err(Duration::from_secs_f64(
             (tokens - bucket.tokens) / self.per_second,
         ))
-    }
-
-    /// An interceptor admitting each call of an authenticated caller against its bucket. Calls
-    /// without a usable identity pass: the services refuse them.
-    #[must_use]
-    pub fn interceptor(self: &Arc<Self>) -> RateInterceptor {
-        RateInterceptor(Arc::clone(self))
-    }
-}
-
-/// The tonic interceptor of [`RateLimits`].
-#[derive(Clone)]
-pub struct RateInterceptor(Arc<RateLimits>);
-
-impl Interceptor for RateInterceptor {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = request
-            .extensions()
-            .get::<Peer>()
-            .and_then(|peer| peer.caller.as_ref().ok())
-            .map(|caller| caller.id.to_string());
-        if let Some(caller) = caller {
-            if let Err(wait) = self.0.admit(&caller) {
-                return Err(exhausted(
-                    format!(
-                        "{caller} is over its limit of {} calls per second; retry after {} ms",
-                        self.0.per_second,
-                        wait.as_millis().max(1)
-                    ),
-                    wait,
-                ));
-            }
-        }
-        Ok(request)
     }
 }
 

@@ -25,7 +25,6 @@ use tonic::Status;
 
 use super::{exhausted, RateLimits};
 use crate::config::Limits;
-use crate::identity::Peer;
 
 /// WARN lines about single events logged one by one before [`WARN_PER_MINUTE`] applies.
 pub const WARN_BURST: u32 = 50;
@@ -230,18 +229,14 @@ impl AuditBudget {
         }
     }
 
-    /// Charges one audited call to the caller of `peer` (callers without a usable identity
-    /// share one budget).
+    /// Charges one audited call to `caller` (its identity; callers without a usable identity
+    /// share one budget, under a name of their own).
     ///
     /// # Errors
     /// `RESOURCE_EXHAUSTED` with a retry delay when the caller's budget is spent: the call is
     /// not served and nothing is recorded.
-    pub fn charge(&self, peer: &Peer) -> Result<(), Status> {
-        let caller = peer
-            .caller
-            .as_ref()
-            .map_or_else(|_| "(no usable identity)".to_string(), |c| c.id.to_string());
-        self.callers.admit(&caller).map(drop).map_err(|wait| {
+    pub fn charge(&self, caller: &str) -> Result<(), Status> {
+        self.callers.admit(caller).map(drop).map_err(|wait| {
             exhausted(
                 format!(
                     "{caller} is over its budget of audited calls (each read and each refused call is a permanent audit entry: {} a minute after {} at once); retry after {} ms",
@@ -252,17 +247,6 @@ impl AuditBudget {
                 wait,
             )
         })
-    }
-}
-
-/// Charges one audited call to the caller of `peer`'s connection; see [`AuditBudget::charge`].
-///
-/// # Errors
-/// As [`AuditBudget::charge`].
-pub fn charge(peer: Option<&Peer>) -> Result<(), Status> {
-    match peer {
-        Some(peer) => peer.audit_budget.charge(peer),
-        None => Ok(()),
     }
 }
 

@@ -177,7 +177,7 @@ impl AuditService {
     ) -> Result<Reader, AuditServiceError> {
         let store = self.log.store();
         // Every query is an entry, refused or not: charged to the caller first.
-        crate::admission::records::charge(request.extensions().get::<Peer>())
+        crate::rpc::charge_audited(request.extensions().get::<Peer>())
             .map_err(AuditServiceError::OverBudget)?;
         let reader = match self.authorize(request) {
             Ok(reader) => reader,

@@ -74,7 +74,7 @@ impl ExchangeApi for ExchangeService {
     ) -> Result<Response<GetMessageResponse>, Status> {
         let peer = peer_of(&request);
         // Every read is an entry: charged to the caller before anything is read.
-        crate::admission::records::charge(peer.as_ref())?;
+        crate::rpc::charge_audited(peer.as_ref())?;
         let result = self.get(request).await;
         let answer = self.answer("GetMessage", peer, result).await?;
         Ok(with_permit(answer))
