@@ -1,9 +1,14 @@
 //! Who is calling: the SPIFFE ID in a verified client certificate, parsed once per connection
-//! into a [`Caller`] that reaches handlers through request extensions.
+//! into a [`Caller`] that reaches handlers through request extensions ([`Peer`], in
+//! [`peer`]: it also carries the connection's admission state, so it sits above `admission`
+//! while the rest of this module sits below it).
+
+mod peer;
+
+pub use peer::{caller_of, peer_of, Peer};
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -45,21 +50,6 @@ pub struct Caller {
     pub serial: String,
     /// Unix seconds at which the certificate expires.
     pub not_after: i64,
-}
-
-/// What the server attaches to every request of a connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// The caller, or why its certificate does not name one.
-    pub caller: Result<Arc<Caller>, IdentityError>,
-    /// The client's address.
-    pub remote_addr: Option<SocketAddr>,
-    /// The revocations in force, checked on every call of the connection.
-    pub revocations: Arc<Revocations>,
-    /// The calls open on the connection, for its idle timeout.
-    pub activity: Arc<crate::admission::connections::Activity>,
-    /// The server's per-caller budget of audited calls.
-    pub audit_budget: Arc<crate::admission::records::AuditBudget>,
 }
 
 /// Serials (lower-case hex) of revoked client certificates, shared by every connection so a
@@ -325,29 +315,6 @@ impl Caller {
             Role::Auditor(_) | Role::Admin(_) => None,
         }
     }
-}
-
-/// The caller of a request, as attached by the server to its connection.
-///
-/// # Errors
-/// `IdentityError::NoCertificate` when the request came over no authenticated connection, the
-/// error found when the connection's certificate was parsed, or `Revoked` when its certificate
-/// has been revoked since.
-pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Arc<Caller>, IdentityError> {
-    let peer = request
-        .extensions()
-        .get::<Peer>()
-        .ok_or(IdentityError::NoCertificate)?;
-    let caller = peer.caller.clone()?;
-    if peer.revocations.is_revoked(&caller.serial) {
-        return Err(IdentityError::Revoked);
-    }
-    Ok(caller)
-}
-
-/// The connection a request came over, for audit records of refused calls.
-pub fn peer_of<T>(request: &tonic::Request<T>) -> Option<Peer> {
-    request.extensions().get::<Peer>().cloned()
 }
 
 impl From<IdentityError> for tonic::Status {
