@@ -95,15 +95,7 @@ impl RateLimits {
                     || b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < burst
             });
         }
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-            warned: None,
-            refused: 0,
-        });
-        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst);
-        bucket.updated = now;
+        let bucket = self.refilled(&mut buckets, key, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(std::mem::take(&mut bucket.refused));
@@ -120,6 +112,25 @@ impl RateLimits {
         Err(wait)
     }
 
+    /// `key`'s bucket (a full one if it had none), refilled for the time since it was last used.
+    fn refilled<'a>(
+        &self,
+        buckets: &'a mut HashMap<String, Bucket>,
+        key: &str,
+        now: Instant,
+    ) -> &'a mut Bucket {
+        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+            warned: None,
+            refused: 0,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        bucket.updated = now;
+        bucket
+    }
+
     /// Takes `tokens` from `key`'s bucket at once, for work that costs more than a call (a long
     /// scan pays as it goes). Nothing is taken when the bucket holds fewer.
     ///
@@ -130,15 +141,7 @@ impl RateLimits {
         let tokens = tokens.clamp(0.0, self.burst);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-            warned: None,
-            refused: 0,
-        });
-        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst);
-        bucket.updated = now;
+        let bucket = self.refilled(&mut buckets, key, now);
         if bucket.tokens >= tokens {
             bucket.tokens -= tokens;
             return Ok(());
