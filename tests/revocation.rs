@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    agency_spiffe, assert_code, assert_refused, connect, eventually, inbox_request, TestPki,
-    TestServer, WAIT,
+    agency_spiffe, assert_code, assert_refused, connect, eventually, inbox_request, served_with,
+    TestPki, TestServer, WAIT,
 };
 use puente::pb::v1::admin_service_client::AdminServiceClient;
 use puente::pb::v1::audit_service_client::AuditServiceClient;
@@ -430,16 +430,7 @@ async fn rotated_server_certificate_and_ca_bundle_apply_without_dropping_connect
     // A client of the new CA, verifying the new server certificate, is served.
     eventually(
         "the rotated certificate and CA bundle to apply",
-        async || {
-            let channel = connect(&new_cert, &new_key, &new.ca_pem, server.addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            ExchangeServiceClient::new(channel)
-                .list_agencies(ListAgenciesRequest {})
-                .await
-                .map(drop)
-                .map_err(|status| status.to_string())
-        },
+        async || served_with(&new_cert, &new_key, &new.ca_pem, server.addr).await,
     )
     .await;
     // A certificate of the old CA still works on a new connection (the bundle holds both)...

@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{agency_spiffe, connect, eventually, register_agency, ServerProcess, TestPki};
-use puente::pb::v1::exchange_service_client::ExchangeServiceClient;
+use common::{agency_spiffe, eventually, register_agency, served_with, ServerProcess, TestPki};
 use puente::pb::v1::{ListAgenciesRequest, Region};
 
 /// SIGHUP reloads the certificate files without dropping open connections.
@@ -33,14 +32,7 @@ async fn sighup_reloads_certificates_without_dropping_open_connections() {
 
     let (cert, key) = new.issue(&agency_spiffe("CO-DIJIN"));
     eventually("the new certificate to be served", async || {
-        let channel = connect(&cert, &key, &new.ca_pem, server.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        ExchangeServiceClient::new(channel)
-            .list_agencies(ListAgenciesRequest {})
-            .await
-            .map(drop)
-            .map_err(|status| status.to_string())
+        served_with(&cert, &key, &new.ca_pem, server.addr).await
     })
     .await;
     open.list_agencies(ListAgenciesRequest {})

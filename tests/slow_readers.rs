@@ -168,6 +168,28 @@ enum RawAnswer {
     },
 }
 
+/// How many of `answers` are streaming and how many were refused, checking that every refusal
+/// is RESOURCE_EXHAUSTED with a retry delay.
+fn tally(answers: &[RawAnswer]) -> (usize, usize) {
+    let mut streaming = 0;
+    let mut refused = 0;
+    for answer in answers {
+        match answer {
+            RawAnswer::Streaming { .. } => streaming += 1,
+            RawAnswer::Status {
+                code,
+                retry_info,
+                message,
+            } => {
+                assert_eq!(code, "8", "refused with RESOURCE_EXHAUSTED: {message}");
+                assert!(*retry_info, "the refusal carries a retry delay: {message}");
+                refused += 1;
+            }
+        }
+    }
+    (streaming, refused)
+}
+
 /// Another agency's calls, which must succeed while the attack holds: it lists agencies, sends
 /// a message and reads it back.
 async fn served_normally(client: &mut ExchangeServiceClient<Channel>, n: usize, to: &str) {
@@ -249,23 +271,7 @@ async fn never_read_large_answers_are_bounded_per_caller_and_others_are_served()
     }
     let during = rss(pid);
 
-    let streaming = answers
-        .iter()
-        .filter(|a| matches!(a, RawAnswer::Streaming { .. }))
-        .count();
-    let mut refused = 0;
-    for answer in &answers {
-        if let RawAnswer::Status {
-            code,
-            retry_info,
-            message,
-        } = answer
-        {
-            assert_eq!(code, "8", "refused with RESOURCE_EXHAUSTED: {message}");
-            assert!(*retry_info, "the refusal carries a retry delay: {message}");
-            refused += 1;
-        }
-    }
+    let (streaming, refused) = tally(&answers);
     eprintln!(
         "{} never-read GetMessage calls: {streaming} answered, {refused} refused; server {} before, {} during (+{})",
         answers.len(),
@@ -356,23 +362,7 @@ async fn many_unread_audit_streams_are_refused_beyond_the_limit_and_hold_bounded
         .expect("GetLogInfo of a bystander");
     let during = rss(pid);
 
-    let open = answers
-        .iter()
-        .filter(|a| matches!(a, RawAnswer::Streaming { .. }))
-        .count();
-    let mut refused = 0;
-    for answer in &answers {
-        if let RawAnswer::Status {
-            code,
-            retry_info,
-            message,
-        } = answer
-        {
-            assert_eq!(code, "8", "refused with RESOURCE_EXHAUSTED: {message}");
-            assert!(*retry_info, "the refusal carries a retry delay: {message}");
-            refused += 1;
-        }
-    }
+    let (open, refused) = tally(&answers);
     drop(answers);
     drop(connections);
     tokio::time::sleep(Duration::from_secs(3)).await;

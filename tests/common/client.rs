@@ -60,6 +60,27 @@ pub async fn connect(
     endpoint(addr).tls_config(tls)?.connect().await
 }
 
+/// Whether a new connection with `cert_pem`/`key_pem`, trusting `ca_pem`, is served a
+/// `ListAgencies` call; the error says why not (for [`super::eventually`]).
+///
+/// # Errors
+/// The connection or the call failed.
+pub async fn served_with(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let channel = connect(cert_pem, key_pem, ca_pem, addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    ExchangeServiceClient::new(channel)
+        .list_agencies(ListAgenciesRequest {})
+        .await
+        .map(drop)
+        .map_err(|status| status.to_string())
+}
+
 /// Connects over TLS without presenting any client certificate.
 ///
 /// # Errors
