@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    delivery_states, eventually_within, inbox_request, next_entry, open_inbox, register_agency,
-    text_message, ServerProcess, TestPki, WAIT,
+    delivery_states, eventually_within, inbox_request, next_entry, open_inbox,
+    register_agency_with, text_message, ServerProcess, TestPki, WAIT,
 };
 use futures::future::join_all;
 use futures::stream::{self, StreamExt};
@@ -188,9 +188,13 @@ async fn send(client: &mut ExchangeServiceClient<Channel>, request: SendMessageR
 
 /// Registers `ids` in `region`.
 async fn register_all(pki: &TestPki, addr: SocketAddr, ids: &[String], region: Region) {
+    let admin = pki.admin_client("root", addr).await;
     stream::iter(ids)
-        .for_each_concurrent(SETUP_CONCURRENCY, |id| async move {
-            register_agency(pki, addr, id, region).await;
+        .for_each_concurrent(SETUP_CONCURRENCY, |id| {
+            let mut admin = admin.clone();
+            async move {
+                register_agency_with(&mut admin, id, region).await;
+            }
         })
         .await;
 }

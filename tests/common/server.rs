@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use puente::config::{Config, MetricsListen};
+use puente::pb::v1::admin_service_client::AdminServiceClient;
 use puente::pb::v1::{Agency, AgencyStatus, Region, RegisterAgencyRequest, UpdateAgencyRequest};
 use puente::server::ServerError;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 
 use super::{TestPki, WAIT};
 
@@ -153,6 +155,17 @@ impl Drop for TestServer {
 /// administrator `root`) and returns it as stored. The country is the id's first two letters,
 /// or `XX` for an international organisation.
 pub async fn register_agency(pki: &TestPki, addr: SocketAddr, id: &str, region: Region) -> Agency {
+    let mut admin = pki.admin_client("root", addr).await;
+    register_agency_with(&mut admin, id, region).await
+}
+
+/// Registers agency `id` in `region` through an existing administrator connection (many
+/// registrations at once must share one: the server caps connections per identity).
+pub async fn register_agency_with(
+    admin: &mut AdminServiceClient<Channel>,
+    id: &str,
+    region: Region,
+) -> Agency {
     let country = match region {
         Region::International => "XX".to_string(),
         _ => id[..2].to_string(),
@@ -164,8 +177,7 @@ pub async fn register_agency(pki: &TestPki, addr: SocketAddr, id: &str, region: 
         region: region as i32,
         status: AgencyStatus::Unspecified as i32,
     };
-    pki.admin_client("root", addr)
-        .await
+    admin
         .register_agency(RegisterAgencyRequest {
             agency: Some(agency),
         })
