@@ -16,8 +16,8 @@ use crate::pb::v1::{
     GrantConsentResponse, HandlingCode, MessageKind, RequestConsentRequest, RequestConsentResponse,
     RetractMessageRequest, RetractMessageResponse, SendMessageRequest,
 };
-use crate::store::records::{keys, ConsentRecord, ForwardHopRecord, MessageRecord};
-use crate::store::StoreError;
+use crate::store::records::{ConsentRecord, ForwardHopRecord, MessageRecord};
+use crate::store::{Link, StoreError};
 use crate::time::{now_micros, timestamp};
 
 /// Longest reason given with a forward, consent or notice, in characters.
@@ -50,17 +50,14 @@ fn origin(record: &MessageRecord) -> (String, String) {
     }
 }
 
-/// `entries` plus, when the new message carries a case reference, its entry in that case's
-/// index, so that ListThread by case reference finds copies and notices like the original.
-fn with_case(
-    mut entries: Vec<crate::store::IndexEntry>,
-    case_reference: &str,
-    message_id: &str,
-) -> Vec<crate::store::IndexEntry> {
+/// `link` plus, when the new message carries a case reference, its link to that case, so that
+/// ListThread by case reference finds copies and notices like the original.
+fn with_case(link: Link, case_reference: &str) -> Vec<Link> {
+    let mut links = vec![link];
     if !case_reference.is_empty() {
-        entries.push((keys::case_entry(case_reference, message_id), Vec::new()));
+        links.push(Link::Case(case_reference.to_string()));
     }
-    entries
+    links
 }
 
 /// A fresh idempotency key for entries the exchange creates on the caller's behalf.
@@ -112,8 +109,7 @@ impl ExchangeService {
 
     /// Whether the originator retracted `original` (a RETRACTION notice was sent for it).
     fn retracted(&self, original: &str) -> Result<bool, ExchangeError> {
-        for (notice_id, _) in self.store.index(&keys::notices_prefix(original))? {
-            let notice_id = String::from_utf8_lossy(&notice_id).into_owned();
+        for notice_id in self.store.notices(original)? {
             if let Some(notice) = self.store.message(&notice_id)? {
                 if notice.kind == MessageKind::Retraction as i32 {
                     return Ok(true);
@@ -127,11 +123,7 @@ impl ExchangeService {
     fn holders(&self, original: &MessageRecord) -> Result<Vec<String>, ExchangeError> {
         let mut holders: std::collections::BTreeSet<String> =
             original.recipients.iter().cloned().collect();
-        for (copy_id, _) in self
-            .store
-            .index(&keys::copies_prefix(&original.message_id))?
-        {
-            let copy_id = String::from_utf8_lossy(&copy_id).into_owned();
+        for copy_id in self.store.copies(&original.message_id)? {
             if let Some(copy) = self.store.message(&copy_id)? {
                 holders.extend(copy.recipients);
             }
@@ -258,11 +250,7 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &request.client_message_id,
                     request_sha256,
-                    index_entries: with_case(
-                        vec![(keys::copy(&original_id, copy_id.as_str()), Vec::new())],
-                        &held.case_reference,
-                        copy_id.as_str(),
-                    ),
+                    links: with_case(Link::CopyOf(original_id.clone()), &held.case_reference),
                     action: AuditAction::MessageForwarded,
                     related_message_id: &original_id,
                     audit_reason: (!consents.is_empty())
@@ -375,10 +363,12 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
-                    index_entries: vec![(
-                        keys::consent(&original_id, agency.as_str(), target.as_str()),
-                        pending.encode_to_vec(),
-                    )],
+                    links: vec![Link::Consent {
+                        original: original_id.clone(),
+                        holder: agency.to_string(),
+                        agency: target.to_string(),
+                        record: pending,
+                    }],
                     action: AuditAction::ConsentRequested,
                     related_message_id: &original_id,
                     audit_reason: None,
@@ -462,10 +452,12 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
-                    index_entries: vec![(
-                        keys::consent(&asked.related_message_id, &holder, &asked.consent_agency),
-                        decided.encode_to_vec(),
-                    )],
+                    links: vec![Link::Consent {
+                        original: asked.related_message_id.clone(),
+                        holder,
+                        agency: asked.consent_agency.clone(),
+                        record: decided,
+                    }],
                     action: if granted {
                         AuditAction::ConsentGranted
                     } else {
@@ -577,13 +569,9 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &key,
                     request_sha256: Vec::new(),
-                    index_entries: with_case(
-                        vec![(
-                            keys::notice(&original.message_id, notice_id.as_str()),
-                            Vec::new(),
-                        )],
+                    links: with_case(
+                        Link::NoticeAbout(original.message_id.clone()),
                         &original.case_reference,
-                        notice_id.as_str(),
                     ),
                     action,
                     related_message_id: &original.message_id,

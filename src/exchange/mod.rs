@@ -33,8 +33,8 @@ use crate::pb::v1::{
     GetMessageResponse, Message, NoticeStatus, RecipientStatus, SendMessageRequest,
     SendMessageResponse, StreamInboxRequest,
 };
-use crate::store::records::{keys, MessageRecord};
-use crate::store::{Accepted, NewMessage, Store, StoreError};
+use crate::store::records::MessageRecord;
+use crate::store::{Accepted, Link, NewMessage, Store, StoreError};
 use crate::time::{now_micros, timestamp};
 pub use error::{ExchangeError, PartyOnly};
 use validate::{MessageId, Recipient};
@@ -264,18 +264,12 @@ impl ExchangeService {
             .in_reply_to
             .map(|id| id.to_string())
             .unwrap_or_default();
-        let mut index_entries = Vec::new();
+        let mut links = Vec::new();
         if !in_reply_to.is_empty() {
-            index_entries.push((
-                keys::reply(&in_reply_to, sender.as_str(), message_id.as_str()),
-                Vec::new(),
-            ));
+            links.push(Link::ReplyTo(in_reply_to.clone()));
         }
         if !draft.case_reference.is_empty() {
-            index_entries.push((
-                keys::case_entry(&draft.case_reference, message_id.as_str()),
-                Vec::new(),
-            ));
+            links.push(Link::Case(draft.case_reference.clone()));
         }
         let record = MessageRecord {
             message_id: message_id.to_string(),
@@ -306,7 +300,7 @@ impl ExchangeService {
                 NewCommit {
                     client_message_id: &draft.client_message_id,
                     request_sha256: draft.request_sha256.clone(),
-                    index_entries,
+                    links,
                     action: AuditAction::MessageAccepted,
                     related_message_id: "",
                     audit_reason: None,
@@ -342,7 +336,7 @@ impl ExchangeService {
                     record,
                     client_message_id: commit.client_message_id.to_string(),
                     request_sha256: commit.request_sha256,
-                    index_entries: commit.index_entries,
+                    links: commit.links,
                 },
                 event,
             )
@@ -455,8 +449,7 @@ impl ExchangeService {
         };
         let recipients = statuses(&record)?;
         let mut notices = Vec::new();
-        for (notice_id, _) in self.store.index(&keys::notices_prefix(id.as_str()))? {
-            let notice_id = String::from_utf8_lossy(&notice_id).into_owned();
+        for notice_id in self.store.notices(id.as_str())? {
             let Some(notice) = self.store.message(&notice_id)? else {
                 continue;
             };
@@ -537,7 +530,7 @@ const ANSWER_OVERHEAD: u64 = 64 * 1024;
 struct NewCommit<'a> {
     client_message_id: &'a str,
     request_sha256: Vec<u8>,
-    index_entries: Vec<crate::store::IndexEntry>,
+    links: Vec<Link>,
     action: AuditAction,
     related_message_id: &'a str,
     /// The audit entry's reason, when the action has one to record.

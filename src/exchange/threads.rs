@@ -10,7 +10,7 @@ use super::{is_party, ExchangeError, ExchangeService};
 use crate::admission::ResponsePermit;
 use crate::identity::AgencyId;
 use crate::pb::v1::{ListThreadRequest, ListThreadResponse};
-use crate::store::records::{keys, MessageRecord};
+use crate::store::records::MessageRecord;
 use crate::store::StoreError;
 
 /// Most messages one ListThread answers with.
@@ -21,16 +21,7 @@ pub const MAX_THREAD_WALK: usize = 10 * MAX_THREAD_MESSAGES;
 impl ExchangeService {
     /// The replies to `message_id`: (replying agency, reply id) from the reply index.
     fn reply_entries(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self
-            .store
-            .index(&keys::replies_prefix(message_id))?
-            .into_iter()
-            .filter_map(|(rest, _)| {
-                let rest = String::from_utf8_lossy(&rest).into_owned();
-                rest.split_once('/')
-                    .map(|(agency, reply)| (agency.to_string(), reply.to_string()))
-            })
-            .collect())
+        self.store.replies(message_id)
     }
 
     /// Agencies that answered `message_id` (sent a message `in_reply_to` it) with a reply
@@ -128,11 +119,7 @@ impl ExchangeService {
                 }
             }
             (true, false) => {
-                for (id, _) in self
-                    .store
-                    .index(&keys::case_prefix(request.case_reference.trim()))?
-                {
-                    let id = String::from_utf8_lossy(&id).into_owned();
+                for id in self.store.case_messages(request.case_reference.trim())? {
                     if let Some(record) = self.readable_record(&agency, &id)? {
                         records.push(record);
                     }

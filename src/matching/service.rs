@@ -27,8 +27,8 @@ use crate::pb::v1::{
     SourceReliability, Topic, WithdrawIdentifiersRequest, WithdrawIdentifiersResponse,
 };
 use crate::rpc::InvalidField;
-use crate::store::records::{keys, MessageRecord, PublishedRecord, QuotaRecord};
-use crate::store::{NewMessage, Store, StoreError};
+use crate::store::records::{MessageRecord, PublishedRecord, QuotaRecord};
+use crate::store::{NewMessage, PublishedKey, Store, StoreError};
 use crate::time::now_micros;
 
 /// Most identifiers one publication or withdrawal may carry.
@@ -238,16 +238,12 @@ impl MatchService {
                 128,
                 false,
             )?;
-            let key = keys::published(
-                request.key_epoch,
-                identifier.kind,
-                &identifier.blinded,
-                agency.as_str(),
-            );
-            let existing = self
-                .store
-                .index_value(&key)?
-                .and_then(|value| PublishedRecord::decode(value.as_slice()).ok());
+            let blinded = PublishedKey {
+                key_epoch: request.key_epoch,
+                kind: identifier.kind,
+                blinded: identifier.blinded.clone(),
+            };
+            let existing = self.store.publication(&blinded, agency.as_str())?;
             let match_reference = match existing {
                 Some(existing) => {
                     updated += 1;
@@ -265,7 +261,7 @@ impl MatchService {
                 case_reference: case_reference.clone(),
                 published_at_micros: now,
             };
-            puts.push((key, record.encode_to_vec()));
+            puts.push((blinded, record));
         }
         let mut event = audit::event(AuditAction::IdentifiersPublished, Some(&caller));
         event.reason = format!(
@@ -273,9 +269,7 @@ impl MatchService {
             request.key_epoch
         );
         event.related_message_id = source_message_id;
-        self.store
-            .update_index(puts, Vec::new(), vec![event])
-            .await?;
+        self.store.publish(agency.as_str(), puts, event).await?;
         info!(agency = %agency, added, updated, epoch = request.key_epoch, "identifiers published");
         Ok(PublishIdentifiersResponse { added, updated })
     }
@@ -290,21 +284,20 @@ impl MatchService {
         let mut removes = Vec::new();
         for (i, identifier) in request.identifiers.iter().enumerate() {
             let identifier = check_identifier(&format!("identifiers[{i}]"), Some(identifier))?;
-            let key = keys::published(
-                request.key_epoch,
-                identifier.kind,
-                &identifier.blinded,
-                agency.as_str(),
-            );
-            if self.store.index_value(&key)?.is_some() {
-                removes.push(key);
+            let blinded = PublishedKey {
+                key_epoch: request.key_epoch,
+                kind: identifier.kind,
+                blinded: identifier.blinded.clone(),
+            };
+            if self.store.publication(&blinded, agency.as_str())?.is_some() {
+                removes.push(blinded);
             }
         }
         let withdrawn = removes.len() as u64;
         let mut event = audit::event(AuditAction::IdentifiersWithdrawn, Some(&caller));
         event.reason = format!("epoch={} withdrawn={withdrawn}", request.key_epoch);
         self.store
-            .update_index(Vec::new(), removes, vec![event])
+            .withdraw(agency.as_str(), &removes, event)
             .await?;
         Ok(WithdrawIdentifiersResponse { withdrawn })
     }
@@ -327,17 +320,17 @@ impl MatchService {
         let mut results = Vec::with_capacity(identifiers.len());
         let mut hits = Vec::new();
         for identifier in identifiers {
-            let prefix =
-                keys::published_prefix(request.key_epoch, identifier.kind, &identifier.blinded);
+            let kind = identifier.kind;
+            let blinded = PublishedKey {
+                key_epoch: request.key_epoch,
+                kind,
+                blinded: identifier.blinded.clone(),
+            };
             let mut holders = Vec::new();
-            for (holder, value) in self.store.index(&prefix)? {
-                let holder = String::from_utf8_lossy(&holder).into_owned();
+            for (holder, published) in self.store.publications(&blinded)? {
                 if holder == agency.as_str() {
                     continue;
                 }
-                let Ok(published) = PublishedRecord::decode(value.as_slice()) else {
-                    continue;
-                };
                 holders.push(MatchHolder {
                     agency_id: holder.clone(),
                     match_reference: published.match_reference.clone(),
@@ -439,7 +432,7 @@ impl MatchService {
                     record,
                     client_message_id: format!("puente:{}", uuid::Uuid::new_v4()),
                     request_sha256: Vec::new(),
-                    index_entries: Vec::new(),
+                    links: Vec::new(),
                 },
                 event,
             )

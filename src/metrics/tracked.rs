@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::metrics::counter::Counter;
-use prost::Message as _;
 
 use crate::pb::v1::DeliveryState;
-use crate::store::records::{keys, DeliveryRecord};
 use crate::store::{Store, StoreError};
 
 /// Inbox entries walked back per agency at start to find its last delivered one; an agency
@@ -71,14 +69,9 @@ pub(super) fn last_delivered(
         let entries = store.inbox_range(agency, low, high, BACKLOG_SEED_CHUNK)?;
         for (sequence, message_id) in entries.into_iter().rev() {
             // No delivery record means PENDING; an erased message has none either.
-            let Some(value) = store.index_value(&keys::delivery(&message_id, agency))? else {
+            let Some(record) = store.delivery(&message_id, agency)? else {
                 continue;
             };
-            let record =
-                DeliveryRecord::decode(value.as_slice()).map_err(|source| StoreError::Corrupt {
-                    key: format!("delivery of {message_id} to {agency}"),
-                    source,
-                })?;
             if record.state != DeliveryState::Pending as i32 {
                 return Ok(Some(sequence));
             }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::log::LogEntry;
-use super::records::{keys, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields};
+use super::records::{
+    keys, ConsentRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields,
+};
 use super::sealing::{Part, Sealed};
 use super::writer::Op;
-use super::{decode, encode, get_record, IndexEntry, Store, StoreError, INLINE_BODY_MAX};
+use super::{decode, encode, get_record, Store, StoreError, INLINE_BODY_MAX};
 
 /// Bytes sealing adds to a body (the Poly1305 tag).
 const SEAL_OVERHEAD: usize = 16;
@@ -25,9 +27,53 @@ pub struct NewMessage {
     pub client_message_id: String,
     /// SHA-256 of the request without its idempotency key.
     pub request_sha256: Vec<u8>,
-    /// Further keys written in the same batch: thread, reply, forward and notice indexes,
-    /// consent decisions.
-    pub index_entries: Vec<IndexEntry>,
+    /// How the message relates to others, recorded in the same commit.
+    pub links: Vec<Link>,
+}
+
+/// A relation of a new message to others, recorded with it so that threads, copies, notices
+/// and consents can be found again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    /// It answers this message (`in_reply_to`).
+    ReplyTo(String),
+    /// It carries this case reference.
+    Case(String),
+    /// It is a forwarded copy of this original.
+    CopyOf(String),
+    /// It is a retraction or correction notice about this original.
+    NoticeAbout(String),
+    /// It asks for or decides on `holder` passing `original` on to `agency`: the consent
+    /// record of that triple becomes `record`.
+    Consent {
+        /// The originator's message.
+        original: String,
+        /// The agency that asks to pass it on.
+        holder: String,
+        /// The agency it would go to.
+        agency: String,
+        /// The request's state after this message.
+        record: ConsentRecord,
+    },
+}
+
+impl Link {
+    /// The index entry that records this link of `message`.
+    pub(super) fn entry(&self, message: &MessageRecord) -> (Vec<u8>, Vec<u8>) {
+        let id = message.message_id.as_str();
+        match self {
+            Link::ReplyTo(parent) => (keys::reply(parent, &message.sender, id), Vec::new()),
+            Link::Case(case_reference) => (keys::case_entry(case_reference, id), Vec::new()),
+            Link::CopyOf(original) => (keys::copy(original, id), Vec::new()),
+            Link::NoticeAbout(original) => (keys::notice(original, id), Vec::new()),
+            Link::Consent {
+                original,
+                holder,
+                agency,
+                record,
+            } => (keys::consent(original, holder, agency), encode(record)),
+        }
+    }
 }
 
 /// A committed send.
@@ -365,6 +411,67 @@ impl Store {
                 Ok((sequence, String::from_utf8_lossy(&value).into_owned()))
             })
             .collect()
+    }
+
+    /// The delivery record of `agency` for `message_id`, if its state moved past PENDING.
+    ///
+    /// # Errors
+    /// sled errors and a corrupt record.
+    pub fn delivery(
+        &self,
+        message_id: &str,
+        agency: &str,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        get_record(&self.db, &keys::delivery(message_id, agency))
+    }
+
+    /// The replies to `message_id`: (replying agency, reply id), in key order.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn replies(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .scan(&keys::replies_prefix(message_id))?
+            .into_iter()
+            .filter_map(|(rest, _)| {
+                let rest = String::from_utf8_lossy(&rest).into_owned();
+                rest.split_once('/')
+                    .map(|(agency, reply)| (agency.to_string(), reply.to_string()))
+            })
+            .collect())
+    }
+
+    /// The ids of the messages carrying `case_reference`, in id order.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn case_messages(&self, case_reference: &str) -> Result<Vec<String>, StoreError> {
+        self.scan_ids(&keys::case_prefix(case_reference))
+    }
+
+    /// The ids of the forwarded copies of `original`.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn copies(&self, original: &str) -> Result<Vec<String>, StoreError> {
+        self.scan_ids(&keys::copies_prefix(original))
+    }
+
+    /// The ids of the retraction and correction notices about `original`.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn notices(&self, original: &str) -> Result<Vec<String>, StoreError> {
+        self.scan_ids(&keys::notices_prefix(original))
+    }
+
+    /// The rest of each key under `prefix`, as a message id.
+    fn scan_ids(&self, prefix: &[u8]) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .scan(prefix)?
+            .into_iter()
+            .map(|(id, _)| String::from_utf8_lossy(&id).into_owned())
+            .collect())
     }
 
     /// Follows the durable watermark of an agency's inbox.

@@ -36,10 +36,11 @@ use journal::Journal;
 use log::LogState;
 pub use log::{LogEntry, StoredHashes};
 use messages::idempotent_answer;
-pub use messages::{Accepted, NewMessage, RetentionEntry};
+pub use messages::{Accepted, Link, NewMessage, RetentionEntry};
 use objects::Objects;
 pub use objects::{sync_dir, INLINE_BODY_MAX};
-use records::{keys, AgencyRecord, ConsentRecord, QuotaRecord};
+pub use records::PublishedKey;
+use records::{keys, AgencyRecord, ConsentRecord, PublishedRecord, QuotaRecord};
 pub use sealing::{DataKeys, Part, Sealed, SealingError};
 pub use stats::{commit_histograms, commit_stats, CommitStats};
 pub use writer::CommitFailure;
@@ -236,10 +237,7 @@ impl Store {
     }
 
     /// Writes and removes index entries durably and atomically, with audit entries.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn update_index(
+    async fn update_index(
         &self,
         puts: Vec<IndexEntry>,
         removes: Vec<Vec<u8>>,
@@ -275,10 +273,7 @@ impl Store {
     }
 
     /// Keys under `prefix` (the part after it) and their values, in key order.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn index(&self, prefix: &[u8]) -> Result<Vec<IndexEntry>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<IndexEntry>, StoreError> {
         self.db
             .scan_prefix(prefix)
             .map(|item| {
@@ -311,9 +306,8 @@ impl Store {
         window: QuotaRecord,
         event: impl Into<LogEntry>,
     ) -> Result<(), StoreError> {
-        use prost::Message as _;
         self.update_index(
-            vec![(keys::match_quota(agency), window.encode_to_vec())],
+            vec![(keys::match_quota(agency), encode(&window))],
             Vec::new(),
             vec![event.into()],
         )
@@ -333,12 +327,66 @@ impl Store {
         get_record(&self.db, &keys::consent(original, holder, agency))
     }
 
-    /// The value of one index key.
+    /// What `agency` published under `identifier`, if it did.
     ///
     /// # Errors
-    /// sled errors.
-    pub fn index_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    /// sled errors and a corrupt record.
+    pub fn publication(
+        &self,
+        identifier: &PublishedKey,
+        agency: &str,
+    ) -> Result<Option<PublishedRecord>, StoreError> {
+        get_record(&self.db, &identifier.key(agency))
+    }
+
+    /// Every agency that published `identifier`, with what it published, by agency id.
+    ///
+    /// # Errors
+    /// sled errors and corrupt records.
+    pub fn publications(
+        &self,
+        identifier: &PublishedKey,
+    ) -> Result<Vec<(String, PublishedRecord)>, StoreError> {
+        let prefix = identifier.prefix();
+        self.scan(&prefix)?
+            .into_iter()
+            .map(|(agency, value)| {
+                let record = decode(&[prefix.as_slice(), &agency].concat(), &value)?;
+                Ok((String::from_utf8_lossy(&agency).into_owned(), record))
+            })
+            .collect()
+    }
+
+    /// Records (or replaces) what `agency` publishes under each identifier, with its audit
+    /// entry, durably.
+    ///
+    /// # Errors
+    /// I/O and sled errors; `Closed` when shutting down.
+    pub async fn publish(
+        &self,
+        agency: &str,
+        publications: Vec<(PublishedKey, PublishedRecord)>,
+        event: impl Into<LogEntry>,
+    ) -> Result<(), StoreError> {
+        let puts = publications
+            .iter()
+            .map(|(identifier, record)| (identifier.key(agency), encode(record)))
+            .collect();
+        self.update_index(puts, Vec::new(), vec![event]).await
+    }
+
+    /// Removes `agency`'s publications under `identifiers`, with its audit entry, durably.
+    ///
+    /// # Errors
+    /// As [`Store::publish`].
+    pub async fn withdraw(
+        &self,
+        agency: &str,
+        identifiers: &[PublishedKey],
+        event: impl Into<LogEntry>,
+    ) -> Result<(), StoreError> {
+        let removes = identifiers.iter().map(|id| id.key(agency)).collect();
+        self.update_index(Vec::new(), removes, vec![event]).await
     }
 
     /// Every directory entry, ordered by agency id.
@@ -508,7 +556,7 @@ mod tests {
             },
             client_message_id: format!("c-{id}"),
             request_sha256: vec![1; 32],
-            index_entries: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -627,10 +675,7 @@ mod tests {
         assert_eq!(store.audit_size(), size + 2);
         for id in ["m-0", "m-1"] {
             assert!(store.message(id).expect("read").is_none());
-            assert!(store
-                .index_value(&keys::delivery(id, "CO-DIJIN"))
-                .expect("read")
-                .is_none());
+            assert!(store.delivery(id, "CO-DIJIN").expect("read").is_none());
         }
         assert!(!dir.path().join("objects").join("m-1").exists());
         assert!(

@@ -282,50 +282,75 @@ pub struct QuotaRecord {
     pub used: u64,
 }
 
+/// Where a publication is filed: a blinded matching identifier, its key epoch and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedKey {
+    /// The blinding key epoch.
+    pub key_epoch: u32,
+    /// The identifier kind (`IdentifierKind`).
+    pub kind: i32,
+    /// HMAC-SHA-256 of the canonical identifier under the epoch's key.
+    pub blinded: Vec<u8>,
+}
+
+impl PublishedKey {
+    pub(super) fn prefix(&self) -> Vec<u8> {
+        keys::published_prefix(self.key_epoch, self.kind, &self.blinded)
+    }
+
+    pub(super) fn key(&self, agency: &str) -> Vec<u8> {
+        keys::published(self.key_epoch, self.kind, &self.blinded, agency)
+    }
+}
+
 /// Key layout of the single sled tree. One tree, so that one journal record (a group commit)
 /// covers every record a message touches. Agency ids never contain `/`, and message ids are fixed-length UUIDs.
 /// The audit log's keys (`l/`, `h/`, `p/`, `c/`) are private to `store::log`.
-pub mod keys {
+pub(super) mod keys {
     /// `m/<message_id>` → `MessageRecord`.
-    pub fn message(message_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn message(message_id: &str) -> Vec<u8> {
         [b"m/", message_id.as_bytes()].concat()
     }
 
     /// `i/<agency>/` prefix of one agency's inbox.
-    pub fn inbox_prefix(agency: &str) -> Vec<u8> {
+    pub(in crate::store) fn inbox_prefix(agency: &str) -> Vec<u8> {
         [b"i/", agency.as_bytes(), b"/"].concat()
     }
 
     /// `i/<agency>/<sequence, 8 bytes big-endian>` → message id.
-    pub fn inbox(agency: &str, sequence: u64) -> Vec<u8> {
+    pub(in crate::store) fn inbox(agency: &str, sequence: u64) -> Vec<u8> {
         [inbox_prefix(agency).as_slice(), &sequence.to_be_bytes()].concat()
     }
 
     /// The big-endian `u64` at the end of a key: an inbox sequence, an audit index, a size.
-    pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    pub(in crate::store) fn trailing_u64(key: &[u8]) -> Option<u64> {
         let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
         Some(u64::from_be_bytes(tail))
     }
 
     /// `k/<sender>/<client_message_id>` → `IdempotencyRecord`.
-    pub fn idempotency(sender: &str, client_message_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn idempotency(sender: &str, client_message_id: &str) -> Vec<u8> {
         [b"k/", sender.as_bytes(), b"/", client_message_id.as_bytes()].concat()
     }
 
     /// `d/<message_id>/<agency>` → `DeliveryRecord`, once the recipient's state moved past
     /// PENDING.
-    pub fn delivery(message_id: &str, agency: &str) -> Vec<u8> {
+    pub(in crate::store) fn delivery(message_id: &str, agency: &str) -> Vec<u8> {
         [b"d/", message_id.as_bytes(), b"/", agency.as_bytes()].concat()
     }
 
     /// `r/<topic, 4 bytes big-endian>/` prefix of one topic's retention index.
-    pub fn retention_prefix(topic: i32) -> Vec<u8> {
+    pub(in crate::store) fn retention_prefix(topic: i32) -> Vec<u8> {
         [b"r/".as_slice(), &topic.to_be_bytes(), b"/"].concat()
     }
 
     /// `r/<topic>/<created_at_micros, 8 bytes big-endian>/<message_id>` → empty: messages in
     /// the order their retention period runs out.
-    pub fn retention(topic: i32, created_at_micros: i64, message_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn retention(
+        topic: i32,
+        created_at_micros: i64,
+        message_id: &str,
+    ) -> Vec<u8> {
         [
             retention_prefix(topic).as_slice(),
             &created_at_micros.max(0).to_be_bytes(),
@@ -336,26 +361,26 @@ pub mod keys {
     }
 
     /// The message id at the end of a retention key.
-    pub fn retention_message_id(key: &[u8]) -> Option<&str> {
+    pub(in crate::store) fn retention_message_id(key: &[u8]) -> Option<&str> {
         // "r/" + topic (4) + "/" + time (8) + "/" before the id.
         std::str::from_utf8(key.get(16..)?).ok()
     }
 
     /// `a/` prefix of the directory.
-    pub const AGENCY_PREFIX: &[u8] = b"a/";
+    pub(in crate::store) const AGENCY_PREFIX: &[u8] = b"a/";
 
     /// `a/<agency>` → `AgencyRecord`.
-    pub fn agency(agency: &str) -> Vec<u8> {
+    pub(in crate::store) fn agency(agency: &str) -> Vec<u8> {
         [AGENCY_PREFIX, agency.as_bytes()].concat()
     }
 
     /// `r/<message_id>/` prefix of the replies to a message: `<agency>/<reply_id>` → empty.
-    pub fn replies_prefix(message_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn replies_prefix(message_id: &str) -> Vec<u8> {
         [b"r/", message_id.as_bytes(), b"/"].concat()
     }
 
     /// `r/<message_id>/<agency>/<reply_id>`: `agency` answered `message_id` with `reply_id`.
-    pub fn reply(message_id: &str, agency: &str, reply_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn reply(message_id: &str, agency: &str, reply_id: &str) -> Vec<u8> {
         [
             replies_prefix(message_id).as_slice(),
             agency.as_bytes(),
@@ -366,12 +391,12 @@ pub mod keys {
     }
 
     /// `x/<case reference>/` prefix of the messages carrying a case reference.
-    pub fn case_prefix(case_reference: &str) -> Vec<u8> {
+    pub(in crate::store) fn case_prefix(case_reference: &str) -> Vec<u8> {
         [b"x/", case_reference.as_bytes(), b"\0"].concat()
     }
 
     /// `x/<case reference>\0<message_id>` → empty.
-    pub fn case_entry(case_reference: &str, message_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn case_entry(case_reference: &str, message_id: &str) -> Vec<u8> {
         [
             case_prefix(case_reference).as_slice(),
             message_id.as_bytes(),
@@ -380,22 +405,22 @@ pub mod keys {
     }
 
     /// `f/<original_message_id>/` prefix of the forwarded copies of a message.
-    pub fn copies_prefix(original: &str) -> Vec<u8> {
+    pub(in crate::store) fn copies_prefix(original: &str) -> Vec<u8> {
         [b"f/", original.as_bytes(), b"/"].concat()
     }
 
     /// `f/<original>/<copy_id>` → empty: a forwarded copy of `original`.
-    pub fn copy(original: &str, copy_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn copy(original: &str, copy_id: &str) -> Vec<u8> {
         [copies_prefix(original).as_slice(), copy_id.as_bytes()].concat()
     }
 
     /// `n/<original_message_id>/` prefix of the retraction and correction notices of a message.
-    pub fn notices_prefix(original: &str) -> Vec<u8> {
+    pub(in crate::store) fn notices_prefix(original: &str) -> Vec<u8> {
         [b"n/", original.as_bytes(), b"/"].concat()
     }
 
     /// `n/<original>/<notice_id>` → empty.
-    pub fn notice(original: &str, notice_id: &str) -> Vec<u8> {
+    pub(in crate::store) fn notice(original: &str, notice_id: &str) -> Vec<u8> {
         [notices_prefix(original).as_slice(), notice_id.as_bytes()].concat()
     }
 
@@ -403,7 +428,7 @@ pub mod keys {
     /// forward the originator's message to `agency`, and the decision on it. (Release 1 wrote
     /// `g/<original>/<agency>` → `1`/`0`, consent for any holder; those keys are no longer read,
     /// so such a holder asks again.)
-    pub fn consent(original: &str, holder: &str, agency: &str) -> Vec<u8> {
+    pub(in crate::store) fn consent(original: &str, holder: &str, agency: &str) -> Vec<u8> {
         [
             b"g/",
             original.as_bytes(),
@@ -416,18 +441,23 @@ pub mod keys {
     }
 
     /// `q/<agency>` → `QuotaRecord`: the agency's match query quota window.
-    pub fn match_quota(agency: &str) -> Vec<u8> {
+    pub(in crate::store) fn match_quota(agency: &str) -> Vec<u8> {
         [b"q/", agency.as_bytes()].concat()
     }
 
     /// `b/<epoch><kind><blinded>` prefix: who published one blinded identifier.
-    pub fn published_prefix(epoch: u32, kind: i32, blinded: &[u8]) -> Vec<u8> {
+    pub(in crate::store) fn published_prefix(epoch: u32, kind: i32, blinded: &[u8]) -> Vec<u8> {
         let kind = u8::try_from(kind).unwrap_or(u8::MAX);
         [b"b/".as_slice(), &epoch.to_be_bytes(), &[kind], blinded].concat()
     }
 
     /// `b/<epoch><kind><blinded><agency>` → `PublishedRecord`.
-    pub fn published(epoch: u32, kind: i32, blinded: &[u8], agency: &str) -> Vec<u8> {
+    pub(in crate::store) fn published(
+        epoch: u32,
+        kind: i32,
+        blinded: &[u8],
+        agency: &str,
+    ) -> Vec<u8> {
         [
             published_prefix(epoch, kind, blinded).as_slice(),
             agency.as_bytes(),

@@ -466,7 +466,7 @@ impl Writer {
             record,
             client_message_id,
             request_sha256,
-            index_entries,
+            links,
         } = message;
         let idempotency_key = keys::idempotency(&record.sender, &client_message_id);
         let earlier = self
@@ -484,7 +484,8 @@ impl Writer {
                 .insert(keys::inbox(agency, *sequence), record.message_id.as_bytes());
             advanced.insert(agency.clone(), *sequence);
         }
-        for (key, value) in index_entries {
+        for link in &links {
+            let (key, value) = link.entry(&record);
             self.group.insert(key, value);
         }
         self.group.insert(
