@@ -22,7 +22,7 @@ use crate::time::now_micros;
 const ERASE_BATCH: usize = 256;
 
 /// Starts the sweeper; it ends when `stopping` turns true. Does nothing without periods.
-pub fn spawn(store: Arc<Store>, retention: Retention, mut stopping: watch::Receiver<bool>) {
+pub fn spawn(store: Arc<dyn Store>, retention: Retention, mut stopping: watch::Receiver<bool>) {
     if retention.periods().is_empty() {
         return;
     }
@@ -37,7 +37,7 @@ pub fn spawn(store: Arc<Store>, retention: Retention, mut stopping: watch::Recei
             if *stopping.borrow() {
                 return;
             }
-            match sweep(&store, &retention, now_micros()).await {
+            match sweep(store.as_ref(), &retention, now_micros()).await {
                 Ok(0) => {}
                 Ok(erased) => info!(erased, "erased messages past their retention period"),
                 // Closed: the server is stopping. Otherwise the next sweep tries again.
@@ -54,7 +54,7 @@ pub fn spawn(store: Arc<Store>, retention: Retention, mut stopping: watch::Recei
 /// # Errors
 /// Store errors; messages erased before the error stay erased.
 pub async fn sweep(
-    store: &Store,
+    store: &dyn Store,
     retention: &Retention,
     now_micros: i64,
 ) -> Result<usize, StoreError> {
@@ -63,8 +63,9 @@ pub async fn sweep(
         let cutoff = now_micros.saturating_sub(micros(period));
         let mut after = None;
         loop {
-            let expired =
-                store.accepted_before(topic as i32, cutoff, after.as_ref(), ERASE_BATCH)?;
+            let expired = store
+                .accepted_before(topic as i32, cutoff, after.as_ref(), ERASE_BATCH)
+                .await?;
             let Some(last) = expired.last().cloned() else {
                 break;
             };
@@ -73,13 +74,13 @@ pub async fn sweep(
                 // A message and its retention entry are written and erased together, so a
                 // missing record is damage: reported, and passed over so it cannot hold up
                 // the erasure of later messages.
-                let Some(record) = store.message(&entry.message_id)? else {
+                let Some(record) = store.message(&entry.message_id).await? else {
                     error!(message_id = %entry.message_id, "retention entry without its message");
                     continue;
                 };
                 let mut event = audit::message_event(AuditAction::MessageErased, None, &record);
                 event.reason = reason(topic, period);
-                messages.push((entry.message_id.clone(), event));
+                messages.push((entry.message_id.clone(), event.into()));
             }
             erased += store.erase(messages).await?;
             if expired.len() < ERASE_BATCH {

@@ -70,11 +70,11 @@ fn storage_unavailable(error: &dyn Display) -> Status {
 pub fn store_failure(error: &StoreError) -> Status {
     match error {
         StoreError::Closed => shutting_down(),
-        StoreError::Io(_)
-        | StoreError::Sled(_)
-        | StoreError::Commit(_)
-        | StoreError::LogHashes(_) => storage_unavailable(error),
+        StoreError::Io(_) | StoreError::Sled(_) | StoreError::Commit(_) => {
+            storage_unavailable(error)
+        }
         StoreError::Corrupt { .. }
+        | StoreError::LogHashes(_)
         | StoreError::IdempotencyConflict
         | StoreError::AlreadyExists
         | StoreError::NotFound
@@ -101,7 +101,7 @@ pub trait Refusal: std::fmt::Display {
 /// # Errors
 /// The status of the error, or `RESOURCE_EXHAUSTED` over the caller's audit budget.
 pub async fn answer<T, E: Refusal + Into<Status>>(
-    store: &Store,
+    store: &dyn Store,
     service: &str,
     method: &str,
     peer: Option<Peer>,
@@ -119,7 +119,7 @@ pub async fn answer<T, E: Refusal + Into<Status>>(
             &format!("/{service}/{method}"),
             &err.to_string(),
         );
-        if let Err(e) = store.record(vec![event]).await {
+        if let Err(e) = store.record(vec![event.into()]).await {
             error!(error = %e, "cannot record a refused request in the audit log");
         }
     }

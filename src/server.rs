@@ -153,10 +153,10 @@ pub async fn run_with_metrics(
         key_id = data_keys.current_id(),
         "message bodies are sealed with data key"
     );
-    let store = Store::open(&config.data_dir, Arc::new(data_keys))?;
+    let store = crate::store::open(&config.data_dir, Arc::new(data_keys))?;
     let tls = load_tls(&config)?;
-    let directory = Arc::new(Directory::load(Arc::clone(&store))?);
-    let audit = AuditLog::open(Arc::clone(&store), &config.data_dir, &config.trust_domain)?;
+    let directory = Arc::new(Directory::load(Arc::clone(&store)).await?);
+    let audit = AuditLog::open(Arc::clone(&store), &config.data_dir, &config.trust_domain).await?;
 
     let (stopping_tx, stopping) = watch::channel(false);
     let metrics = Arc::new(Metrics::default());
@@ -324,7 +324,7 @@ pub async fn run_echo(
 fn serve_metrics(
     listener: TcpListener,
     metrics: &Arc<Metrics>,
-    store: &Arc<Store>,
+    store: &Arc<dyn Store>,
     directory: &Arc<Directory>,
     config: &Config,
     stopping: watch::Receiver<bool>,
@@ -348,7 +348,7 @@ fn serve_metrics(
         Arc::clone(store),
         Arc::clone(directory),
     );
-    tokio::task::spawn_blocking(move || metrics.seed_inbox_cursors(&store, &directory));
+    tokio::spawn(async move { metrics.seed_inbox_cursors(store.as_ref(), &directory).await });
 }
 
 /// The server's TLS state from the files `config` names and the CRLs persisted in its data

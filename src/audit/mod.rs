@@ -58,7 +58,7 @@ pub enum AuditError {
 
 /// The log: its identity (origin and key) and the checkpoint signer.
 pub struct AuditLog {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     key: LogKey,
     origin: String,
     /// Size and root of the last signed checkpoint. Held across a whole signing, so two
@@ -76,8 +76,8 @@ impl AuditLog {
     ///
     /// # Errors
     /// The key cannot be loaded or created, or the store fails.
-    pub fn open(
-        store: Arc<Store>,
+    pub async fn open(
+        store: Arc<dyn Store>,
         data_dir: &Path,
         trust_domain: &str,
     ) -> Result<Arc<AuditLog>, AuditError> {
@@ -90,7 +90,7 @@ impl AuditLog {
             last_signed: tokio::sync::Mutex::new((0, merkle::empty_root())),
             signing: AtomicBool::new(true),
         };
-        match log.verify_latest_checkpoint() {
+        match log.verify_latest_checkpoint().await {
             Ok(Some(latest)) => {
                 *log.last_signed.get_mut() = (latest.size, latest.root);
             }
@@ -103,14 +103,13 @@ impl AuditLog {
         Ok(Arc::new(log))
     }
 
-    fn verify_latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        let Some((_, note)) = self.store.latest_checkpoint()? else {
+    async fn verify_latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let Some((_, note)) = self.store.latest_checkpoint().await? else {
             return Ok(None);
         };
         let verifier = NoteVerifier::parse(&self.key.verifier_key())?;
         let checkpoint = Checkpoint::parse(verifier.verify(&note)?)?;
-        let root = merkle::root(&self.store.audit_hashes(), checkpoint.size)
-            .map_err(AuditError::Hashes)?;
+        let root = self.store.audit_root(checkpoint.size).await?;
         if root != checkpoint.root {
             return Err(AuditError::RootMismatch {
                 size: checkpoint.size,
@@ -132,7 +131,7 @@ impl AuditLog {
     }
 
     /// The store holding the entries.
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -146,11 +145,11 @@ impl AuditLog {
             return Ok(());
         }
         let mut last_signed = self.last_signed.lock().await;
-        let size = self.store.audit_size();
+        let size = self.store.audit_size().await?;
         if size <= last_signed.0 {
             return Ok(());
         }
-        let root = merkle::root(&self.store.audit_hashes(), size).map_err(AuditError::Hashes)?;
+        let root = self.store.audit_root(size).await?;
         let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size,

@@ -184,7 +184,7 @@ impl AuditService {
             Err(err) => {
                 let peer = request.extensions().get::<Peer>();
                 let event = refusal_event(peer, method, &err.to_string());
-                if let Err(e) = store.record(vec![event]).await {
+                if let Err(e) = store.record(vec![event.into()]).await {
                     tracing::error!(error = %e, "cannot record a refused request in the audit log");
                 }
                 return Err(err);
@@ -193,7 +193,7 @@ impl AuditService {
         let mut query = event(AuditAction::AuditQueried, Some(reader.caller()));
         query.method = method.to_string();
         query.reason = details;
-        store.record(vec![query]).await?;
+        store.record(vec![query.into()]).await?;
         Ok(reader)
     }
 
@@ -295,9 +295,8 @@ fn micros(timestamp: &prost_types::Timestamp) -> i64 {
 /// Compares a leaf with the hash the tree was built from, and raises the alarm in the server
 /// log when they differ: a leaf was altered in storage. The leaf is still served, as stored,
 /// so that auditors' own verification names it.
-fn check_leaf(log: &AuditLog, index: u64, leaf: &[u8]) {
-    use super::merkle::HashReader as _;
-    match log.store().audit_hashes().hash(0, index) {
+async fn check_leaf(log: &AuditLog, index: u64, leaf: &[u8]) {
+    match log.store().leaf_hash(index).await {
         Ok(stored) if stored == merkle::hash_leaf(leaf) => {}
         Ok(_) => tracing::error!(
             index,
@@ -338,7 +337,7 @@ async fn list(
 ) -> Result<(), AuditServiceError> {
     let store = log.store();
     let caller = reader.caller().id.to_string();
-    let end = store.audit_size();
+    let end = store.audit_size().await?;
     let limit = if request.limit == 0 {
         u64::MAX
     } else {
@@ -354,23 +353,26 @@ async fn list(
         }
         let chunk: Vec<(u64, Vec<u8>)> = match &filters.agency {
             Some(agency) => {
-                let indices = store.audit_party_indices(agency, next, end, LIST_CHUNK)?;
+                let indices = store
+                    .audit_party_indices(agency, next, end, LIST_CHUNK)
+                    .await?;
                 let mut leaves = Vec::with_capacity(indices.len());
                 for index in indices {
                     let leaf = store
-                        .audit_leaf(index)?
+                        .audit_leaf(index)
+                        .await?
                         .ok_or(AuditServiceError::NotFound(index))?;
                     leaves.push((index, leaf));
                 }
                 leaves
             }
-            None => store.audit_leaves(next, end, LIST_CHUNK)?,
+            None => store.audit_leaves(next, end, LIST_CHUNK).await?,
         };
         let Some(&(last, _)) = chunk.last() else {
             break;
         };
         for (index, leaf) in chunk {
-            check_leaf(&log, index, &leaf);
+            check_leaf(&log, index, &leaf).await;
             let event = AuditService::decode(index, &leaf)?;
             if !filters.matches(&event) || !AuditService::may_see(&reader, &event) {
                 continue;
@@ -432,6 +434,7 @@ impl AuditApi for AuditService {
             .log
             .store()
             .latest_checkpoint()
+            .await
             .map_err(AuditServiceError::from)?
             .ok_or_else(|| AuditServiceError::NoCheckpoint)?;
         let verifier = super::note::NoteVerifier::parse(&self.log.verifier_key())
@@ -537,7 +540,12 @@ impl AuditApi for AuditService {
                 format!("leaf_index={leaf_index} tree_size={tree_size}"),
             )
             .await?;
-        let size = self.log.store().audit_size();
+        let size = self
+            .log
+            .store()
+            .audit_size()
+            .await
+            .map_err(AuditServiceError::from)?;
         if tree_size > size {
             return Err(AuditServiceError::BeyondLog {
                 field: "tree_size",
@@ -557,14 +565,18 @@ impl AuditApi for AuditService {
             .log
             .store()
             .audit_leaf(leaf_index)
+            .await
             .map_err(AuditServiceError::from)?
             .ok_or(AuditServiceError::NotFound(leaf_index))?;
         if !Self::may_see(&reader, &Self::decode(leaf_index, &leaf)?) {
             return Err(AuditServiceError::NotFound(leaf_index).into());
         }
-        let hashes =
-            merkle::inclusion_proof(&self.log.store().audit_hashes(), leaf_index, tree_size)
-                .map_err(AuditServiceError::from)?;
+        let hashes = self
+            .log
+            .store()
+            .inclusion_proof(leaf_index, tree_size)
+            .await
+            .map_err(AuditServiceError::from)?;
         Ok(Response::new(GetInclusionProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
@@ -582,7 +594,12 @@ impl AuditApi for AuditService {
             format!("from_size={from_size} to_size={to_size}"),
         )
         .await?;
-        let size = self.log.store().audit_size();
+        let size = self
+            .log
+            .store()
+            .audit_size()
+            .await
+            .map_err(AuditServiceError::from)?;
         if to_size > size {
             return Err(AuditServiceError::BeyondLog {
                 field: "to_size",
@@ -598,9 +615,12 @@ impl AuditApi for AuditService {
             ))
             .into());
         }
-        let hashes =
-            merkle::consistency_proof(&self.log.store().audit_hashes(), from_size, to_size)
-                .map_err(AuditServiceError::from)?;
+        let hashes = self
+            .log
+            .store()
+            .consistency_proof(from_size, to_size)
+            .await
+            .map_err(AuditServiceError::from)?;
         Ok(Response::new(GetConsistencyProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))

@@ -13,7 +13,7 @@ use crate::directory::{AgencyEntry, Directory};
 use crate::identity::AgencyId;
 use crate::pb::v1::AgencyStatus;
 use crate::pki::dev::{self, DEMO_AGENCIES, DEV_PKI_DIR};
-use crate::store::{DataKeys, Store};
+use crate::store::DataKeys;
 
 /// Flags of `puente serve`; each overrides the same key of `--config`.
 #[derive(Debug, Args)]
@@ -170,8 +170,8 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) {
 /// Registers the demo agencies that are not in the directory yet.
 async fn register_demo_agencies(config: &Config) -> anyhow::Result<()> {
     let data_keys = DataKeys::load(&config.data_key)?;
-    let store = Store::open(&config.data_dir, std::sync::Arc::new(data_keys))?;
-    let directory = Directory::load(std::sync::Arc::clone(&store))?;
+    let store = crate::store::open(&config.data_dir, std::sync::Arc::new(data_keys))?;
+    let directory = Directory::load(std::sync::Arc::clone(&store)).await?;
     for (id, name, country, region) in DEMO_AGENCIES {
         if directory.get(id).is_none() {
             directory

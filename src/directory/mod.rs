@@ -139,7 +139,7 @@ pub fn to_wire(record: &AgencyRecord) -> Agency {
 
 /// The directory: a write-through cache over the store's agency records.
 pub struct Directory {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     agencies: RwLock<BTreeMap<String, AgencyRecord>>,
     /// Serialises updates so the cache applies them in the order the store did.
     writes: tokio::sync::Mutex<()>,
@@ -152,9 +152,10 @@ impl Directory {
     ///
     /// # Errors
     /// Store errors.
-    pub fn load(store: Arc<Store>) -> Result<Directory, DirectoryError> {
+    pub async fn load(store: Arc<dyn Store>) -> Result<Directory, DirectoryError> {
         let agencies = store
-            .agencies()?
+            .agencies()
+            .await?
             .into_iter()
             .map(|record| (record.agency_id.clone(), record))
             .collect();
@@ -226,7 +227,11 @@ impl Directory {
         };
         let mut event = audit::event(AuditAction::AgencyRegistered, actor);
         event.subject_agency = record.agency_id.clone();
-        let stored = match self.store.put_agency(record, PutMode::Create, event).await {
+        let stored = match self
+            .store
+            .put_agency(record, PutMode::Create, event.into())
+            .await
+        {
             Err(StoreError::AlreadyExists) => {
                 return Err(DirectoryError::AlreadyExists(entry.agency_id))
             }
@@ -268,7 +273,7 @@ impl Directory {
         event.subject_agency = record.agency_id.clone();
         let stored = self
             .store
-            .put_agency(record, PutMode::Update, event)
+            .put_agency(record, PutMode::Update, event.into())
             .await?;
         self.cache(&stored);
         Ok(stored)

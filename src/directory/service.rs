@@ -22,13 +22,17 @@ use crate::tls::TlsState;
 pub struct AdminService {
     directory: Arc<Directory>,
     tls: Arc<TlsState>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
 }
 
 impl AdminService {
     /// Serves `directory`, publishes CRLs into `tls`, and records refusals and CRLs in the
     /// audit log of `store`.
-    pub fn new(directory: Arc<Directory>, tls: Arc<TlsState>, store: Arc<Store>) -> AdminService {
+    pub fn new(
+        directory: Arc<Directory>,
+        tls: Arc<TlsState>,
+        store: Arc<dyn Store>,
+    ) -> AdminService {
         AdminService {
             directory,
             tls,
@@ -93,7 +97,7 @@ impl AdminService {
                 );
                 tracing::warn!(admin = %caller.id, unrevoked = summary.unrevoked.len(), "certificates un-revoked by an administrator");
             }
-            self.store.record(vec![event]).await?;
+            self.store.record(vec![event.into()]).await?;
         }
         info!(admin = %caller.id, crl_number = summary.number, revoked = summary.revoked_count, "CRL published");
         Ok(PublishRevocationListResponse {
@@ -143,7 +147,14 @@ impl AdminService {
         peer: Option<Peer>,
         result: Result<T, DirectoryError>,
     ) -> Result<Response<T>, Status> {
-        crate::rpc::answer(&self.store, "puente.v1.AdminService", method, peer, result).await
+        crate::rpc::answer(
+            self.store.as_ref(),
+            "puente.v1.AdminService",
+            method,
+            peer,
+            result,
+        )
+        .await
     }
 }
 

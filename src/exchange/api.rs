@@ -26,7 +26,7 @@ impl ExchangeService {
         peer: Option<Peer>,
         result: Result<T, ExchangeError>,
     ) -> Result<Response<T>, Status> {
-        crate::rpc::answer(&self.store, SERVICE, method, peer, result).await
+        crate::rpc::answer(self.store.as_ref(), SERVICE, method, peer, result).await
     }
 }
 
@@ -86,7 +86,7 @@ impl ExchangeApi for ExchangeService {
         request: Request<GetDeliveryStatusRequest>,
     ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
         let peer = peer_of(&request);
-        let result = self.delivery_status(request);
+        let result = self.delivery_status(request).await;
         self.answer("GetDeliveryStatus", peer, result).await
     }
 

@@ -75,8 +75,12 @@ fn empty_body() -> (Vec<u8>, Vec<u8>) {
 impl ExchangeService {
     /// A message the caller received and may act on as a holder: intelligence or a forwarded
     /// copy of which it is a recipient.
-    fn held(&self, agency: &AgencyId, id: &MessageId) -> Result<MessageRecord, ExchangeError> {
-        let record = self.readable(agency, id)?;
+    async fn held(
+        &self,
+        agency: &AgencyId,
+        id: &MessageId,
+    ) -> Result<MessageRecord, ExchangeError> {
+        let record = self.readable(agency, id).await?;
         let intelligence = record.kind == MessageKind::Unspecified as i32
             || record.kind == MessageKind::Forwarded as i32;
         if !intelligence {
@@ -94,7 +98,7 @@ impl ExchangeService {
     /// `holder`'s own consent request to pass `original` to `agency`, if the originator
     /// granted it. Nobody else's consent counts: not one given to another holder for
     /// the same agency, nor the one under which `holder`'s copy reached it.
-    fn consent_of(
+    async fn consent_of(
         &self,
         original: &str,
         holder: &str,
@@ -102,15 +106,16 @@ impl ExchangeService {
     ) -> Result<Option<String>, StoreError> {
         Ok(self
             .store
-            .consent(original, holder, agency)?
+            .consent(original, holder, agency)
+            .await?
             .filter(ConsentRecord::is_granted)
             .map(|consent| consent.consent_request_id))
     }
 
     /// Whether the originator retracted `original` (a RETRACTION notice was sent for it).
-    fn retracted(&self, original: &str) -> Result<bool, ExchangeError> {
-        for notice_id in self.store.notices(original)? {
-            if let Some(notice) = self.store.message(&notice_id)? {
+    async fn retracted(&self, original: &str) -> Result<bool, ExchangeError> {
+        for notice_id in self.store.notices(original).await? {
+            if let Some(notice) = self.store.message(&notice_id).await? {
                 if notice.kind == MessageKind::Retraction as i32 {
                     return Ok(true);
                 }
@@ -120,11 +125,11 @@ impl ExchangeService {
     }
 
     /// Every agency holding `original`: its recipients and those of its forwarded copies.
-    fn holders(&self, original: &MessageRecord) -> Result<Vec<String>, ExchangeError> {
+    async fn holders(&self, original: &MessageRecord) -> Result<Vec<String>, ExchangeError> {
         let mut holders: std::collections::BTreeSet<String> =
             original.recipients.iter().cloned().collect();
-        for copy_id in self.store.copies(&original.message_id)? {
-            if let Some(copy) = self.store.message(&copy_id)? {
+        for copy_id in self.store.copies(&original.message_id).await? {
+            if let Some(copy) = self.store.message(&copy_id).await? {
                 holders.extend(copy.recipients);
             }
         }
@@ -150,12 +155,13 @@ impl ExchangeService {
         if let Some(original) = self
             .store
             .earlier_send(agency.as_str(), &request.client_message_id, &request_sha256)
+            .await
             .map_err(|e| self.conflict(e, &request.client_message_id))?
         {
             return Ok(forward_response(original));
         }
         let id = MessageId::parse("message_id", &request.message_id)?;
-        let held = self.held(&agency, &id)?;
+        let held = self.held(&agency, &id).await?;
         let reason = check_reason(&request.reason, false)?;
         if request.recipients.is_empty() {
             return Err(ExchangeError::invalid(
@@ -185,7 +191,7 @@ impl ExchangeService {
         )?;
         let (original_id, originator) = origin(&held);
         // A copy made after the retraction would reach an agency that never gets the notice.
-        if self.retracted(&original_id)? {
+        if self.retracted(&original_id).await? {
             return Err(ExchangeError::Retracted(original_id));
         }
         let handling = HandlingCode::try_from(held.handling).unwrap_or(HandlingCode::H3);
@@ -194,7 +200,10 @@ impl ExchangeService {
         let mut consents = Vec::new();
         if matches!(handling, HandlingCode::H2 | HandlingCode::H3) {
             for target in &expanded {
-                if let Some(request_id) = self.consent_of(&original_id, agency.as_str(), target)? {
+                if let Some(request_id) = self
+                    .consent_of(&original_id, agency.as_str(), target)
+                    .await?
+                {
                     consents.push(request_id);
                 } else {
                     return Err(ExchangeError::NoConsent {
@@ -218,7 +227,7 @@ impl ExchangeService {
                 forwarded_at_micros: now,
             });
         }
-        let body = self.store.body(&held)?;
+        let body = self.store.body(&held).await?;
         let record = MessageRecord {
             message_id: copy_id.to_string(),
             sender: agency.to_string(),
@@ -278,7 +287,7 @@ impl ExchangeService {
         let (caller, agency) = self.require_agency(&request)?;
         let request = request.into_inner();
         let id = MessageId::parse("message_id", &request.message_id)?;
-        let held = self.held(&agency, &id)?;
+        let held = self.held(&agency, &id).await?;
         let target = AgencyId::parse(&request.agency_id)
             .map_err(|e| ExchangeError::invalid("agency_id", e.to_string()))?;
         if target == agency {
@@ -312,7 +321,8 @@ impl ExchangeService {
         // has not answered (or after it granted) would only fill its inbox.
         if let Some(asked) = self
             .store
-            .consent(&original_id, agency.as_str(), target.as_str())?
+            .consent(&original_id, agency.as_str(), target.as_str())
+            .await?
         {
             if !asked.decided {
                 return Err(ExchangeError::ConsentPending(asked.consent_request_id));
@@ -390,7 +400,7 @@ impl ExchangeService {
     ) -> Result<String, ExchangeError> {
         let (caller, agency) = caller_request;
         let id = MessageId::parse("consent_request_id", consent_request_id)?;
-        let asked = self.readable(agency, &id)?;
+        let asked = self.readable(agency, &id).await?;
         if asked.kind != MessageKind::ConsentRequest as i32
             || !asked.recipients.iter().any(|r| r == agency.as_str())
         {
@@ -401,9 +411,10 @@ impl ExchangeService {
         }
         let reason = check_reason(reason, !granted)?;
         let holder = asked.sender.clone();
-        let latest =
-            self.store
-                .consent(&asked.related_message_id, &holder, &asked.consent_agency)?;
+        let latest = self
+            .store
+            .consent(&asked.related_message_id, &holder, &asked.consent_agency)
+            .await?;
         // Only the holder's latest request is open to a decision (the originator may change
         // its mind on it); an earlier one was superseded when the holder asked again after a
         // denial. No record: a request from before consent was bound to the holder.
@@ -519,12 +530,12 @@ impl ExchangeService {
         correction: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<String, ExchangeError> {
         let id = MessageId::parse("message_id", message_id)?;
-        let original = self.readable(agency, &id)?;
+        let original = self.readable(agency, &id).await?;
         if original.sender != agency.as_str() || original.kind != MessageKind::Unspecified as i32 {
             return Err(ExchangeError::NotAllowed(PartyOnly::OriginatorAmends));
         }
         let reason = check_reason(reason, true)?;
-        let holders = self.holders(&original)?;
+        let holders = self.holders(&original).await?;
         let (kind, action, label) = match correction {
             Some(_) => (
                 MessageKind::Correction,

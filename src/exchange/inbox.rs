@@ -194,7 +194,8 @@ async fn follow(
         let durable = *watermark.borrow_and_update();
         let entries = service
             .store
-            .inbox_range(agency.as_str(), last, durable, READ_CHUNK)?;
+            .inbox_range(agency.as_str(), last, durable, READ_CHUNK)
+            .await?;
         if entries.is_empty() {
             if backlog_only {
                 return Ok(());
@@ -211,7 +212,7 @@ async fn follow(
         for (sequence, message_id) in entries {
             // Inbox entries and messages commit together; a message missing now was erased
             // when its retention period ran out, and is passed over.
-            let Some(record) = service.store.message(&message_id)? else {
+            let Some(record) = service.store.message(&message_id).await? else {
                 debug!(agency = %agency, sequence, message_id, "inbox entry of an erased message skipped");
                 reader.progress.skipped(sequence);
                 last = sequence;
@@ -241,7 +242,7 @@ async fn follow(
             };
             let event =
                 audit::message_event(AuditAction::MessageDelivered, Some(&reader.caller), &record);
-            let message = service.to_message(record)?;
+            let message = service.to_message(record).await?;
             let response = StreamInboxResponse {
                 sequence,
                 message: Some(message),
@@ -254,7 +255,7 @@ async fn follow(
                     &message_id,
                     agency.as_str(),
                     DeliveryState::Delivered as i32,
-                    event,
+                    event.into(),
                 )
                 .await?;
             last = sequence;

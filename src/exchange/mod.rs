@@ -33,7 +33,7 @@ use crate::pb::v1::{
     GetMessageResponse, Message, NoticeStatus, RecipientStatus, SendMessageRequest,
     SendMessageResponse, StreamInboxRequest,
 };
-use crate::store::records::MessageRecord;
+use crate::store::records::{DeliveryRecord, MessageRecord};
 use crate::store::{Accepted, Link, NewMessage, Store, StoreError};
 use crate::time::{now_micros, timestamp};
 pub use error::{ExchangeError, PartyOnly};
@@ -42,7 +42,7 @@ use validate::{MessageId, Recipient};
 /// The ExchangeService handlers and what they share.
 #[derive(Clone)]
 pub struct ExchangeService {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     directory: Arc<Directory>,
     limits: Limits,
     streams: StreamLimits,
@@ -56,7 +56,7 @@ impl ExchangeService {
     /// Serves agencies from `store` and `directory`; inbox streams end when `shutdown` turns true.
     /// Accepted and delivered messages and open streams are counted in `metrics`.
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         directory: Arc<Directory>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
@@ -98,8 +98,12 @@ impl ExchangeService {
     }
 
     /// A message the agency is party to (sender or recipient); `MessageNotFound` otherwise.
-    fn readable(&self, agency: &AgencyId, id: &MessageId) -> Result<MessageRecord, ExchangeError> {
-        match self.store.message(id.as_str())? {
+    async fn readable(
+        &self,
+        agency: &AgencyId,
+        id: &MessageId,
+    ) -> Result<MessageRecord, ExchangeError> {
+        match self.store.message(id.as_str()).await? {
             Some(record) if is_party(&record, agency) => Ok(record),
             _ => Err(ExchangeError::MessageNotFound(id.clone())),
         }
@@ -158,8 +162,8 @@ impl ExchangeService {
     }
 
     /// The wire form of a stored message, body included.
-    fn to_message(&self, record: MessageRecord) -> Result<Message, ExchangeError> {
-        let body = self.store.body(&record).map_err(|e| match e {
+    async fn to_message(&self, record: MessageRecord) -> Result<Message, ExchangeError> {
+        let body = self.store.body(&record).await.map_err(|e| match e {
             // Erased (retention) after the record was read.
             StoreError::NotFound => MessageId::parse("message_id", &record.message_id)
                 .map_or_else(|e| e, ExchangeError::MessageNotFound),
@@ -248,13 +252,14 @@ impl ExchangeService {
                 &draft.client_message_id,
                 &draft.request_sha256,
             )
+            .await
             .map_err(conflict)?
         {
             info!(agency = %sender, message_id = %original.message_id, "idempotent retry answered");
             return Ok(response(original));
         }
         if let Some(parent) = &draft.in_reply_to {
-            self.readable(&sender, parent).map_err(|_| {
+            self.readable(&sender, parent).await.map_err(|_| {
                 ExchangeError::invalid("in_reply_to", "names no message this agency can read")
             })?;
         }
@@ -338,7 +343,7 @@ impl ExchangeService {
                     request_sha256: commit.request_sha256,
                     links: commit.links,
                 },
-                event,
+                event.into(),
             )
             .await?;
         if accepted.created {
@@ -366,7 +371,7 @@ impl ExchangeService {
                 ))
             }
         };
-        let record = self.readable(&agency, &id)?;
+        let record = self.readable(&agency, &id).await?;
         if !record.recipients.iter().any(|r| r == agency.as_str()) {
             return Err(ExchangeError::NotAllowed(PartyOnly::RecipientAcknowledges));
         }
@@ -376,7 +381,7 @@ impl ExchangeService {
                 let mut event =
                     audit::message_event(AuditAction::MessageAcknowledged, Some(&caller), &record);
                 event.delivery_state = state as i32;
-                event
+                event.into()
             })
             .await
             .map_err(|e| match e {
@@ -397,7 +402,7 @@ impl ExchangeService {
     ) -> Result<(GetMessageResponse, ResponsePermit), ExchangeError> {
         let (caller, agency) = self.require_agency(&request)?;
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
-        let record = self.readable(&agency, &id)?;
+        let record = self.readable(&agency, &id).await?;
         // Room for the answer before its body is read: a caller that does not read its answers
         // holds at most its share of the server's memory (see `admission::ResponseBudget`).
         let permit = self
@@ -410,30 +415,28 @@ impl ExchangeService {
             .map_err(ExchangeError::ResponsesUnread)?;
         // The read is on record before the content leaves the exchange.
         let event = audit::message_event(AuditAction::MessageRead, Some(&caller), &record);
-        self.store.record(vec![event]).await?;
+        self.store.record(vec![event.into()]).await?;
         let response = GetMessageResponse {
-            message: Some(self.to_message(record)?),
+            message: Some(self.to_message(record).await?),
         };
         Ok((response, permit))
     }
 
-    fn delivery_status(
+    async fn delivery_status(
         &self,
         request: Request<GetDeliveryStatusRequest>,
     ) -> Result<GetDeliveryStatusResponse, ExchangeError> {
         let (_, agency) = self.require_agency(&request)?;
         let id = MessageId::parse("message_id", &request.get_ref().message_id)?;
-        let record = self.readable(&agency, &id)?;
+        let record = self.readable(&agency, &id).await?;
         if record.sender != agency.as_str() {
             return Err(ExchangeError::NotAllowed(PartyOnly::SenderSeesDelivery));
         }
-        let repliers = self.repliers_seen_by(id.as_str(), &agency)?;
+        let repliers = self.repliers_seen_by(id.as_str(), &agency).await?;
         let now = now_micros();
         let due = record.respond_by_micros;
-        let statuses = |message: &MessageRecord| -> Result<Vec<RecipientStatus>, ExchangeError> {
-            Ok(self
-                .store
-                .deliveries(message)?
+        let statuses = |deliveries: Vec<(String, DeliveryRecord)>| -> Vec<RecipientStatus> {
+            deliveries
                 .into_iter()
                 .map(|(agency_id, delivery)| {
                     let replied = repliers.contains(&agency_id);
@@ -445,16 +448,16 @@ impl ExchangeService {
                         updated_at: Some(timestamp(delivery.updated_at_micros)),
                     }
                 })
-                .collect())
+                .collect()
         };
-        let recipients = statuses(&record)?;
+        let recipients = statuses(self.store.deliveries(&record).await?);
         let mut notices = Vec::new();
-        for notice_id in self.store.notices(id.as_str())? {
-            let Some(notice) = self.store.message(&notice_id)? else {
+        for notice_id in self.store.notices(id.as_str()).await? {
+            let Some(notice) = self.store.message(&notice_id).await? else {
                 continue;
             };
             notices.push(NoticeStatus {
-                recipients: statuses(&notice)?
+                recipients: statuses(self.store.deliveries(&notice).await?)
                     .into_iter()
                     .map(|s| RecipientStatus {
                         replied: false,

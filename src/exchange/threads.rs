@@ -20,24 +20,24 @@ pub const MAX_THREAD_WALK: usize = 10 * MAX_THREAD_MESSAGES;
 
 impl ExchangeService {
     /// The replies to `message_id`: (replying agency, reply id) from the reply index.
-    fn reply_entries(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.store.replies(message_id)
+    async fn reply_entries(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.store.replies(message_id).await
     }
 
     /// Agencies that answered `message_id` (sent a message `in_reply_to` it) with a reply
     /// `viewer` may read. A reply addressed only to others is not `viewer`'s business: saying
     /// it exists would leak a message the sender is not party to.
-    pub(super) fn repliers_seen_by(
+    pub(super) async fn repliers_seen_by(
         &self,
         message_id: &str,
         viewer: &AgencyId,
     ) -> Result<BTreeSet<String>, StoreError> {
         let mut repliers = BTreeSet::new();
-        for (agency, reply) in self.reply_entries(message_id)? {
+        for (agency, reply) in self.reply_entries(message_id).await? {
             if repliers.contains(&agency) {
                 continue;
             }
-            if let Some(reply) = self.store.message(&reply)? {
+            if let Some(reply) = self.store.message(&reply).await? {
                 if is_party(&reply, viewer) {
                     repliers.insert(agency);
                 }
@@ -46,21 +46,22 @@ impl ExchangeService {
         Ok(repliers)
     }
 
-    fn replies(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn replies(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .reply_entries(message_id)?
+            .reply_entries(message_id)
+            .await?
             .into_iter()
             .map(|(_, reply)| reply)
             .collect())
     }
 
-    fn readable_record(
+    async fn readable_record(
         &self,
         agency: &AgencyId,
         id: &str,
     ) -> Result<Option<MessageRecord>, ExchangeError> {
         match MessageId::parse("message_id", id) {
-            Ok(id) => match self.readable(agency, &id) {
+            Ok(id) => match self.readable(agency, &id).await {
                 Ok(record) => Ok(Some(record)),
                 Err(ExchangeError::MessageNotFound(_)) => Ok(None),
                 Err(e) => Err(e),
@@ -88,13 +89,13 @@ impl ExchangeService {
                 // The caller must be able to read the message it names. The walk itself goes
                 // through messages it cannot read (so that every entry point gives the same
                 // thread); only readable ones are listed.
-                let mut root = self.readable(&agency, &id)?;
+                let mut root = self.readable(&agency, &id).await?;
                 let mut seen = HashSet::new();
                 while !root.in_reply_to.is_empty()
                     && seen.insert(root.message_id.clone())
                     && seen.len() < MAX_THREAD_WALK
                 {
-                    match self.store.message(&root.in_reply_to)? {
+                    match self.store.message(&root.in_reply_to).await? {
                         Some(parent) => root = parent,
                         None => break,
                     }
@@ -108,8 +109,8 @@ impl ExchangeService {
                     {
                         continue;
                     }
-                    for reply in self.replies(&record.message_id)? {
-                        if let Some(child) = self.store.message(&reply)? {
+                    for reply in self.replies(&record.message_id).await? {
+                        if let Some(child) = self.store.message(&reply).await? {
                             queue.push(child);
                         }
                     }
@@ -119,8 +120,12 @@ impl ExchangeService {
                 }
             }
             (true, false) => {
-                for id in self.store.case_messages(request.case_reference.trim())? {
-                    if let Some(record) = self.readable_record(&agency, &id)? {
+                for id in self
+                    .store
+                    .case_messages(request.case_reference.trim())
+                    .await?
+                {
+                    if let Some(record) = self.readable_record(&agency, &id).await? {
                         records.push(record);
                     }
                     if records.len() >= MAX_THREAD_MESSAGES {
@@ -148,10 +153,10 @@ impl ExchangeService {
             .reserve(&caller.id.to_string(), bytes)
             .await
             .map_err(ExchangeError::ResponsesUnread)?;
-        let messages = records
-            .into_iter()
-            .map(|record| self.to_message(record))
-            .collect::<Result<_, _>>()?;
+        let mut messages = Vec::with_capacity(records.len());
+        for record in records {
+            messages.push(self.to_message(record).await?);
+        }
         Ok((ListThreadResponse { messages }, permit))
     }
 }

@@ -98,7 +98,7 @@ fn invalid(field: impl Into<String>, reason: &str) -> MatchError {
 
 /// The MatchService handlers.
 pub struct MatchService {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     directory: Arc<Directory>,
     quota_per_hour: u64,
     /// Each agency's quota window, read from the store on its first query after a start and
@@ -157,7 +157,11 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<St
 impl MatchService {
     /// Serves matching from `store`; agencies are checked against `directory`; each agency may
     /// query `quota_per_hour` identifiers per hour.
-    pub fn new(store: Arc<Store>, directory: Arc<Directory>, quota_per_hour: u64) -> MatchService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<Directory>,
+        quota_per_hour: u64,
+    ) -> MatchService {
         MatchService {
             store,
             directory,
@@ -186,15 +190,25 @@ impl MatchService {
     ///
     /// The window is wall-clock time so that it means the same after a restart. A clock set
     /// back by less than a window only makes this one last longer; by more, it starts afresh.
-    fn take_quota(&self, agency: &str, count: u64) -> Result<(u64, QuotaRecord), MatchError> {
+    async fn take_quota(&self, agency: &str, count: u64) -> Result<(u64, QuotaRecord), MatchError> {
+        // The stored window is read before the lock (which is not held across a wait); if two
+        // first queries race, the one that locks first installs it.
+        let known = self
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(agency);
+        let stored = if known {
+            None
+        } else {
+            self.store.match_quota(agency).await?
+        };
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let window_secs = QUOTA_WINDOW.as_secs();
         let now = u64::try_from(now_micros() / 1_000_000).unwrap_or(0);
         let window = match windows.entry(agency.to_string()) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                entry.insert(self.store.match_quota(agency)?.unwrap_or_default())
-            }
+            Entry::Vacant(entry) => entry.insert(stored.unwrap_or_default()),
         };
         let elapsed = now.saturating_sub(window.window_start_unix_secs);
         if elapsed >= window_secs || window.window_start_unix_secs > now + window_secs {
@@ -243,7 +257,7 @@ impl MatchService {
                 kind: identifier.kind,
                 blinded: identifier.blinded.clone(),
             };
-            let existing = self.store.publication(&blinded, agency.as_str())?;
+            let existing = self.store.publication(&blinded, agency.as_str()).await?;
             let match_reference = match existing {
                 Some(existing) => {
                     updated += 1;
@@ -269,7 +283,9 @@ impl MatchService {
             request.key_epoch
         );
         event.related_message_id = source_message_id;
-        self.store.publish(agency.as_str(), puts, event).await?;
+        self.store
+            .publish(agency.as_str(), puts, event.into())
+            .await?;
         info!(agency = %agency, added, updated, epoch = request.key_epoch, "identifiers published");
         Ok(PublishIdentifiersResponse { added, updated })
     }
@@ -289,7 +305,12 @@ impl MatchService {
                 kind: identifier.kind,
                 blinded: identifier.blinded.clone(),
             };
-            if self.store.publication(&blinded, agency.as_str())?.is_some() {
+            if self
+                .store
+                .publication(&blinded, agency.as_str())
+                .await?
+                .is_some()
+            {
                 removes.push(blinded);
             }
         }
@@ -297,7 +318,7 @@ impl MatchService {
         let mut event = audit::event(AuditAction::IdentifiersWithdrawn, Some(&caller));
         event.reason = format!("epoch={} withdrawn={withdrawn}", request.key_epoch);
         self.store
-            .withdraw(agency.as_str(), &removes, event)
+            .withdraw(agency.as_str(), &removes, event.into())
             .await?;
         Ok(WithdrawIdentifiersResponse { withdrawn })
     }
@@ -314,8 +335,9 @@ impl MatchService {
             .enumerate()
             .map(|(i, identifier)| check_identifier(&format!("identifiers[{i}]"), Some(identifier)))
             .collect::<Result<Vec<_>, _>>()?;
-        let (remaining_quota, window) =
-            self.take_quota(agency.as_str(), identifiers.len() as u64)?;
+        let (remaining_quota, window) = self
+            .take_quota(agency.as_str(), identifiers.len() as u64)
+            .await?;
 
         let mut results = Vec::with_capacity(identifiers.len());
         let mut hits = Vec::new();
@@ -327,7 +349,7 @@ impl MatchService {
                 blinded: identifier.blinded.clone(),
             };
             let mut holders = Vec::new();
-            for (holder, published) in self.store.publications(&blinded)? {
+            for (holder, published) in self.store.publications(&blinded).await? {
                 if holder == agency.as_str() {
                     continue;
                 }
@@ -352,7 +374,7 @@ impl MatchService {
         );
         // The quota window goes to the store with the query's audit entry: one group commit.
         self.store
-            .record_match_query(agency.as_str(), window, event)
+            .record_match_query(agency.as_str(), window, event.into())
             .await?;
         for (holder, kind, published) in hits {
             self.notify(
@@ -434,7 +456,7 @@ impl MatchService {
                     request_sha256: Vec::new(),
                     links: Vec::new(),
                 },
-                event,
+                event.into(),
             )
             .await?;
         Ok(())
@@ -449,7 +471,14 @@ impl MatchService {
         peer: Option<Peer>,
         result: Result<T, MatchError>,
     ) -> Result<Response<T>, Status> {
-        crate::rpc::answer(&self.store, "puente.v1.MatchService", method, peer, result).await
+        crate::rpc::answer(
+            self.store.as_ref(),
+            "puente.v1.MatchService",
+            method,
+            peer,
+            result,
+        )
+        .await
     }
 }
 

@@ -168,13 +168,12 @@ impl Metrics {
 
     /// Sets each registered agency's delivery cursor from the store: the last inbox entry that
     /// reached DELIVERED or beyond, walking back at most [`tracked::BACKLOG_SEED_WALK`] entries. Run
-    /// once at start, off the runtime threads; streams opened meanwhile only move cursors
-    /// forward.
-    pub fn seed_inbox_cursors(&self, store: &Store, directory: &Directory) {
+    /// once at start, as a task of its own; streams opened meanwhile only move cursors forward.
+    pub async fn seed_inbox_cursors(&self, store: &dyn Store, directory: &Directory) {
         for agency in directory.list() {
             let id = agency.agency_id;
             let last = *store.subscribe_inbox(&id).borrow();
-            match last_delivered(store, &id, last) {
+            match last_delivered(store, &id, last).await {
                 Ok(Some(sequence)) => {
                     self.cursors.get(&id).fetch_max(sequence, Ordering::Relaxed);
                 }
@@ -191,7 +190,7 @@ impl Metrics {
     /// `puente_` prefix.
     pub fn registry(
         &self,
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         directory: Arc<Directory>,
         data_dir: PathBuf,
     ) -> Registry {

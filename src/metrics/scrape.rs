@@ -27,7 +27,7 @@ const STORE_SIZE_CACHE: Duration = Duration::from_secs(15);
 
 /// What is read when the endpoint is scraped rather than counted as it happens.
 pub(super) struct Scraped {
-    pub(super) store: Arc<Store>,
+    pub(super) store: Arc<dyn Store>,
     pub(super) directory: Arc<Directory>,
     pub(super) data_dir: PathBuf,
     pub(super) certificates: Arc<Certificates>,
@@ -83,7 +83,13 @@ impl Collector for Scraped {
             "audit_log_entries",
             "Entries in the audit log on stable storage.",
             None,
-            saturating_i64(self.store.audit_size()),
+            match on_store(self.store.audit_size()) {
+                Ok(size) => saturating_i64(size),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the audit log size for metrics");
+                    0
+                }
+            },
         )?;
         match self.checkpoint() {
             Ok(Some((size, age_seconds))) => {
@@ -118,13 +124,13 @@ impl Collector for Scraped {
 impl Scraped {
     /// The latest checkpoint's tree size and the age in seconds of the newest entry it covers.
     fn checkpoint(&self) -> Result<Option<(u64, i64)>, StoreError> {
-        let Some((size, _note)) = self.store.latest_checkpoint()? else {
+        let Some((size, _note)) = on_store(self.store.latest_checkpoint())? else {
             return Ok(None);
         };
         let Some(index) = size.checked_sub(1) else {
             return Ok(None);
         };
-        let Some(leaf) = self.store.audit_leaf(index)? else {
+        let Some(leaf) = on_store(self.store.audit_leaf(index))? else {
             return Ok(None);
         };
         let event = AuditEvent::decode(leaf.as_slice()).map_err(|source| StoreError::Corrupt {
@@ -153,6 +159,12 @@ impl Scraped {
 
 /// Bytes of the regular files under `dir`, symbolic links not followed. Files that vanish
 /// while walking (a journal file removed by the flusher) are passed over.
+/// Waits for a store read. Collectors are encoded on a blocking thread of the runtime (see
+/// `endpoint`), where waiting is allowed, never on one of its workers.
+fn on_store<T>(read: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Handle::current().block_on(read)
+}
+
 fn directory_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;

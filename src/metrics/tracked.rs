@@ -57,8 +57,8 @@ impl InboxCursors {
 
 /// The latest inbox sequence of `agency` at or below `last` whose delivery state is DELIVERED
 /// or beyond, if one is within [`BACKLOG_SEED_WALK`] entries of `last`.
-pub(super) fn last_delivered(
-    store: &Store,
+pub(super) async fn last_delivered(
+    store: &dyn Store,
     agency: &str,
     last: u64,
 ) -> Result<Option<u64>, StoreError> {
@@ -66,10 +66,12 @@ pub(super) fn last_delivered(
     let mut high = last;
     while high > floor {
         let low = high.saturating_sub(BACKLOG_SEED_CHUNK as u64).max(floor);
-        let entries = store.inbox_range(agency, low, high, BACKLOG_SEED_CHUNK)?;
+        let entries = store
+            .inbox_range(agency, low, high, BACKLOG_SEED_CHUNK)
+            .await?;
         for (sequence, message_id) in entries.into_iter().rev() {
             // No delivery record means PENDING; an erased message has none either.
-            let Some(record) = store.delivery(&message_id, agency)? else {
+            let Some(record) = store.delivery(&message_id, agency).await? else {
                 continue;
             };
             if record.state != DeliveryState::Pending as i32 {

@@ -49,7 +49,7 @@ const CONNECTIONS_FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub(super) fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn Store>>,
     config: &Config,
     metrics: Arc<Metrics>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
@@ -178,7 +178,7 @@ pub(super) fn accept_loop(
                             let mut event = audit::event(AuditAction::HandshakeRefused, None);
                             event.remote_address = remote_addr.to_string();
                             event.reason = e.to_string();
-                            if store.record_later(event).await.is_err() {
+                            if store.record_later(event.into()).await.is_err() {
                                 debug!("store closed: refused handshake not recorded");
                             }
                         }
@@ -198,7 +198,7 @@ pub(super) fn accept_loop(
 /// within the same budget, until the accept loop's consumer is gone.
 async fn record_aggregates(
     records: Arc<HandshakeRecords>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     accepted: mpsc::Sender<io::Result<TlsConnection>>,
 ) {
     let mut ticks = tokio::time::interval(AGGREGATE_INTERVAL);
@@ -217,7 +217,7 @@ async fn record_aggregates(
             aggregate.addresses,
             if aggregate.addresses == 1 { "" } else { "es" }
         );
-        if store.record_later(event).await.is_err() {
+        if store.record_later(event.into()).await.is_err() {
             return;
         }
     }

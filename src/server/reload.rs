@@ -21,7 +21,7 @@ const STALE_CRL_REPORT_INTERVAL: Duration = Duration::from_secs(600);
 /// `stopping` turns true.
 pub(super) async fn watch_tls_files(
     tls: Arc<TlsState>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     mut stopping: watch::Receiver<bool>,
 ) {
     #[cfg(unix)]
@@ -52,7 +52,7 @@ pub(super) async fn watch_tls_files(
                     let mut event = audit::event(AuditAction::CrlApplied, None);
                     event.crl_number = crl.number;
                     event.reason = "CRL file changed".into();
-                    if let Err(e) = store.record(vec![event]).await {
+                    if let Err(e) = store.record(vec![event.into()]).await {
                         error!(error = %e, "cannot record the CRL in the audit log");
                     }
                 }

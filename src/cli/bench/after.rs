@@ -8,12 +8,11 @@ use anyhow::{bail, Context};
 use rand_core::{OsRng, RngCore};
 
 use super::*;
-use crate::audit::merkle;
 use crate::cli::rpc_error;
 use crate::config::Config;
 use crate::pb::v1::audit_service_client::AuditServiceClient;
 use crate::pb::v1::{GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest};
-use crate::store::{DataKeys, Store};
+use crate::store::DataKeys;
 
 // === Restart, memory and proofs ===
 
@@ -126,20 +125,19 @@ pub(super) async fn time_computed_proofs(
     tree_size: u64,
     count: usize,
 ) -> anyhow::Result<ComputedProofs> {
-    let store = Store::open(data_dir, open_data_keys(data_key)?)
+    let store = crate::store::open(data_dir, open_data_keys(data_key)?)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let below = |n: u64| OsRng.next_u64() % n;
-    let hashes = store.audit_hashes();
     let mut inclusion = Vec::with_capacity(count);
     let mut consistency = Vec::with_capacity(count);
     for _ in 0..count {
         let leaf = below(tree_size);
         let started = Instant::now();
-        merkle::inclusion_proof(&hashes, leaf, tree_size)?;
+        store.inclusion_proof(leaf, tree_size).await?;
         inclusion.push(started.elapsed());
         let (a, b) = (1 + below(tree_size), 1 + below(tree_size));
         let started = Instant::now();
-        merkle::consistency_proof(&hashes, a.min(b), a.max(b))?;
+        store.consistency_proof(a.min(b), a.max(b)).await?;
         consistency.push(started.elapsed());
     }
     store.close().await;

@@ -91,9 +91,9 @@ pub(super) async fn prepare(
     data_dir: &Path,
 ) -> anyhow::Result<Option<Preload>> {
     let config = pki.config(data_dir.to_path_buf());
-    let store = Store::open(data_dir, open_data_keys(&pki.data_key)?)
+    let store = crate::store::open(data_dir, open_data_keys(&pki.data_key)?)
         .with_context(|| format!("cannot open a store in {}", data_dir.display()))?;
-    let directory = Arc::new(Directory::load(Arc::clone(&store))?);
+    let directory = Arc::new(Directory::load(Arc::clone(&store)).await?);
     let unread = (AgencyId::parse(UNREAD_AGENCY)?, Region::Celac);
     let agencies = cast
         .senders
@@ -132,7 +132,7 @@ pub(super) async fn preload(
     args: &BenchArgs,
     cast: &Cast,
     config: &Config,
-    store: &Arc<Store>,
+    store: &Arc<dyn Store>,
     directory: &Arc<Directory>,
 ) -> anyhow::Result<Preload> {
     eprintln!("bench: preloading {} messages", args.preload);

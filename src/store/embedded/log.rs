@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 
 use prost::Message as _;
 
-use super::records::keys::trailing_u64;
+use super::keys::trailing_u64;
 use super::writer::Op;
-use super::{Store, StoreError};
+use super::SledStore;
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
 use crate::pb::v1::AuditEvent;
+use crate::store::{LogEntry, StoreError};
 use crate::time::now_micros;
 
 /// Key layout of the log in the store's single tree.
@@ -50,27 +51,6 @@ pub(super) fn checkpoint_key(size: u64) -> Vec<u8> {
     keys::checkpoint(size)
 }
 
-/// An audit entry as the store appends it: the event, and the agencies it is filed under
-/// (each can list the entries it is party to). Made from an `AuditEvent` by the audit module,
-/// which says who the parties are.
-#[derive(Debug, Clone)]
-pub struct LogEntry {
-    event: AuditEvent,
-    parties: Vec<String>,
-}
-
-impl LogEntry {
-    /// `event`, filed under each of `parties`.
-    pub fn new(event: AuditEvent, parties: Vec<String>) -> LogEntry {
-        LogEntry { event, parties }
-    }
-
-    /// Dates the entry at `micros` (a send's entry carries the message's acceptance time).
-    pub(super) fn set_time(&mut self, micros: i64) {
-        self.event.time_unix_micros = micros;
-    }
-}
-
 /// Audit subtree hashes are stored from this level up; below it they are computed from the
 /// 2^level stored leaves they cover. Level 1 saves the leaf-hash key of every audit entry.
 /// Level 4 would save almost every hash key (+12 % durable rate at 32 senders / 32 readers,
@@ -80,7 +60,7 @@ impl LogEntry {
 pub(crate) const FIRST_STORED_HASH_LEVEL: u8 = 1;
 
 /// The stored complete-subtree hashes of the audit log, for `audit::merkle`.
-pub struct StoredHashes<'a>(&'a sled::Db);
+struct StoredHashes<'a>(&'a sled::Db);
 
 impl HashReader for StoredHashes<'_> {
     /// Levels below [`FIRST_STORED_HASH_LEVEL`] are computed from the stored leaves; higher
@@ -181,15 +161,14 @@ impl LogState {
     }
 }
 
-// === impl Store: the audit log ===
+// === impl SledStore: the audit log ===
 
-impl Store {
+impl SledStore {
     /// Appends audit entries durably and returns their indices.
     ///
     /// # Errors
     /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn record(&self, entries: Vec<impl Into<LogEntry>>) -> Result<Vec<u64>, StoreError> {
-        let entries = entries.into_iter().map(Into::into).collect();
+    pub(super) async fn record(&self, entries: Vec<LogEntry>) -> Result<Vec<u64>, StoreError> {
         self.submit(|reply| Op::Audit {
             entries,
             reply: Some(reply),
@@ -202,28 +181,19 @@ impl Store {
     ///
     /// # Errors
     /// `Closed` when the store is shutting down.
-    pub async fn record_later(&self, entry: impl Into<LogEntry>) -> Result<(), StoreError> {
+    pub(super) async fn record_later(&self, entry: LogEntry) -> Result<(), StoreError> {
         let op = Op::Audit {
-            entries: vec![entry.into()],
+            entries: vec![entry],
             reply: None,
         };
         self.ops.send(op).await.map_err(|_| StoreError::Closed)
-    }
-
-    /// Stores a signed checkpoint durably.
-    ///
-    /// # Errors
-    /// I/O and sled errors; `Closed` when shutting down.
-    pub async fn put_checkpoint(&self, size: u64, note: String) -> Result<(), StoreError> {
-        self.submit(|reply| Op::Checkpoint { size, note, reply })
-            .await
     }
 
     /// The latest stored checkpoint: its tree size and signed note.
     ///
     /// # Errors
     /// sled errors.
-    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+    pub(super) fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         match self.db.scan_prefix(keys::CHECKPOINT_PREFIX).next_back() {
             None => Ok(None),
             Some(item) => {
@@ -235,20 +205,37 @@ impl Store {
     }
 
     /// Number of audit entries on stable storage.
-    pub fn audit_size(&self) -> u64 {
+    pub(super) fn audit_size(&self) -> u64 {
         self.durable_log_size.load(Ordering::Acquire)
     }
 
-    /// The stored subtree hashes of the audit log.
-    pub fn audit_hashes(&self) -> StoredHashes<'_> {
+    /// The hash the tree holds for leaf `index`.
+    pub(super) fn leaf_hash(&self, index: u64) -> Result<Hash, StoreError> {
         StoredHashes(&self.db)
+            .hash(0, index)
+            .map_err(StoreError::LogHashes)
+    }
+
+    /// The root of the first `size` entries.
+    pub(super) fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
+        merkle::root(&StoredHashes(&self.db), size).map_err(StoreError::LogHashes)
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of size `size`.
+    pub(super) fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        merkle::inclusion_proof(&StoredHashes(&self.db), index, size).map_err(StoreError::LogHashes)
+    }
+
+    /// The consistency proof between the trees of sizes `from` and `to`.
+    pub(super) fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        merkle::consistency_proof(&StoredHashes(&self.db), from, to).map_err(StoreError::LogHashes)
     }
 
     /// Up to `limit` audit leaves with `start <= index < end`, in order.
     ///
     /// # Errors
     /// sled errors.
-    pub fn audit_leaves(
+    pub(super) fn audit_leaves(
         &self,
         start: u64,
         end: u64,
@@ -271,7 +258,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn audit_party_indices(
+    pub(super) fn audit_party_indices(
         &self,
         agency: &str,
         start: u64,
@@ -292,7 +279,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn audit_leaf(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(super) fn audit_leaf(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(keys::leaf(index))?.map(|v| v.to_vec()))
     }
 }

@@ -12,12 +12,10 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::journal::{self, Journal};
-use super::log::{self, LogEntry, LogState};
-use super::records::{keys, AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
-use super::{
-    decode, encode, idempotent_answer, Accepted, Inboxes, IndexEntry, NewMessage, PutMode,
-    StoreError, MAX_GROUP_COMMIT,
-};
+use super::log::{self, LogState};
+use super::{decode, encode, idempotent_answer, keys, Inboxes, IndexEntry, MAX_GROUP_COMMIT};
+use crate::store::records::{AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
+use crate::store::{Accepted, LogEntry, NewMessage, PutMode, StoreError};
 use crate::time::now_micros;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;

@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::objects::sync_dir;
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Size past which the writer moves to the next journal file and has sled flushed in the
 /// background.
@@ -340,7 +340,7 @@ mod tests {
     }
 
     fn open_db(dir: &Path) -> (sled::Db, File) {
-        let db = crate::store::tests::retry_while_locked(|| {
+        let db = crate::store::embedded::tests::retry_while_locked(|| {
             sled::Config::new()
                 .path(dir.join("store"))
                 .flush_every_ms(None)

@@ -4,98 +4,15 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
-use super::log::LogEntry;
-use super::records::{
-    keys, ConsentRecord, DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields,
-};
-use super::sealing::{Part, Sealed};
 use super::writer::Op;
-use super::{decode, encode, get_record, Store, StoreError, INLINE_BODY_MAX};
+use super::{decode, encode, get_record, keys, SledStore, INLINE_BODY_MAX};
+use crate::store::records::{DeliveryRecord, IdempotencyRecord, MessageRecord, SealedFields};
+use crate::store::{
+    Accepted, Link, LogEntry, NewMessage, Part, RetentionEntry, Sealed, StoreError,
+};
 
 /// Bytes sealing adds to a body (the Poly1305 tag).
 const SEAL_OVERHEAD: usize = 16;
-
-/// A message ready to be committed.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// The record with its plain body; `send` seals the body and keeps it inline or writes it
-    /// to the object directory.
-    pub record: MessageRecord,
-    /// The sender's idempotency key.
-    pub client_message_id: String,
-    /// SHA-256 of the request without its idempotency key.
-    pub request_sha256: Vec<u8>,
-    /// How the message relates to others, recorded in the same commit.
-    pub links: Vec<Link>,
-}
-
-/// A relation of a new message to others, recorded with it so that threads, copies, notices
-/// and consents can be found again.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Link {
-    /// It answers this message (`in_reply_to`).
-    ReplyTo(String),
-    /// It carries this case reference.
-    Case(String),
-    /// It is a forwarded copy of this original.
-    CopyOf(String),
-    /// It is a retraction or correction notice about this original.
-    NoticeAbout(String),
-    /// It asks for or decides on `holder` passing `original` on to `agency`: the consent
-    /// record of that triple becomes `record`.
-    Consent {
-        /// The originator's message.
-        original: String,
-        /// The agency that asks to pass it on.
-        holder: String,
-        /// The agency it would go to.
-        agency: String,
-        /// The request's state after this message.
-        record: ConsentRecord,
-    },
-}
-
-impl Link {
-    /// The index entry that records this link of `message`.
-    pub(super) fn entry(&self, message: &MessageRecord) -> (Vec<u8>, Vec<u8>) {
-        let id = message.message_id.as_str();
-        match self {
-            Link::ReplyTo(parent) => (keys::reply(parent, &message.sender, id), Vec::new()),
-            Link::Case(case_reference) => (keys::case_entry(case_reference, id), Vec::new()),
-            Link::CopyOf(original) => (keys::copy(original, id), Vec::new()),
-            Link::NoticeAbout(original) => (keys::notice(original, id), Vec::new()),
-            Link::Consent {
-                original,
-                holder,
-                agency,
-                record,
-            } => (keys::consent(original, holder, agency), encode(record)),
-        }
-    }
-}
-
-/// A committed send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    /// The message id.
-    pub message_id: String,
-    /// When it was accepted, microseconds since the Unix epoch.
-    pub accepted_at_micros: i64,
-    /// Index of its MESSAGE_ACCEPTED audit entry.
-    pub audit_index: u64,
-    /// False when this answers a retry of an already committed request.
-    pub created: bool,
-}
-
-/// A message's place in its topic's retention order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionEntry {
-    /// The message.
-    pub message_id: String,
-    key: Vec<u8>,
-}
 
 /// The original acceptance of an earlier send, given its idempotency record, if the request
 /// digests match.
@@ -120,9 +37,28 @@ pub(super) fn idempotent_answer(
     }))
 }
 
-// === impl Store: messages ===
+impl Link {
+    /// The index entry that records this link of `message`.
+    pub(super) fn entry(&self, message: &MessageRecord) -> (Vec<u8>, Vec<u8>) {
+        let id = message.message_id.as_str();
+        match self {
+            Link::ReplyTo(parent) => (keys::reply(parent, &message.sender, id), Vec::new()),
+            Link::Case(case_reference) => (keys::case_entry(case_reference, id), Vec::new()),
+            Link::CopyOf(original) => (keys::copy(original, id), Vec::new()),
+            Link::NoticeAbout(original) => (keys::notice(original, id), Vec::new()),
+            Link::Consent {
+                original,
+                holder,
+                agency,
+                record,
+            } => (keys::consent(original, holder, agency), encode(record)),
+        }
+    }
+}
 
-impl Store {
+// === impl SledStore: messages ===
+
+impl SledStore {
     /// Commits a message durably: its record, an inbox entry per recipient (each PENDING until a
     /// delivery record says otherwise) and its idempotency key, atomically. The body is sealed
     /// with the current data key; sealed, if larger than [`INLINE_BODY_MAX`], it is first written
@@ -133,12 +69,11 @@ impl Store {
     ///
     /// # Errors
     /// `IdempotencyConflict` for the same key with another request; I/O and sled errors.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         mut message: NewMessage,
-        event: impl Into<LogEntry>,
+        event: LogEntry,
     ) -> Result<Accepted, StoreError> {
-        let event = event.into();
         let id = message.record.message_id.clone();
         let fields = encode(&SealedFields::take(&mut message.record));
         let fields = self.data_keys.seal(&id, Part::Fields, fields)?;
@@ -189,7 +124,7 @@ impl Store {
     ///
     /// # Errors
     /// `IdempotencyConflict` if the key was used for a different request; sled errors.
-    pub fn earlier_send(
+    pub(super) fn earlier_send(
         &self,
         sender: &str,
         client_message_id: &str,
@@ -204,19 +139,19 @@ impl Store {
     ///
     /// # Errors
     /// `NotFound` if the agency is not a recipient of the message; I/O and sled errors.
-    pub async fn advance_delivery(
+    pub(super) async fn advance_delivery(
         &self,
         message_id: &str,
         agency: &str,
         state: i32,
-        event: impl Into<LogEntry>,
+        event: LogEntry,
     ) -> Result<DeliveryRecord, StoreError> {
         let (message_id, agency) = (message_id.to_string(), agency.to_string());
         self.submit(|reply| Op::AdvanceDelivery {
             message_id,
             agency,
             state,
-            event: Box::new(event.into()),
+            event: Box::new(event),
             reply: Some(reply),
         })
         .await
@@ -228,18 +163,18 @@ impl Store {
     ///
     /// # Errors
     /// `Closed` when the store is shutting down.
-    pub async fn advance_delivery_later(
+    pub(super) async fn advance_delivery_later(
         &self,
         message_id: &str,
         agency: &str,
         state: i32,
-        event: impl Into<LogEntry>,
+        event: LogEntry,
     ) -> Result<(), StoreError> {
         let op = Op::AdvanceDelivery {
             message_id: message_id.to_string(),
             agency: agency.to_string(),
             state,
-            event: Box::new(event.into()),
+            event: Box::new(event),
             reply: None,
         };
         self.ops.send(op).await.map_err(|_| StoreError::Closed)
@@ -250,7 +185,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn accepted_before(
+    pub(super) fn accepted_before(
         &self,
         topic: i32,
         before_micros: i64,
@@ -259,7 +194,7 @@ impl Store {
     ) -> Result<Vec<RetentionEntry>, StoreError> {
         use std::ops::Bound;
         let start = match after {
-            Some(position) => Bound::Excluded(position.key.clone()),
+            Some(after) => Bound::Excluded(after.position.clone()),
             None => Bound::Included(keys::retention_prefix(topic)),
         };
         let end = Bound::Excluded(keys::retention(topic, before_micros, ""));
@@ -272,7 +207,7 @@ impl Store {
                     message_id: keys::retention_message_id(&key)
                         .unwrap_or_default()
                         .to_string(),
-                    key: key.to_vec(),
+                    position: key.to_vec(),
                 })
             })
             .collect()
@@ -285,14 +220,10 @@ impl Store {
     /// # Errors
     /// I/O and sled errors; `Closed` when shutting down. A body file that cannot be removed is
     /// logged and removed at the next start.
-    pub async fn erase(
+    pub(super) async fn erase(
         &self,
-        messages: Vec<(String, impl Into<LogEntry>)>,
+        messages: Vec<(String, LogEntry)>,
     ) -> Result<usize, StoreError> {
-        let messages = messages
-            .into_iter()
-            .map(|(id, event)| (id, event.into()))
-            .collect();
         let erased = self.submit(|reply| Op::Erase { messages, reply }).await?;
         let files: Vec<String> = erased
             .iter()
@@ -314,11 +245,11 @@ impl Store {
     }
 
     /// A message record, if it exists, with its sealed fields opened (its body stays sealed:
-    /// see [`Store::body`]).
+    /// see `body`).
     ///
     /// # Errors
     /// sled errors, corrupt records, sealed fields that do not open.
-    pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+    pub(super) fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
         let key = keys::message(message_id);
         let Some(mut record) = get_record::<MessageRecord>(&self.db, &key)? else {
             return Ok(None);
@@ -339,7 +270,7 @@ impl Store {
     /// # Errors
     /// `NotFound` when the message was erased (retention) after `record` was read; the body
     /// file cannot be read; the key is not in the keyring; the sealed body was altered.
-    pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    pub(super) fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
         let ciphertext = if record.body_external {
             match self.objects.get(&record.message_id) {
                 Err(e)
@@ -368,7 +299,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors and corrupt records.
-    pub fn deliveries(
+    pub(super) fn deliveries(
         &self,
         message: &MessageRecord,
     ) -> Result<Vec<(String, DeliveryRecord)>, StoreError> {
@@ -390,7 +321,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn inbox_range(
+    pub(super) fn inbox_range(
         &self,
         agency: &str,
         after: u64,
@@ -417,7 +348,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors and a corrupt record.
-    pub fn delivery(
+    pub(super) fn delivery(
         &self,
         message_id: &str,
         agency: &str,
@@ -429,7 +360,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn replies(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub(super) fn replies(&self, message_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self
             .scan(&keys::replies_prefix(message_id))?
             .into_iter()
@@ -445,7 +376,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn case_messages(&self, case_reference: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) fn case_messages(&self, case_reference: &str) -> Result<Vec<String>, StoreError> {
         self.scan_ids(&keys::case_prefix(case_reference))
     }
 
@@ -453,7 +384,7 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn copies(&self, original: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) fn copies(&self, original: &str) -> Result<Vec<String>, StoreError> {
         self.scan_ids(&keys::copies_prefix(original))
     }
 
@@ -461,21 +392,16 @@ impl Store {
     ///
     /// # Errors
     /// sled errors.
-    pub fn notices(&self, original: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) fn notices(&self, original: &str) -> Result<Vec<String>, StoreError> {
         self.scan_ids(&keys::notices_prefix(original))
     }
 
     /// The rest of each key under `prefix`, as a message id.
-    fn scan_ids(&self, prefix: &[u8]) -> Result<Vec<String>, StoreError> {
+    pub(super) fn scan_ids(&self, prefix: &[u8]) -> Result<Vec<String>, StoreError> {
         Ok(self
             .scan(prefix)?
             .into_iter()
             .map(|(id, _)| String::from_utf8_lossy(&id).into_owned())
             .collect())
-    }
-
-    /// Follows the durable watermark of an agency's inbox.
-    pub fn subscribe_inbox(&self, agency: &str) -> watch::Receiver<u64> {
-        self.inboxes.subscribe(agency)
     }
 }
