@@ -4,12 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use rand_core::{OsRng, RngCore};
 
-use super::*;
+use super::report::{millis, ComputedProofs, Memory, Percentiles, Proofs, Restart};
+use super::servers::{start_exchange, Running};
+use super::setup::{Cast, Identity};
+use super::BenchError;
 use crate::audit::merkle;
-use crate::cli::rpc_error;
 use crate::config::Config;
 use crate::pb::v1::audit_service_client::AuditServiceClient;
 use crate::pb::v1::{GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest};
@@ -23,11 +24,11 @@ pub(super) async fn restart(
     config: &Config,
     cast: &Cast,
     stored: u64,
-) -> anyhow::Result<(Running, Restart)> {
+) -> Result<(Running, Restart), BenchError> {
     let stop = server.stop().await?;
     let (server, ready) = start_exchange(config, &cast.sender(0).identity)
         .await
-        .context("the server failed to restart")?;
+        .map_err(|e| BenchError::Restart(Box::new(e)))?;
     Ok((
         server,
         Restart {
@@ -60,17 +61,19 @@ pub(super) async fn time_proofs(
     auditor: &Identity,
     server: &mut Running,
     count: usize,
-) -> anyhow::Result<Proofs> {
+) -> Result<Proofs, BenchError> {
     let mut client = AuditServiceClient::new(server.connect(auditor).await?);
     let tree_size = client
         .get_checkpoint(GetCheckpointRequest {})
         .await
-        .map_err(rpc_error)
-        .context("cannot get the audit checkpoint")?
+        .map_err(|status| BenchError::Call {
+            what: "cannot get the audit checkpoint".into(),
+            status,
+        })?
         .into_inner()
         .tree_size;
     if tree_size == 0 {
-        bail!("the audit log is empty: nothing to prove");
+        return Err(BenchError::EmptyAuditLog);
     }
     let below = |n: u64| OsRng.next_u64() % n;
 
@@ -84,8 +87,10 @@ pub(super) async fn time_proofs(
         client
             .get_inclusion_proof(request)
             .await
-            .map_err(rpc_error)
-            .context("an inclusion proof failed")?;
+            .map_err(|status| BenchError::Call {
+                what: "an inclusion proof failed".into(),
+                status,
+            })?;
         inclusion.push(started.elapsed());
     }
     let mut consistency = Vec::with_capacity(count);
@@ -99,8 +104,10 @@ pub(super) async fn time_proofs(
         client
             .get_consistency_proof(request)
             .await
-            .map_err(rpc_error)
-            .context("a consistency proof failed")?;
+            .map_err(|status| BenchError::Call {
+                what: "a consistency proof failed".into(),
+                status,
+            })?;
         consistency.push(started.elapsed());
     }
     Ok(Proofs {
@@ -113,8 +120,12 @@ pub(super) async fn time_proofs(
 }
 
 /// The run's data keyring, for opening the store outside the server.
-pub(super) fn open_data_keys(path: &Path) -> anyhow::Result<Arc<DataKeys>> {
-    Ok(Arc::new(DataKeys::load(path)?))
+pub(super) fn open_data_keys(path: &Path) -> Result<Arc<DataKeys>, BenchError> {
+    let keys = DataKeys::load(path).map_err(|source| BenchError::DataKeys {
+        what: format!("cannot load the data keyring {}", path.display()),
+        source,
+    })?;
+    Ok(Arc::new(keys))
 }
 
 /// Times `count` inclusion and consistency proofs computed straight from the stored hashes of a
@@ -125,9 +136,12 @@ pub(super) async fn time_computed_proofs(
     data_key: &Path,
     tree_size: u64,
     count: usize,
-) -> anyhow::Result<ComputedProofs> {
-    let store = Store::open(data_dir, open_data_keys(data_key)?)
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+) -> Result<ComputedProofs, BenchError> {
+    let store =
+        Store::open(data_dir, open_data_keys(data_key)?).map_err(|source| BenchError::Store {
+            what: format!("cannot open the store in {}", data_dir.display()),
+            source,
+        })?;
     let below = |n: u64| OsRng.next_u64() % n;
     let hashes = store.audit_hashes();
     let mut inclusion = Vec::with_capacity(count);
@@ -135,11 +149,11 @@ pub(super) async fn time_computed_proofs(
     for _ in 0..count {
         let leaf = below(tree_size);
         let started = Instant::now();
-        merkle::inclusion_proof(&hashes, leaf, tree_size)?;
+        merkle::inclusion_proof(&hashes, leaf, tree_size).map_err(BenchError::Proof)?;
         inclusion.push(started.elapsed());
         let (a, b) = (1 + below(tree_size), 1 + below(tree_size));
         let started = Instant::now();
-        merkle::consistency_proof(&hashes, a.min(b), a.max(b))?;
+        merkle::consistency_proof(&hashes, a.min(b), a.max(b)).map_err(BenchError::Proof)?;
         consistency.push(started.elapsed());
     }
     store.close().await;
