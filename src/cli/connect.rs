@@ -99,14 +99,6 @@ impl ConnectArgs {
     /// Files cannot be read, or the server cannot be reached or refuses the certificate.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let profile = self.resolve()?;
-        connect(&profile).await
+        Ok(crate::client::connect(&profile).await?)
     }
-}
-
-/// Opens a mutual-TLS channel as described by `profile`.
-///
-/// # Errors
-/// Files cannot be read, or the server cannot be reached or refuses the certificate.
-pub async fn connect(profile: &ClientProfile) -> anyhow::Result<Channel> {
-    Ok(crate::client::connect(profile).await?)
 }
