@@ -66,10 +66,7 @@ pub(super) async fn time_proofs(
     let tree_size = client
         .get_checkpoint(GetCheckpointRequest {})
         .await
-        .map_err(|status| BenchError::Call {
-            what: "cannot get the audit checkpoint".into(),
-            status,
-        })?
+        .map_err(BenchError::call("cannot get the audit checkpoint"))?
         .into_inner()
         .tree_size;
     if tree_size == 0 {
@@ -87,10 +84,7 @@ pub(super) async fn time_proofs(
         client
             .get_inclusion_proof(request)
             .await
-            .map_err(|status| BenchError::Call {
-                what: "an inclusion proof failed".into(),
-                status,
-            })?;
+            .map_err(BenchError::call("an inclusion proof failed"))?;
         inclusion.push(started.elapsed());
     }
     let mut consistency = Vec::with_capacity(count);
@@ -104,10 +98,7 @@ pub(super) async fn time_proofs(
         client
             .get_consistency_proof(request)
             .await
-            .map_err(|status| BenchError::Call {
-                what: "a consistency proof failed".into(),
-                status,
-            })?;
+            .map_err(BenchError::call("a consistency proof failed"))?;
         consistency.push(started.elapsed());
     }
     Ok(Proofs {

@@ -156,3 +156,14 @@ pub enum BenchError {
         source: tokio::task::JoinError,
     },
 }
+
+impl BenchError {
+    /// What `map_err` takes for a failed call: `what` names the call (made into a `String` only
+    /// if it fails).
+    pub(super) fn call(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> BenchError {
+        move |status| BenchError::Call {
+            what: what.into(),
+            status,
+        }
+    }
+}

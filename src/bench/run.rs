@@ -61,10 +61,7 @@ pub(super) async fn measure_bound(
                         payload: payload.clone(),
                     })
                     .await
-                    .map_err(|status| BenchError::Call {
-                        what: "an echo call failed".into(),
-                        status,
-                    })?;
+                    .map_err(BenchError::call("an echo call failed"))?;
                 rtts.push(sent.elapsed());
             }
             Ok::<_, BenchError>(rtts)
@@ -192,10 +189,7 @@ pub(super) async fn preload(
                 exchange
                     .send_message(request)
                     .await
-                    .map_err(|status| BenchError::Call {
-                        what: "a preloaded send failed".into(),
-                        status,
-                    })?;
+                    .map_err(BenchError::call("a preloaded send failed"))?;
             }
             Ok::<_, BenchError>(())
         });
@@ -259,10 +253,10 @@ pub(super) async fn measure_durable(
                 backlog_only: false,
             })
             .await
-            .map_err(|status| BenchError::Call {
-                what: format!("cannot open the inbox stream of {}", reader.id),
-                status,
-            })?
+            .map_err(BenchError::call(format!(
+                "cannot open the inbox stream of {}",
+                reader.id
+            )))?
             .into_inner();
         let (owed_tx, owed_rx) = watch::channel(None);
         owed.push(owed_tx);
@@ -340,10 +334,7 @@ pub(super) async fn send_loop(
         client
             .send_message(request)
             .await
-            .map_err(|status| BenchError::Call {
-                what: "a measured send failed".into(),
-                status,
-            })?;
+            .map_err(BenchError::call("a measured send failed"))?;
         latencies.push(sent.elapsed());
         counts[to] += 1;
     }
@@ -418,10 +409,7 @@ pub(super) async fn read_inbox(
                     state: DeliveryState::Received as i32,
                 })
                 .await
-                .map_err(|status| BenchError::Call {
-                    what: "an acknowledgement failed".into(),
-                    status,
-                })
+                .map_err(BenchError::call("an acknowledgement failed"))
         });
     }
     join_all(acks).await?;

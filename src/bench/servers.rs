@@ -110,10 +110,7 @@ pub(super) async fn start_exchange(
             ExchangeServiceClient::new(server.connect(identity).await?)
                 .list_agencies(ListAgenciesRequest {})
                 .await
-                .map_err(|status| BenchError::Call {
-                    what: "the server did not answer its first call".into(),
-                    status,
-                })
+                .map_err(BenchError::call("the server did not answer its first call"))
         }
         .await;
         match answered {
