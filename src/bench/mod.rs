@@ -235,3 +235,48 @@ fn check_fresh(dir: &Path) -> Result<(), BenchError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            senders: 32,
+            readers: 32,
+            size: 1024,
+            messages: 20_000,
+            duration: None,
+            preload: 0,
+            proofs: 1000,
+            bound_only: false,
+            skip_bound: false,
+            data_dir: None,
+        }
+    }
+
+    /// Options no run can measure are refused before anything starts, naming the option.
+    #[test]
+    fn options_no_run_can_measure_are_refused_by_name() {
+        type Change = fn(&mut Options);
+        let cases: [(&str, Change); 5] = [
+            ("senders", |o| o.senders = 0),
+            ("size", |o| o.size = MIN_SIZE - 1),
+            ("size", |o| o.size = DEFAULT_MAX_MESSAGE_BYTES + 1),
+            ("duration", |o| o.duration = Some(0)),
+            ("messages", |o| o.messages = 0),
+        ];
+        for (name, change) in cases {
+            let mut invalid = options();
+            change(&mut invalid);
+            match invalid.check() {
+                Err(BenchError::Option { option, .. }) => assert_eq!(option, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let mut timed = options();
+        (timed.messages, timed.duration) = (0, Some(1));
+        assert!(timed.check().is_ok(), "a duration replaces the count");
+        assert!(options().check().is_ok());
+    }
+}
