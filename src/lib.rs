@@ -31,13 +31,16 @@
 //! - [`rpc`]: the gRPC edge: error → status helpers, refusals recorded in the audit log.
 //! - [`time`]: microseconds since the Unix epoch (the stored time unit) and wire timestamps.
 //! - [`private_files`]: owner-only directories and files whatever the umask; exposed-key checks.
-//! - [`bench`]: the echo service of `puente bench`, served by `server::run_echo` for the
-//!   bare-tonic bound.
+//! - [`bench`]: the harness of `puente bench` (durable send rate against the bare-tonic bound,
+//!   restart, memory, proof latencies) with its typed [`bench::BenchError`], and the echo
+//!   service that `server::run_echo` serves for the bound.
+//! - [`client`]: a mutual-TLS channel to the exchange as a client profile describes it.
 
 pub mod admission;
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod directory;

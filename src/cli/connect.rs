@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::config::{ClientProfile, DEFAULT_LISTEN};
 
@@ -99,33 +99,6 @@ impl ConnectArgs {
     /// Files cannot be read, or the server cannot be reached or refuses the certificate.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let profile = self.resolve()?;
-        connect(&profile).await
+        Ok(crate::client::connect(&profile).await?)
     }
-}
-
-/// Opens a mutual-TLS channel as described by `profile`.
-///
-/// # Errors
-/// Files cannot be read, or the server cannot be reached or refuses the certificate.
-pub async fn connect(profile: &ClientProfile) -> anyhow::Result<Channel> {
-    let read = |path: &PathBuf, what: &str| {
-        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&profile.ca, "CA certificate")?))
-        .identity(Identity::from_pem(
-            read(&profile.cert, "client certificate")?,
-            read(&profile.key, "client key")?,
-        ))
-        .domain_name(profile.server_name.clone());
-    if profile.addr.contains("://") {
-        bail!("--addr takes host:port, not a URL: {}", profile.addr);
-    }
-    let endpoint = Channel::from_shared(format!("https://{}", profile.addr))
-        .with_context(|| format!("invalid server address {}", profile.addr))?
-        .tls_config(tls)
-        .context("invalid TLS configuration")?;
-    endpoint.connect().await.with_context(|| {
-        format!("cannot connect to the exchange at {} (is `puente serve` running there, and is your certificate issued by its CA?)", profile.addr)
-    })
 }

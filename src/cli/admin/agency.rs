@@ -1,7 +1,19 @@
 //! `puente admin agency`: registers, changes, suspends, resumes and lists the agencies of the
 //! directory over `AdminService`.
 
-use super::*;
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args, ValueEnum};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use super::country_code;
+use crate::cli::{print_agencies, rpc_error_with_hint, ConnectArgs};
+use crate::identity::AgencyId;
+use crate::pb::v1::admin_service_client::AdminServiceClient;
+use crate::pb::v1::{
+    AdminServiceListAgenciesRequest, Agency, AgencyStatus, Region, RegisterAgencyRequest,
+    UpdateAgencyRequest,
+};
 
 /// Region of an agency, as typed on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]

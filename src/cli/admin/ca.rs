@@ -1,6 +1,12 @@
 //! `puente admin ca`: creates the exchange's certificate authority in a directory.
 
-use super::*;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{certificate_not_after, rfc3339, PassphraseArgs};
+use crate::pki::authority::Authority;
 
 /// Flags of `puente admin ca init`.
 #[derive(Debug, Args)]

@@ -1,6 +1,19 @@
 //! `puente admin cert`: issues, lists and revokes the certificates of a CA directory.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::{
+    certificate_not_after, check_outputs, hex_serial, open_authority, person_name, prefixed,
+    rfc3339, PassphraseArgs, EXPIRES_SOON_DAYS, SECONDS_PER_DAY,
+};
+use crate::identity::AgencyId;
+use crate::pki::authority::{reason_name, Ledger, LedgerEntry, Selector, REASONS};
+use crate::pki::{csr_public_key, write_private, write_public, PkiError, Subject, MAX_LEAF_DAYS};
 
 /// Flags of `puente admin cert issue`.
 #[derive(Debug, Args)]

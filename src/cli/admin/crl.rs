@@ -1,8 +1,19 @@
 //! `puente admin crl`: signs a certificate revocation list and, with `--publish`, puts it in
 //! force on the server.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use time::OffsetDateTime;
+use tonic::Code;
+
 use super::agency::{admin_client, admin_rpc_error};
-use super::*;
+use super::{crl_summary, open_authority, rfc3339, PassphraseArgs};
+use crate::cli::{rpc_error_with_hint, ConnectArgs};
+use crate::pb::v1::PublishRevocationListRequest;
+use crate::pki::authority::Authority;
+use crate::pki::write_public;
 
 /// Flags of `puente admin crl`.
 #[derive(Debug, Args)]

@@ -6,29 +6,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use serde::Serialize;
+use clap::{Args, Subcommand};
 use time::OffsetDateTime;
-use tonic::transport::Channel;
-use tonic::Code;
 
 mod agency;
 mod ca;
 mod cert;
 mod crl;
 
-use super::{print_agencies, rpc_error_with_hint, ConnectArgs};
-use crate::identity::AgencyId;
-use crate::pb::v1::admin_service_client::AdminServiceClient;
-use crate::pb::v1::{
-    AdminServiceListAgenciesRequest, Agency, AgencyStatus, PublishRevocationListRequest, Region,
-    RegisterAgencyRequest, UpdateAgencyRequest,
-};
-use crate::pki::authority::{reason_name, Authority, Ledger, LedgerEntry, Selector, REASONS};
-use crate::pki::{
-    check_person_name, csr_public_key, write_private, write_public, PkiError, Subject,
-    MAX_LEAF_DAYS,
-};
+use crate::pb::v1::AgencyStatus;
+use crate::pki::authority::Authority;
+use crate::pki::{check_person_name, PkiError};
 use agency::{
     agency_add, agency_list, agency_set_status, agency_update, AgencyAddArgs, AgencyIdArgs,
     AgencyListArgs, AgencyUpdateArgs,

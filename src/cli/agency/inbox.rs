@@ -5,8 +5,8 @@ use std::io::Write as _;
 use anyhow::Context;
 use clap::Args;
 
-use super::print::*;
-use super::*;
+use super::client;
+use super::print::{print_message, state_name};
 use crate::cli::{format_time, rpc_error, ConnectArgs};
 use crate::pb::json;
 use crate::pb::v1::{AcknowledgeMessageRequest, DeliveryState, StreamInboxRequest};

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::client;
 use super::inbox::print_json;
-use super::print::*;
-use super::*;
+use super::print::{print_message, short_name, state_name};
 use crate::cli::{format_time, rpc_error, ConnectArgs};
 use crate::pb::json;
 use crate::pb::v1::{

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
-use super::*;
+use super::{client, HandlingArg, TopicArg};
 use crate::cli::{print_acceptance, retryable_error, ConnectArgs};
 use crate::pb::json;
 use crate::pb::v1::{

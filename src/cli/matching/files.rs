@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::bail;
 use clap::ValueEnum;
 
-use super::*;
+use super::{KeyArg, KindArg, MAX_LISTED_ERRORS, MAX_REFERENCE_CHARS};
 use crate::matching::identifiers::{blind, canonical, MatchingKey, KEY_LEN};
 use crate::pb::v1::{BlindedIdentifier, IdentifierKind};
 

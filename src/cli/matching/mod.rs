@@ -19,7 +19,7 @@ use crate::pb::v1::{
     IdentifierKind, PublishIdentifiersRequest, PublishedIdentifier, QueryRequest, QueryResult,
     WithdrawIdentifiersRequest,
 };
-use files::*;
+use files::{entry, load_key, read_file, Entry};
 
 /// Longest publisher's reference, in characters (the exchange's limit, checked here so that the
 /// error names the line).

@@ -1,6 +1,6 @@
 //! The server side of `puente bench`: the echo service its bare-tonic bound is measured with.
 //! [`server::run_echo`](crate::server::run_echo) serves it with the exchange's own TLS; the
-//! client side is `cli::bench`.
+//! harness that calls it is the rest of [`bench`](super).
 
 use tonic::{Request, Response, Status};
 

@@ -6,14 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::*;
-use crate::cli::rpc_error;
+use super::after::open_data_keys;
+use super::report::{Bound, Durable, Percentiles, Preload};
+use super::servers::{join_all, Budget, Running, Service};
+use super::setup::{Cast, Pki};
+use super::{BenchError, Options, ACKS_IN_FLIGHT, PRELOAD_IN_FLIGHT, STALL_TIMEOUT, UNREAD_AGENCY};
 use crate::config::Config;
 use crate::directory::{AgencyEntry, Directory};
 use crate::exchange::ExchangeService;
@@ -34,18 +36,18 @@ use crate::store::{commit_stats, Store};
 /// The echo service on the run's TLS, called by `--senders` clients in closed loops with
 /// payloads of `--size` bytes.
 pub(super) async fn measure_bound(
-    args: &BenchArgs,
+    options: &Options,
     cast: &Cast,
     config: Config,
-) -> anyhow::Result<Bound> {
+) -> Result<Bound, BenchError> {
     let mut server = Running::start(Service::Echo, config).await?;
-    let mut clients = Vec::with_capacity(args.senders);
-    for i in 0..args.senders {
+    let mut clients = Vec::with_capacity(options.senders);
+    for i in 0..options.senders {
         let channel = server.connect(&cast.sender(i).identity).await?;
         clients.push(EchoServiceClient::new(channel));
     }
-    let payload = vec![b'x'; args.size];
-    let budget = Budget::new(args.messages, args.duration);
+    let payload = vec![b'x'; options.size];
+    let budget = Budget::new(options.messages, options.duration);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for mut client in clients {
@@ -59,11 +61,10 @@ pub(super) async fn measure_bound(
                         payload: payload.clone(),
                     })
                     .await
-                    .map_err(rpc_error)
-                    .context("an echo call failed")?;
+                    .map_err(BenchError::call("an echo call failed"))?;
                 rtts.push(sent.elapsed());
             }
-            anyhow::Ok(rtts)
+            Ok::<_, BenchError>(rtts)
         });
     }
     let mut rtts: Vec<Duration> = join_all(tasks).await?.into_iter().flatten().collect();
@@ -85,16 +86,32 @@ pub(super) async fn measure_bound(
 /// go through the library as the server uses it: the directory, and the exchange's own send
 /// handler, called with the sender's identity as a connection would carry it.
 pub(super) async fn prepare(
-    args: &BenchArgs,
+    options: &Options,
     cast: &Cast,
     pki: &Pki,
     data_dir: &Path,
-) -> anyhow::Result<Option<Preload>> {
+    progress: fn(&str),
+) -> Result<Option<Preload>, BenchError> {
     let config = pki.config(data_dir.to_path_buf());
-    let store = crate::store::open(data_dir, open_data_keys(&pki.data_key)?)
-        .with_context(|| format!("cannot open a store in {}", data_dir.display()))?;
-    let directory = Arc::new(Directory::load(Arc::clone(&store)).await?);
-    let unread = (AgencyId::parse(UNREAD_AGENCY)?, Region::Celac);
+    let store = crate::store::open(data_dir, open_data_keys(&pki.data_key)?).map_err(|source| {
+        BenchError::Store {
+            what: format!("cannot open a store in {}", data_dir.display()),
+            source,
+        }
+    })?;
+    let directory = Arc::new(
+        Directory::load(Arc::clone(&store))
+            .await
+            .map_err(|source| BenchError::Directory {
+                what: "cannot load the agency directory".into(),
+                source,
+            })?,
+    );
+    let unread_id = AgencyId::parse(UNREAD_AGENCY).map_err(|source| BenchError::Identity {
+        what: format!("{UNREAD_AGENCY:?} is no agency id"),
+        source,
+    })?;
+    let unread = (unread_id, Region::Celac);
     let agencies = cast
         .senders
         .iter()
@@ -112,11 +129,14 @@ pub(super) async fn prepare(
         directory
             .register(entry, None)
             .await
-            .with_context(|| format!("cannot register agency {id}"))?;
+            .map_err(|source| BenchError::Directory {
+                what: format!("cannot register agency {id}"),
+                source,
+            })?;
     }
 
-    let preload = if args.preload > 0 {
-        Some(preload(args, cast, &config, &store, &directory).await?)
+    let preload = if options.preload > 0 {
+        Some(preload(options, cast, &config, &store, &directory, progress).await?)
     } else {
         None
     };
@@ -129,13 +149,14 @@ pub(super) async fn prepare(
 /// Stores `--preload` messages for [`UNREAD_AGENCY`] through the exchange's own send handler,
 /// [`PRELOAD_IN_FLIGHT`] at a time.
 pub(super) async fn preload(
-    args: &BenchArgs,
+    options: &Options,
     cast: &Cast,
     config: &Config,
     store: &Arc<dyn Store>,
     directory: &Arc<Directory>,
-) -> anyhow::Result<Preload> {
-    eprintln!("bench: preloading {} messages", args.preload);
+    progress: fn(&str),
+) -> Result<Preload, BenchError> {
+    progress(&format!("preloading {} messages", options.preload));
     // Inbox streams end when this turns true; the preload opens none.
     let (_stopping, stopping) = watch::channel(false);
     let exchange = ExchangeService::new(
@@ -149,9 +170,9 @@ pub(super) async fn preload(
         .senders
         .iter()
         .map(|s| s.identity.peer(&config.trust_domain))
-        .collect::<anyhow::Result<_>>()?;
-    let budget = Budget::new(args.preload, None);
-    let size = args.size;
+        .collect::<Result<_, BenchError>>()?;
+    let budget = Budget::new(options.preload, None);
+    let size = options.size;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..PRELOAD_IN_FLIGHT {
@@ -169,43 +190,46 @@ pub(super) async fn preload(
                 exchange
                     .send_message(request)
                     .await
-                    .map_err(rpc_error)
-                    .context("a preloaded send failed")?;
+                    .map_err(BenchError::call("a preloaded send failed"))?;
             }
-            anyhow::Ok(())
+            Ok::<_, BenchError>(())
         });
     }
     join_all(tasks).await?;
     let elapsed = started.elapsed();
     Ok(Preload {
-        messages: args.preload,
+        messages: options.preload,
         seconds: elapsed.as_secs_f64(),
-        per_second: args.preload as f64 / elapsed.as_secs_f64(),
+        per_second: options.preload as f64 / elapsed.as_secs_f64(),
     })
 }
 
 /// Times `fdatasync` of a 4 KiB overwrite in a preallocated file in `data_dir`: the least one
 /// durable answer costs on this disk.
-pub(super) fn measure_fdatasync(data_dir: &Path) -> anyhow::Result<Percentiles> {
+pub(super) fn measure_fdatasync(data_dir: &Path) -> Result<Percentiles, BenchError> {
     const SYNCS: usize = 500;
     const BLOCK: usize = 4096;
     let path = data_dir.join("bench-fdatasync.tmp");
-    let mut file = std::fs::File::create(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let io = |what: &str| {
+        let what = format!("cannot {what} {}", path.display());
+        move |source| BenchError::Io { what, source }
+    };
+    let mut file = std::fs::File::create(&path).map_err(io("create"))?;
     let block = vec![0x5a; BLOCK];
     for _ in 0..SYNCS {
-        file.write_all(&block)?;
+        file.write_all(&block).map_err(io("write"))?;
     }
-    file.sync_all()?;
+    file.sync_all().map_err(io("sync"))?;
     let mut samples = Vec::with_capacity(SYNCS);
     for i in 0..SYNCS {
         let started = Instant::now();
-        file.write_all_at(&block, (i * BLOCK) as u64)?;
-        file.sync_data()?;
+        file.write_all_at(&block, (i * BLOCK) as u64)
+            .map_err(io("write"))?;
+        file.sync_data().map_err(io("sync"))?;
         samples.push(started.elapsed());
     }
     drop(file);
-    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    std::fs::remove_file(&path).map_err(io("remove"))?;
     Ok(Percentiles::of(&mut samples))
 }
 
@@ -214,11 +238,11 @@ pub(super) fn measure_fdatasync(data_dir: &Path) -> anyhow::Result<Percentiles> 
 /// The measured run: readers follow their inboxes, then `--senders` closed loops send until the
 /// budget is spent, then the readers collect what they are owed.
 pub(super) async fn measure_durable(
-    args: &BenchArgs,
+    options: &Options,
     cast: &Cast,
     server: &mut Running,
     base: Instant,
-) -> anyhow::Result<Durable> {
+) -> Result<Durable, BenchError> {
     // Readers are following their inboxes before the first send.
     let mut owed = Vec::with_capacity(cast.readers.len());
     let mut readers = JoinSet::new();
@@ -230,8 +254,10 @@ pub(super) async fn measure_durable(
                 backlog_only: false,
             })
             .await
-            .map_err(rpc_error)
-            .with_context(|| format!("cannot open the inbox stream of {}", reader.id))?
+            .map_err(BenchError::call(format!(
+                "cannot open the inbox stream of {}",
+                reader.id
+            )))?
             .into_inner();
         let (owed_tx, owed_rx) = watch::channel(None);
         owed.push(owed_tx);
@@ -243,15 +269,15 @@ pub(super) async fn measure_durable(
             reader.id.to_string(),
         ));
     }
-    let mut senders = Vec::with_capacity(args.senders);
-    for i in 0..args.senders {
+    let mut senders = Vec::with_capacity(options.senders);
+    for i in 0..options.senders {
         let channel = server.connect(&cast.sender(i).identity).await?;
         senders.push(ExchangeServiceClient::new(channel));
     }
 
     let recipients = cast.recipients();
     let before = commit_stats();
-    let budget = Budget::new(args.messages, args.duration);
+    let budget = Budget::new(options.messages, options.duration);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for client in senders {
@@ -259,7 +285,7 @@ pub(super) async fn measure_durable(
             client,
             budget.clone(),
             Arc::clone(&recipients),
-            args.size,
+            options.size,
             base,
         ));
     }
@@ -298,7 +324,7 @@ pub(super) async fn send_loop(
     recipients: Arc<[String]>,
     size: usize,
     base: Instant,
-) -> anyhow::Result<(Vec<Duration>, Vec<u64>)> {
+) -> Result<(Vec<Duration>, Vec<u64>), BenchError> {
     let mut latencies = Vec::new();
     let mut counts = vec![0u64; recipients.len()];
     while let Some(ticket) = budget.next() {
@@ -309,8 +335,7 @@ pub(super) async fn send_loop(
         client
             .send_message(request)
             .await
-            .map_err(rpc_error)
-            .context("a measured send failed")?;
+            .map_err(BenchError::call("a measured send failed"))?;
         latencies.push(sent.elapsed());
         counts[to] += 1;
     }
@@ -326,7 +351,7 @@ pub(super) async fn read_inbox(
     mut owed: watch::Receiver<Option<u64>>,
     base: Instant,
     agency: String,
-) -> anyhow::Result<Vec<Duration>> {
+) -> Result<Vec<Duration>, BenchError> {
     let mut latencies = Vec::new();
     let mut acks = JoinSet::new();
     loop {
@@ -336,32 +361,45 @@ pub(super) async fn read_inbox(
             Some(count) if received >= count => break,
             Some(count) => tokio::time::timeout(STALL_TIMEOUT, stream.message())
                 .await
-                .map_err(|_| {
-                    anyhow!("{agency} received {received} of its {count} messages, then nothing for {STALL_TIMEOUT:?}: the server stopped delivering")
+                .map_err(|_| BenchError::Stalled {
+                    agency: agency.clone(),
+                    received,
+                    owed: count,
                 })?,
             None => tokio::select! {
                 next = stream.message() => next,
                 changed = owed.changed() => {
-                    changed.context("the bench stopped before its senders were done")?;
+                    changed.map_err(|_| BenchError::Abandoned)?;
                     continue;
                 }
             },
         };
         let entry = next
-            .map_err(rpc_error)
-            .with_context(|| format!("the inbox stream of {agency} failed"))?
-            .with_context(|| format!("the inbox stream of {agency} ended early"))?;
+            .map_err(|status| BenchError::Call {
+                what: format!("the inbox stream of {agency} failed"),
+                status,
+            })?
+            .ok_or_else(|| {
+                BenchError::Delivery(format!("the inbox stream of {agency} ended early"))
+            })?;
         let arrived = base.elapsed();
-        let message = entry
-            .message
-            .context("an inbox entry came without its message")?;
-        let sent = sent_at(&message)
-            .with_context(|| format!("message {} carries no send instant", message.message_id))?;
+        let message = entry.message.ok_or_else(|| {
+            BenchError::Delivery("an inbox entry came without its message".into())
+        })?;
+        let sent = sent_at(&message).ok_or_else(|| {
+            BenchError::Delivery(format!(
+                "message {} carries no send instant",
+                message.message_id
+            ))
+        })?;
         latencies.push(arrived.saturating_sub(sent));
 
         if acks.len() >= ACKS_IN_FLIGHT {
             if let Some(done) = acks.join_next().await {
-                done.context("an acknowledgement task panicked")??;
+                done.map_err(|source| BenchError::Panicked {
+                    what: "an acknowledgement task",
+                    source,
+                })??;
             }
         }
         let mut client = client.clone();
@@ -372,8 +410,7 @@ pub(super) async fn read_inbox(
                     state: DeliveryState::Received as i32,
                 })
                 .await
-                .map_err(rpc_error)
-                .context("an acknowledgement failed")
+                .map_err(BenchError::call("an acknowledgement failed"))
         });
     }
     join_all(acks).await?;

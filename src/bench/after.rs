@@ -4,11 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use rand_core::{OsRng, RngCore};
 
-use super::*;
-use crate::cli::rpc_error;
+use super::report::{millis, ComputedProofs, Memory, Percentiles, Proofs, Restart};
+use super::servers::{start_exchange, Running};
+use super::setup::{Cast, Identity};
+use super::BenchError;
 use crate::config::Config;
 use crate::pb::v1::audit_service_client::AuditServiceClient;
 use crate::pb::v1::{GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest};
@@ -22,11 +23,11 @@ pub(super) async fn restart(
     config: &Config,
     cast: &Cast,
     stored: u64,
-) -> anyhow::Result<(Running, Restart)> {
+) -> Result<(Running, Restart), BenchError> {
     let stop = server.stop().await?;
     let (server, ready) = start_exchange(config, &cast.sender(0).identity)
         .await
-        .context("the server failed to restart")?;
+        .map_err(|e| BenchError::Restart(Box::new(e)))?;
     Ok((
         server,
         Restart {
@@ -59,17 +60,16 @@ pub(super) async fn time_proofs(
     auditor: &Identity,
     server: &mut Running,
     count: usize,
-) -> anyhow::Result<Proofs> {
+) -> Result<Proofs, BenchError> {
     let mut client = AuditServiceClient::new(server.connect(auditor).await?);
     let tree_size = client
         .get_checkpoint(GetCheckpointRequest {})
         .await
-        .map_err(rpc_error)
-        .context("cannot get the audit checkpoint")?
+        .map_err(BenchError::call("cannot get the audit checkpoint"))?
         .into_inner()
         .tree_size;
     if tree_size == 0 {
-        bail!("the audit log is empty: nothing to prove");
+        return Err(BenchError::EmptyAuditLog);
     }
     let below = |n: u64| OsRng.next_u64() % n;
 
@@ -83,8 +83,7 @@ pub(super) async fn time_proofs(
         client
             .get_inclusion_proof(request)
             .await
-            .map_err(rpc_error)
-            .context("an inclusion proof failed")?;
+            .map_err(BenchError::call("an inclusion proof failed"))?;
         inclusion.push(started.elapsed());
     }
     let mut consistency = Vec::with_capacity(count);
@@ -98,8 +97,7 @@ pub(super) async fn time_proofs(
         client
             .get_consistency_proof(request)
             .await
-            .map_err(rpc_error)
-            .context("a consistency proof failed")?;
+            .map_err(BenchError::call("a consistency proof failed"))?;
         consistency.push(started.elapsed());
     }
     Ok(Proofs {
@@ -112,8 +110,12 @@ pub(super) async fn time_proofs(
 }
 
 /// The run's data keyring, for opening the store outside the server.
-pub(super) fn open_data_keys(path: &Path) -> anyhow::Result<Arc<DataKeys>> {
-    Ok(Arc::new(DataKeys::load(path)?))
+pub(super) fn open_data_keys(path: &Path) -> Result<Arc<DataKeys>, BenchError> {
+    let keys = DataKeys::load(path).map_err(|source| BenchError::DataKeys {
+        what: format!("cannot load the data keyring {}", path.display()),
+        source,
+    })?;
+    Ok(Arc::new(keys))
 }
 
 /// Times `count` inclusion and consistency proofs computed straight from the stored hashes of a
@@ -124,20 +126,30 @@ pub(super) async fn time_computed_proofs(
     data_key: &Path,
     tree_size: u64,
     count: usize,
-) -> anyhow::Result<ComputedProofs> {
-    let store = crate::store::open(data_dir, open_data_keys(data_key)?)
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+) -> Result<ComputedProofs, BenchError> {
+    let store = crate::store::open(data_dir, open_data_keys(data_key)?).map_err(|source| {
+        BenchError::Store {
+            what: format!("cannot open the store in {}", data_dir.display()),
+            source,
+        }
+    })?;
     let below = |n: u64| OsRng.next_u64() % n;
     let mut inclusion = Vec::with_capacity(count);
     let mut consistency = Vec::with_capacity(count);
     for _ in 0..count {
         let leaf = below(tree_size);
         let started = Instant::now();
-        store.inclusion_proof(leaf, tree_size).await?;
+        store
+            .inclusion_proof(leaf, tree_size)
+            .await
+            .map_err(BenchError::Proof)?;
         inclusion.push(started.elapsed());
         let (a, b) = (1 + below(tree_size), 1 + below(tree_size));
         let started = Instant::now();
-        store.consistency_proof(a.min(b), a.max(b)).await?;
+        store
+            .consistency_proof(a.min(b), a.max(b))
+            .await
+            .map_err(BenchError::Proof)?;
         consistency.push(started.elapsed());
     }
     store.close().await;

@@ -1,18 +1,18 @@
 //! The PKI of a bench run and the identities (senders, readers) it issues.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
-use super::*;
+use super::{BenchError, CERT_DAYS, READER_COUNTRIES, SENDER_AGENCIES, SERVER_NAME, UNREAD_AGENCY};
+use crate::client::{self, ConnectError};
 use crate::config::{ClientProfile, Config, Limits, MetricsListen};
 use crate::identity::{AgencyId, Caller, Peer, Revocations};
-use crate::pki::{self, CertificateAuthority, Subject};
+use crate::pki::{self, CertificateAuthority, PkiError, Subject};
 use crate::store::DataKeys;
 
 // === The PKI and the identities of a run ===
@@ -31,20 +31,26 @@ pub(super) struct Pki {
 }
 
 impl Pki {
-    pub(super) fn generate(dir: PathBuf) -> anyhow::Result<Pki> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+    /// Generates the PKI of a run in `dir`.
+    pub(super) fn generate(dir: PathBuf) -> Result<Pki, BenchError> {
+        std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+            what: format!("cannot create {}", dir.display()),
+            source,
+        })?;
         let ca = CertificateAuthority::generate("Puente bench CA", CERT_DAYS)
-            .context("cannot generate the bench's CA")?;
+            .map_err(pki_error("cannot generate the bench's CA"))?;
         let ca_cert = dir.join("ca.pem");
-        pki::write_public(&ca_cert, ca.cert_pem())?;
+        write_public(&ca_cert, ca.cert_pem())?;
         let crl = dir.join("crl.pem");
         let crl_pem = ca
             .crl(&[], 1, CERT_DAYS)
-            .context("cannot sign the bench's CRL")?;
-        pki::write_public(&crl, &crl_pem)?;
+            .map_err(pki_error("cannot sign the bench's CRL"))?;
+        write_public(&crl, &crl_pem)?;
         let data_key = dir.join("data.keys");
-        DataKeys::add_new(&data_key).context("cannot create the bench's data key")?;
+        DataKeys::add_new(&data_key).map_err(|source| BenchError::DataKeys {
+            what: "cannot create the bench's data key".into(),
+            source,
+        })?;
         let pki = Pki {
             ca,
             data_key,
@@ -66,20 +72,20 @@ impl Pki {
 
     /// Issues a certificate for `subject` and writes it, and its key, as `<stem>.pem` and
     /// `<stem>.key`.
-    pub(super) fn issue(&self, subject: &Subject, stem: &str) -> anyhow::Result<Identity> {
+    pub(super) fn issue(&self, subject: &Subject, stem: &str) -> Result<Identity, BenchError> {
         let issued = self
             .ca
             .issue(subject, &self.trust_domain, CERT_DAYS, None)
-            .with_context(|| format!("cannot issue a certificate for {stem}"))?;
-        let key_pem = issued
-            .key_pem
-            .context("the CA issued a certificate without generating its key")?;
+            .map_err(pki_error(&format!("cannot issue a certificate for {stem}")))?;
+        let key_pem = issued.key_pem.ok_or_else(|| BenchError::MissingKey {
+            stem: stem.to_string(),
+        })?;
         let (cert, key) = (
             self.dir.join(format!("{stem}.pem")),
             self.dir.join(format!("{stem}.key")),
         );
-        pki::write_public(&cert, &issued.cert_pem)?;
-        pki::write_private(&key, &key_pem)?;
+        write_public(&cert, &issued.cert_pem)?;
+        pki::write_private(&key, &key_pem).map_err(pki_error(WRITE))?;
         Ok(Identity {
             cert,
             key,
@@ -128,8 +134,8 @@ pub(super) struct Identity {
 
 impl Identity {
     /// A new mutual-TLS connection to the server at `addr`.
-    pub(super) async fn connect(&self, addr: SocketAddr) -> anyhow::Result<Channel> {
-        crate::cli::connect::connect(&ClientProfile {
+    pub(super) async fn connect(&self, addr: SocketAddr) -> Result<Channel, ConnectError> {
+        client::connect(&ClientProfile {
             addr: addr.to_string(),
             cert: self.cert.clone(),
             key: self.key.clone(),
@@ -140,11 +146,15 @@ impl Identity {
     }
 
     /// What the server makes of this certificate on a connection.
-    pub(super) fn peer(&self, trust_domain: &str) -> anyhow::Result<Peer> {
+    pub(super) fn peer(&self, trust_domain: &str) -> Result<Peer, BenchError> {
         let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .context("the bench's own certificate does not parse")?;
-        let caller = Caller::from_certificate(&der, trust_domain)
-            .context("the bench's own certificate names no identity")?;
+            .map_err(BenchError::Certificate)?;
+        let caller = Caller::from_certificate(&der, trust_domain).map_err(|source| {
+            BenchError::Identity {
+                what: "the bench's own certificate names no identity".into(),
+                source,
+            }
+        })?;
         Ok(Peer {
             caller: Ok(Arc::new(caller)),
             remote_addr: None,
@@ -171,9 +181,12 @@ pub(super) struct Cast {
 impl Cast {
     /// Certificates for `senders` connections (at most one agency per entry of
     /// [`SENDER_AGENCIES`]), `readers` reading agencies and an auditor.
-    pub(super) fn issue(pki: &Pki, senders: usize, readers: usize) -> anyhow::Result<Cast> {
-        let member = |id: String| -> anyhow::Result<Member> {
-            let id = AgencyId::parse(&id)?;
+    pub(super) fn issue(pki: &Pki, senders: usize, readers: usize) -> Result<Cast, BenchError> {
+        let member = |id: String| -> Result<Member, BenchError> {
+            let id = AgencyId::parse(&id).map_err(|source| BenchError::Identity {
+                what: format!("{id:?} is no agency id"),
+                source,
+            })?;
             let identity = pki.issue(&Subject::Agency(id.clone()), id.as_str())?;
             Ok(Member { id, identity })
         };
@@ -181,7 +194,7 @@ impl Cast {
             .iter()
             .take(senders)
             .map(|id| member(id.to_string()))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, BenchError>>()?;
         let readers = (0..readers)
             .map(|i| {
                 member(format!(
@@ -189,7 +202,7 @@ impl Cast {
                     READER_COUNTRIES[i % READER_COUNTRIES.len()]
                 ))
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, BenchError>>()?;
         let auditor = pki.issue(&Subject::Auditor("bench".into()), "auditor")?;
         Ok(Cast {
             senders,
@@ -210,5 +223,21 @@ impl Cast {
         } else {
             self.readers.iter().map(|r| r.id.to_string()).collect()
         }
+    }
+}
+
+/// What failed when a file of the PKI could not be written (the error names the file).
+const WRITE: &str = "cannot write the bench's PKI";
+
+/// Writes a certificate or CRL of the run.
+fn write_public(path: &Path, pem: &str) -> Result<(), BenchError> {
+    pki::write_public(path, pem).map_err(pki_error(WRITE))
+}
+
+/// Wraps a PKI failure with what the run was doing.
+fn pki_error(what: &str) -> impl FnOnce(PkiError) -> BenchError + '_ {
+    move |source| BenchError::Pki {
+        what: what.to_string(),
+        source,
     }
 }

@@ -5,14 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::Channel;
 
-use super::*;
-use crate::cli::rpc_error;
+use super::setup::Identity;
+use super::{BenchError, SERVER_EXIT_WAIT, STORE_LOCK_RETRY, STORE_LOCK_WAIT};
 use crate::config::Config;
 use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
 use crate::pb::v1::ListAgenciesRequest;
@@ -38,13 +37,14 @@ pub(super) struct Running {
 
 impl Running {
     /// Binds `127.0.0.1:0` and starts `service` there with `config`.
-    pub(super) async fn start(service: Service, mut config: Config) -> anyhow::Result<Running> {
+    pub(super) async fn start(service: Service, mut config: Config) -> Result<Running, BenchError> {
+        let listen = |what| move |source| BenchError::Listen { what, source };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
-            .context("cannot listen on 127.0.0.1:0")?;
+            .map_err(listen("cannot listen on 127.0.0.1:0"))?;
         let addr = listener
             .local_addr()
-            .context("cannot read the listening address")?;
+            .map_err(listen("cannot read the listening address"))?;
         config.listen = addr;
         let (stop, stopped) = oneshot::channel();
         let shutdown = async move {
@@ -60,28 +60,34 @@ impl Running {
 
     /// A new mutual-TLS connection as `identity`. When it fails because the server stopped, the
     /// error says why the server stopped.
-    pub(super) async fn connect(&mut self, identity: &Identity) -> anyhow::Result<Channel> {
+    pub(super) async fn connect(&mut self, identity: &Identity) -> Result<Channel, BenchError> {
         let refused = match identity.connect(self.addr).await {
             Ok(channel) => return Ok(channel),
             Err(refused) => refused,
         };
         match tokio::time::timeout(SERVER_EXIT_WAIT, &mut self.task).await {
-            Ok(Ok(Err(e))) => Err(e).context("the server stopped"),
-            Ok(Ok(Ok(()))) => Err(refused.context("the server stopped")),
-            Ok(Err(panicked)) => Err(panicked).context("the server task panicked"),
-            Err(_still_running) => Err(refused),
+            Ok(Ok(Err(e))) => Err(BenchError::ServerStopped(e)),
+            Ok(Ok(Ok(()))) => Err(BenchError::ServerExited(refused)),
+            Ok(Err(source)) => Err(BenchError::Panicked {
+                what: "the server task",
+                source,
+            }),
+            Err(_still_running) => Err(BenchError::Connect(refused)),
         }
     }
 
     /// Shuts the server down and waits until it has stopped; returns how long that took.
-    pub(super) async fn stop(self) -> anyhow::Result<Duration> {
+    pub(super) async fn stop(self) -> Result<Duration, BenchError> {
         let started = Instant::now();
         // Fails only if the server already stopped, which the task's result reports.
         let _ = self.stop.send(());
         self.task
             .await
-            .context("the server task panicked")?
-            .context("the server failed")?;
+            .map_err(|source| BenchError::Panicked {
+                what: "the server task",
+                source,
+            })?
+            .map_err(BenchError::Server)?;
         Ok(started.elapsed())
     }
 }
@@ -95,7 +101,7 @@ impl Running {
 pub(super) async fn start_exchange(
     config: &Config,
     identity: &Identity,
-) -> anyhow::Result<(Running, Duration)> {
+) -> Result<(Running, Duration), BenchError> {
     let deadline = Instant::now() + STORE_LOCK_WAIT;
     loop {
         let started = Instant::now();
@@ -104,7 +110,7 @@ pub(super) async fn start_exchange(
             ExchangeServiceClient::new(server.connect(identity).await?)
                 .list_agencies(ListAgenciesRequest {})
                 .await
-                .map_err(rpc_error)
+                .map_err(BenchError::call("the server did not answer its first call"))
         }
         .await;
         match answered {
@@ -119,10 +125,10 @@ pub(super) async fn start_exchange(
 
 /// Whether the server stopped because another handle in this process still holds the lock on
 /// its sled database. sled (pinned at 0.34.7) says so only in the text of an `Other` I/O error.
-pub(super) fn store_locked(error: &anyhow::Error) -> bool {
+fn store_locked(error: &BenchError) -> bool {
     matches!(
-        error.downcast_ref::<ServerError>(),
-        Some(ServerError::Store(StoreError::Sled(sled::Error::Io(e))))
+        error,
+        BenchError::ServerStopped(ServerError::Store(StoreError::Sled(sled::Error::Io(e))))
             if e.to_string().starts_with("could not acquire lock")
     )
 }
@@ -173,11 +179,14 @@ impl Budget {
 /// Waits for every task; the first failure is returned, and aborts the others as `tasks` is
 /// dropped.
 pub(super) async fn join_all<T: 'static>(
-    mut tasks: JoinSet<anyhow::Result<T>>,
-) -> anyhow::Result<Vec<T>> {
+    mut tasks: JoinSet<Result<T, BenchError>>,
+) -> Result<Vec<T>, BenchError> {
     let mut results = Vec::with_capacity(tasks.len());
     while let Some(joined) = tasks.join_next().await {
-        results.push(joined.context("a bench task panicked")??);
+        results.push(joined.map_err(|source| BenchError::Panicked {
+            what: "a bench task",
+            source,
+        })??);
     }
     Ok(results)
 }
