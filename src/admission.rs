@@ -16,9 +16,9 @@
 //! `streams` the open-stream limits, `responses` the response byte budget and the layer that
 //! enforces it; this file the limits they share and the `RESOURCE_EXHAUSTED` answer.
 
-pub mod connections;
+pub(crate) mod connections;
 mod rate;
-pub mod records;
+pub(crate) mod records;
 mod responses;
 mod streams;
 

@@ -9,7 +9,7 @@ use crate::config::ClientProfile;
 
 /// Why a channel to the exchange could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// A certificate or key file of the profile could not be read.
     #[error("cannot read {what} {}", path.display())]
     Read {
@@ -54,7 +54,7 @@ pub enum ConnectError {
 ///
 /// # Errors
 /// Files cannot be read, or the server cannot be reached or refuses the certificate.
-pub async fn connect(profile: &ClientProfile) -> Result<Channel, ConnectError> {
+pub(crate) async fn connect(profile: &ClientProfile) -> Result<Channel, ConnectError> {
     let read = |path: &PathBuf, what: &'static str| {
         std::fs::read(path).map_err(|source| ConnectError::Read {
             what,

@@ -41,7 +41,7 @@ fn truncated() -> Status {
 /// prost's codec for the served services, except that a request that does not decode is
 /// `INVALID_ARGUMENT`. `T` is the response, encoded as tonic-prost does; `U` the request.
 #[derive(Debug, Clone)]
-pub struct ServerCodec<T, U> {
+pub(crate) struct ServerCodec<T, U> {
     _types: PhantomData<(T, U)>,
 }
 
@@ -74,7 +74,7 @@ where
 
 /// Decodes one request message with prost; see [`ServerCodec`].
 #[derive(Debug, Clone)]
-pub struct RequestDecoder<U> {
+pub(crate) struct RequestDecoder<U> {
     _type: PhantomData<U>,
 }
 
@@ -103,7 +103,7 @@ const FRAME_HEADER: usize = 5;
 /// `INVALID_ARGUMENT` (tonic's decoder would answer `INTERNAL` "Unexpected EOF"). It follows
 /// the frame headers as the body passes, without holding any of its bytes.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FramingLayer;
+pub(crate) struct FramingLayer;
 
 impl<S> Layer<S> for FramingLayer {
     type Service = FramingService<S>;
@@ -115,7 +115,7 @@ impl<S> Layer<S> for FramingLayer {
 
 /// The service [`FramingLayer`] wraps around the router.
 #[derive(Debug, Clone)]
-pub struct FramingService<S> {
+pub(crate) struct FramingService<S> {
     inner: S,
 }
 

@@ -36,27 +36,29 @@
 //!   service that `server::run_echo` serves for the bound.
 //! - [`client`]: a mutual-TLS channel to the exchange as a client profile describes it.
 
+#![warn(unreachable_pub)]
+
 pub mod admission;
 pub mod audit;
-pub mod bench;
+mod bench;
 pub mod cli;
-pub mod client;
-pub mod codec;
+mod client;
+mod codec;
 pub mod config;
-pub mod directory;
+mod directory;
 pub mod exchange;
 pub mod identity;
 pub mod matching;
-pub mod metrics;
+mod metrics;
 pub mod pb;
 pub mod pki;
-pub mod private_files;
-pub mod retention;
+mod private_files;
+mod retention;
 pub mod rpc;
 pub mod server;
 pub mod stix;
 pub mod store;
 pub mod telemetry;
-pub mod text;
-pub mod time;
+mod text;
+mod time;
 pub mod tls;

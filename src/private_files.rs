@@ -10,23 +10,23 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Mode of the directories made here.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 /// Mode of the files made here.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 /// Permission bits that make a key file exposed: any access for others, or write access for
 /// the group. (0640, with a group only the server is in, is allowed.)
-pub const EXPOSED_BITS: u32 = 0o027;
+pub(crate) const EXPOSED_BITS: u32 = 0o027;
 
 /// The umask the server runs with: what it creates is its user's alone, including the files
 /// libraries create for it (sled's snapshots).
-pub const SERVER_UMASK: u32 = 0o077;
+pub(crate) const SERVER_UMASK: u32 = 0o077;
 
 /// Creates `dir` and its missing parents, new ones with mode 0700, and narrows `dir` itself to
 /// 0700 if it existed with more.
 ///
 /// # Errors
 /// A directory cannot be created, or its mode not changed.
-pub fn create_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -36,7 +36,7 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 
 /// Options that create a file with mode 0600 (add `write`, `create`... as needed). An existing
 /// file keeps its mode: follow with [`restrict`] when it may have been made otherwise.
-pub fn options() -> OpenOptions {
+pub(crate) fn options() -> OpenOptions {
     let mut options = OpenOptions::new();
     options.mode(FILE_MODE);
     options
@@ -47,7 +47,7 @@ pub fn options() -> OpenOptions {
 ///
 /// # Errors
 /// Its metadata cannot be read or its mode changed.
-pub fn restrict(path: &Path) -> io::Result<()> {
+pub(crate) fn restrict(path: &Path) -> io::Result<()> {
     let mode = std::fs::symlink_metadata(path)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         std::fs::set_permissions(path, Permissions::from_mode(mode & 0o700))?;
@@ -60,7 +60,7 @@ pub fn restrict(path: &Path) -> io::Result<()> {
 ///
 /// # Errors
 /// A directory cannot be read or a mode changed.
-pub fn restrict_tree(dir: &Path) -> io::Result<()> {
+pub(crate) fn restrict_tree(dir: &Path) -> io::Result<()> {
     restrict(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -74,7 +74,7 @@ pub fn restrict_tree(dir: &Path) -> io::Result<()> {
 }
 
 /// Whether a key file with this metadata is exposed (see [`EXPOSED_BITS`]).
-pub fn is_exposed(metadata: &Metadata) -> bool {
+pub(crate) fn is_exposed(metadata: &Metadata) -> bool {
     metadata.permissions().mode() & EXPOSED_BITS != 0
 }
 

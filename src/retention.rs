@@ -22,7 +22,11 @@ use crate::time::now_micros;
 const ERASE_BATCH: usize = 256;
 
 /// Starts the sweeper; it ends when `stopping` turns true. Does nothing without periods.
-pub fn spawn(store: Arc<dyn Store>, retention: Retention, mut stopping: watch::Receiver<bool>) {
+pub(crate) fn spawn(
+    store: Arc<dyn Store>,
+    retention: Retention,
+    mut stopping: watch::Receiver<bool>,
+) {
     if retention.periods().is_empty() {
         return;
     }
@@ -53,7 +57,7 @@ pub fn spawn(store: Arc<dyn Store>, retention: Retention, mut stopping: watch::R
 ///
 /// # Errors
 /// Store errors; messages erased before the error stay erased.
-pub async fn sweep(
+pub(crate) async fn sweep(
     store: &dyn Store,
     retention: &Retention,
     now_micros: i64,

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 
 /// Why a character is not allowed in a string a person reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// A C0 or C1 control character or DEL (Unicode category Cc): ESC starts terminal escape
     /// sequences, U+009B is a one-character CSI, CR moves back over the line.
     Control,
@@ -42,7 +42,7 @@ impl Class {
 
 /// The class of `c` if it is not allowed as such in a string a person reads, else `None`.
 /// Tab and line feed are controls too: [`check`] lets them through in [`Shape::Lines`].
-pub fn class_of(c: char) -> Option<Class> {
+pub(crate) fn class_of(c: char) -> Option<Class> {
     if c.is_control() {
         return Some(Class::Control);
     }
@@ -95,7 +95,7 @@ pub enum Shape {
 /// point and position, never by the string itself, so refusals do not echo what was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{} U+{code:04X} ({}) at character {position}", rule(*.shape), .class.describe())]
-pub struct Unreadable {
+pub(crate) struct Unreadable {
     /// Why the character is refused.
     pub class: Class,
     /// Its code point.
@@ -117,7 +117,7 @@ fn rule(shape: Shape) -> &'static str {
 ///
 /// # Errors
 /// [`Unreadable`] naming the first refused character.
-pub fn check(value: &str, shape: Shape) -> Result<(), Unreadable> {
+pub(crate) fn check(value: &str, shape: Shape) -> Result<(), Unreadable> {
     let mut chars = value.chars().enumerate().peekable();
     while let Some((i, c)) = chars.next() {
         let Some(class) = class_of(c) else { continue };
@@ -146,7 +146,7 @@ pub fn check(value: &str, shape: Shape) -> Result<(), Unreadable> {
 /// ASCII controls, `\u{202e}` for the rest — so that it can neither act on the terminal nor
 /// start a line that looks like the CLI's own. Backslashes are left alone: a literal `\x1b` in
 /// the text reads the same as an escaped ESC, which is harmless.
-pub fn line(value: &str) -> Cow<'_, str> {
+pub(crate) fn line(value: &str) -> Cow<'_, str> {
     if !value.chars().any(|c| class_of(c).is_some()) {
         return Cow::Borrowed(value);
     }
@@ -171,7 +171,7 @@ pub fn line(value: &str) -> Cow<'_, str> {
 /// The lines of a multi-line `value`, each made safe as by [`line`] (a CRLF line end counts as
 /// one line end, a lone CR is escaped). The caller prints each behind its own prefix (the
 /// CLI's `  | `), so that no line of a text can pass for a header line.
-pub fn lines(value: &str) -> impl Iterator<Item = Cow<'_, str>> {
+pub(crate) fn lines(value: &str) -> impl Iterator<Item = Cow<'_, str>> {
     value.lines().map(line)
 }
 
@@ -180,7 +180,7 @@ pub fn lines(value: &str) -> impl Iterator<Item = Cow<'_, str>> {
 /// UTF-16 surrogate pairs above U+FFFF. Outside strings, JSON holds only ASCII punctuation,
 /// digits, letters and whitespace, so the document means exactly what it meant. Line feeds
 /// and tabs (indentation) are kept.
-pub fn json(text: &str) -> Cow<'_, str> {
+pub(crate) fn json(text: &str) -> Cow<'_, str> {
     let unsafe_char = |c: char| class_of(c).is_some() && !matches!(c, '\n' | '\t');
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
@@ -203,7 +203,7 @@ pub fn json(text: &str) -> Cow<'_, str> {
 
 /// Longest file name [`file_name`] returns, in bytes: below the 255 of common file systems,
 /// with room for a ` (NNN)` suffix.
-pub const MAX_FILE_NAME_BYTES: usize = 200;
+pub(crate) const MAX_FILE_NAME_BYTES: usize = 200;
 
 /// Names Windows reserves for devices, with or without an extension.
 const RESERVED_NAMES: [&str; 22] = [
@@ -217,7 +217,7 @@ const RESERVED_NAMES: [&str; 22] = [
 /// `.bashrc`); trailing dots and spaces are dropped; a device name (`CON`, `nul.txt`) gets a
 /// leading `_`; the name is cut to [`MAX_FILE_NAME_BYTES`], keeping a short extension; an
 /// empty result is `attachment`. A name that needs none of this comes back unchanged.
-pub fn file_name(sent: &str) -> String {
+pub(crate) fn file_name(sent: &str) -> String {
     let mut name: String = sent
         .chars()
         .map(|c| {
@@ -255,7 +255,7 @@ pub fn file_name(sent: &str) -> String {
 }
 
 /// `name` with ` (n)` before its extension: `report.txt` → `report (2).txt`.
-pub fn numbered(name: &str, n: usize) -> String {
+pub(crate) fn numbered(name: &str, n: usize) -> String {
     let (stem, extension) = split_extension(name);
     format!("{stem} ({n}){extension}")
 }
@@ -270,12 +270,12 @@ fn split_extension(name: &str) -> (&str, &str) {
 
 /// Most characters of a caller's input that an error message repeats: enough to recognise the
 /// value, never enough to turn a refusal into an amplifier of what was sent.
-pub const MAX_ECHO_CHARS: usize = 40;
+pub(crate) const MAX_ECHO_CHARS: usize = 40;
 
 /// The start of a caller's input, as much of it as an error message (or an audit entry) may
 /// repeat: at most [`MAX_ECHO_CHARS`] characters, followed by `…` when cut. Quote it with
 /// `{:?}` so that control and bidi characters show escaped.
-pub fn excerpt(input: &str) -> String {
+pub(crate) fn excerpt(input: &str) -> String {
     match input.char_indices().nth(MAX_ECHO_CHARS) {
         Some((end, _)) => format!("{}…", &input[..end]),
         None => input.to_string(),

@@ -2,7 +2,7 @@
 //! audit entries, protobuf `Timestamp`s on the wire.
 
 /// The current time in microseconds since the Unix epoch, the store's time unit.
-pub fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -10,7 +10,7 @@ pub fn now_micros() -> i64 {
 }
 
 /// A protobuf timestamp from microseconds since the Unix epoch.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,

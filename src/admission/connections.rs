@@ -40,11 +40,11 @@ use crate::config::Config;
 
 /// How long a handshake that has begun may take before a new connection may displace it when
 /// the budget is full: a TLS 1.3 handshake takes two round trips and a signature.
-pub const STALL_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const STALL_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a connection was closed without being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Its source address has as many handshakes in progress as it may.
     AddressFull,
     /// The handshake budget is full of handshakes that may not be displaced.
@@ -70,7 +70,7 @@ impl fmt::Display for Refused {
 }
 
 /// The connection limits of a server and what holds them now.
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     max_handshakes: usize,
     per_address: usize,
     max_connections: usize,
@@ -111,7 +111,7 @@ impl Pending {
 
 /// Whether bytes (or the end of the stream) wait on a non-blocking socket, without consuming
 /// them.
-pub fn has_spoken(socket: &std::net::TcpStream) -> bool {
+pub(crate) fn has_spoken(socket: &std::net::TcpStream) -> bool {
     match socket.peek(&mut [0u8; 1]) {
         Ok(_) => true,
         Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
@@ -183,7 +183,7 @@ impl Handshakes {
 impl ConnectionLimits {
     /// The limits of `config`.
     #[must_use]
-    pub fn new(config: &Config) -> Arc<ConnectionLimits> {
+    pub(crate) fn new(config: &Config) -> Arc<ConnectionLimits> {
         Arc::new(ConnectionLimits {
             max_handshakes: config.max_handshakes,
             per_address: config.max_handshakes_per_address,
@@ -200,7 +200,7 @@ impl ConnectionLimits {
     ///
     /// # Errors
     /// `AddressFull` or `HandshakesFull`: close the connection.
-    pub fn begin_handshake(
+    pub(crate) fn begin_handshake(
         self: &Arc<Self>,
         remote: IpAddr,
         probe: Option<std::net::TcpStream>,
@@ -247,7 +247,7 @@ impl ConnectionLimits {
     ///
     /// # Errors
     /// `ServerFull` or `IdentityFull`: close the connection.
-    pub fn establish(self: &Arc<Self>, identity: &str) -> Result<ConnectionSlot, Refused> {
+    pub(crate) fn establish(self: &Arc<Self>, identity: &str) -> Result<ConnectionSlot, Refused> {
         let mut established = self
             .established
             .lock()
@@ -272,7 +272,7 @@ impl ConnectionLimits {
 }
 
 /// A handshake's place in the budget, given back when dropped.
-pub struct HandshakeSlot {
+pub(crate) struct HandshakeSlot {
     limits: Arc<ConnectionLimits>,
     id: u64,
     displaced: Option<oneshot::Receiver<()>>,
@@ -280,7 +280,7 @@ pub struct HandshakeSlot {
 
 impl HandshakeSlot {
     /// The client sent its first bytes: no longer displaced for silence.
-    pub fn spoke(&self) {
+    pub(crate) fn spoke(&self) {
         let mut table = self
             .limits
             .handshakes
@@ -292,7 +292,7 @@ impl HandshakeSlot {
     }
 
     /// Completes when a newer connection takes this handshake's place (once per slot).
-    pub fn displaced(&mut self) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn displaced(&mut self) -> impl Future<Output = ()> + Send + 'static {
         let receiver = self.displaced.take();
         async move {
             match receiver {
@@ -316,7 +316,7 @@ impl Drop for HandshakeSlot {
 }
 
 /// An established connection's place under the limits, given back when dropped.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     limits: Arc<ConnectionLimits>,
     identity: String,
 }
@@ -394,7 +394,7 @@ impl Drop for CallGuard {
 }
 
 /// Tells a connection when it has had no call open for its idle timeout.
-pub struct IdleTimer {
+pub(crate) struct IdleTimer {
     activity: Arc<Activity>,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
@@ -403,7 +403,7 @@ pub struct IdleTimer {
 
 impl IdleTimer {
     /// A timer for the connection whose calls `activity` counts.
-    pub fn new(activity: Arc<Activity>, timeout: Duration) -> IdleTimer {
+    pub(crate) fn new(activity: Arc<Activity>, timeout: Duration) -> IdleTimer {
         IdleTimer {
             activity,
             timeout,
@@ -415,7 +415,7 @@ impl IdleTimer {
     /// Whether the connection is idle past its timeout; otherwise `cx` is woken to ask again.
     /// While calls are open it looks again every timeout, so a connection is closed between
     /// one and two timeouts after its last call ended.
-    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         while !self.expired {
             let deadline = self
                 .activity

@@ -27,13 +27,13 @@ use super::{exhausted, RateLimits};
 use crate::config::Limits;
 
 /// WARN lines about single events logged one by one before [`WARN_PER_MINUTE`] applies.
-pub const WARN_BURST: u32 = 50;
+pub(crate) const WARN_BURST: u32 = 50;
 /// WARN lines about single events logged per minute after the burst.
-pub const WARN_PER_MINUTE: u32 = 12;
+pub(crate) const WARN_PER_MINUTE: u32 = 12;
 /// Distinct addresses an aggregate entry counts one by one; beyond, it says "at least".
 const MAX_COUNTED_ADDRESSES: usize = 100_000;
 /// How often pending aggregate entries are looked at.
-pub const AGGREGATE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const AGGREGATE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A token bucket: `burst` tokens, refilled at `per_minute`.
 struct Bucket {
@@ -79,7 +79,7 @@ static WARNINGS: Mutex<Option<Warnings>> = Mutex::new(None);
 /// Whether a WARN line about a single event may be logged now: `Some(n)` with the number of
 /// such lines left out since the last one logged (name it in the line), or `None` to leave
 /// this one out.
-pub fn warning() -> Option<u64> {
+pub(crate) fn warning() -> Option<u64> {
     let mut warnings = WARNINGS.lock().unwrap_or_else(PoisonError::into_inner);
     let warnings = warnings.get_or_insert_with(|| Warnings {
         bucket: Bucket::new(WARN_PER_MINUTE, WARN_BURST),
@@ -111,7 +111,7 @@ macro_rules! budgeted_warn {
 
 /// What to do with one refused handshake.
 #[derive(Debug, PartialEq, Eq)]
-pub enum HandshakeRecord {
+pub(crate) enum HandshakeRecord {
     /// Record it.
     One,
     /// Counted into the next aggregate entry.
@@ -120,7 +120,7 @@ pub enum HandshakeRecord {
 
 /// Refused handshakes left out, waiting for an aggregate entry.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     /// How many.
     pub refused: u64,
     /// From how many distinct addresses (at least, past [`MAX_COUNTED_ADDRESSES`]).
@@ -134,7 +134,7 @@ struct Pending {
 }
 
 /// The per-address and global budgets of refused-handshake entries.
-pub struct HandshakeRecords {
+pub(crate) struct HandshakeRecords {
     per_address: Arc<RateLimits>,
     global: Mutex<Pending>,
 }
@@ -142,7 +142,7 @@ pub struct HandshakeRecords {
 impl HandshakeRecords {
     /// The budgets of `limits`.
     #[must_use]
-    pub fn new(limits: &Limits) -> Arc<HandshakeRecords> {
+    pub(crate) fn new(limits: &Limits) -> Arc<HandshakeRecords> {
         Arc::new(HandshakeRecords {
             per_address: RateLimits::handshake_records(),
             global: Mutex::new(Pending {
@@ -160,7 +160,7 @@ impl HandshakeRecords {
     /// its address's rate and the global budget, else counted for an aggregate entry. While
     /// refused handshakes wait for an aggregate entry, every new one joins them: the aggregate
     /// takes the next token.
-    pub fn refused(&self, address: IpAddr) -> HandshakeRecord {
+    pub(crate) fn refused(&self, address: IpAddr) -> HandshakeRecord {
         let mut global = self.global.lock().unwrap_or_else(PoisonError::into_inner);
         if global.refused == 0
             && self.per_address.admit(&address.to_string()).is_ok()
@@ -176,7 +176,7 @@ impl HandshakeRecords {
     }
 
     /// The refused handshakes left out, once the global budget has a token for their entry.
-    pub fn take_aggregate(&self) -> Option<Aggregate> {
+    pub(crate) fn take_aggregate(&self) -> Option<Aggregate> {
         let mut global = self.global.lock().unwrap_or_else(PoisonError::into_inner);
         if global.refused == 0 || !global.budget.take() {
             return None;

@@ -70,7 +70,7 @@ pub fn message_event(
 }
 
 /// An entry for a refused call: who (as far as the connection says), which method, why.
-pub fn refusal_event(peer: Option<&Peer>, method: &str, reason: &str) -> AuditEvent {
+pub(crate) fn refusal_event(peer: Option<&Peer>, method: &str, reason: &str) -> AuditEvent {
     let caller = peer.and_then(|p| p.caller.as_ref().ok());
     let mut event = event(AuditAction::RequestRefused, caller.map(|c| c.as_ref()));
     event.method = method.to_string();

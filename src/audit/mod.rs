@@ -3,11 +3,11 @@
 //! and committed to by checkpoints signed as C2SP signed notes with the log's own Ed25519 key
 //! ([`note`]). Served to auditors and agencies by [`service::AuditService`].
 
-pub mod entry;
+pub(crate) mod entry;
 pub mod export;
 pub mod merkle;
 pub mod note;
-pub mod service;
+pub(crate) mod service;
 pub mod verify;
 
 use std::path::Path;

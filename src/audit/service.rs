@@ -37,7 +37,7 @@ const LIST_BUFFER: usize = 8;
 /// Entries a listing may read for the price of one call against the caller's request rate
 /// (`admission::RateLimits`): a full scan of a long log costs what its reads cost, and pauses
 /// while the caller's bucket is empty instead of competing with everybody's calls.
-pub const ENTRIES_PER_CALL: usize = 32;
+pub(crate) const ENTRIES_PER_CALL: usize = 32;
 
 /// Why an audit call failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +139,7 @@ impl Reader {
 }
 
 /// The AuditService handlers.
-pub struct AuditService {
+pub(crate) struct AuditService {
     log: Arc<AuditLog>,
     directory: Arc<Directory>,
     /// Open listings per caller identity.
@@ -149,12 +149,13 @@ pub struct AuditService {
 }
 
 /// The response stream of `ListAuditEntries`.
-pub type EntryStream = Pin<Box<dyn Stream<Item = Result<ListAuditEntriesResponse, Status>> + Send>>;
+pub(crate) type EntryStream =
+    Pin<Box<dyn Stream<Item = Result<ListAuditEntriesResponse, Status>> + Send>>;
 
 impl AuditService {
     /// Serves `log`; agency callers are checked against `directory`. Listings are limited per
     /// caller as `limits` says and charged against the callers' request rates `rates`.
-    pub fn new(
+    pub(crate) fn new(
         log: Arc<AuditLog>,
         directory: Arc<Directory>,
         limits: &Limits,

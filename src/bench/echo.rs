@@ -10,7 +10,7 @@ use crate::pb::bench::v1::{EchoRequest, EchoResponse};
 /// Answers every request with its payload: no identity check, no storage, no logging, so that
 /// what it costs is gRPC over mutual TLS alone.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Echo;
+pub(crate) struct Echo;
 
 #[tonic::async_trait]
 impl EchoService for Echo {

@@ -13,7 +13,7 @@ use super::STALL_TIMEOUT;
 
 /// Why a bench run stopped before its report.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     /// An option no run can measure.
     #[error("--{option} must be {requirement}")]
     Option {

@@ -28,11 +28,9 @@ mod setup;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use echo::Echo;
-pub use error::BenchError;
-pub use report::{
-    Bound, ComputedProofs, Durable, Memory, Percentiles, Preload, Proofs, Report, Restart,
-};
+pub(crate) use echo::Echo;
+pub(crate) use error::BenchError;
+pub(crate) use report::Report;
 
 use after::{memory, restart, time_computed_proofs, time_proofs};
 use run::{measure_bound, measure_durable, measure_fdatasync, prepare};
@@ -72,7 +70,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a bench run measures: the flags of `puente bench`, one field each (the field's name is
 /// the flag's, which errors name).
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Sending connections. Each sends one message at a time and waits for its durable
     /// acceptance before the next; the bound uses as many echo clients.
     pub senders: usize,
@@ -109,7 +107,7 @@ pub struct Options {
 /// # Errors
 /// Invalid options, a directory that cannot be written, a server that fails to start, or a call
 /// that fails during the run.
-pub async fn run(options: &Options, progress: fn(&str)) -> Result<Report, BenchError> {
+pub(crate) async fn run(options: &Options, progress: fn(&str)) -> Result<Report, BenchError> {
     options.check()?;
     let work = tempfile::Builder::new()
         .prefix("puente-bench-")

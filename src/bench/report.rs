@@ -10,7 +10,7 @@ use serde::Serialize;
 
 /// Everything a run measured; a section is absent when it was not measured.
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Size of each message's text, and of each echo payload.
     pub payload_bytes: usize,
     /// Sending connections.
@@ -37,7 +37,7 @@ pub struct Report {
 
 /// The preload: messages stored through the exchange's send handler, with no network.
 #[derive(Debug, Serialize)]
-pub struct Preload {
+pub(crate) struct Preload {
     /// Messages stored.
     pub messages: u64,
     /// How long that took.
@@ -48,7 +48,7 @@ pub struct Preload {
 
 /// The bare-tonic bound: echoes over the same TLS, in closed loops.
 #[derive(Debug, Serialize)]
-pub struct Bound {
+pub(crate) struct Bound {
     /// Echoes answered.
     pub messages: u64,
     /// How long that took.
@@ -63,7 +63,7 @@ pub struct Bound {
 
 /// The measured run: durable sends in closed loops, read and acknowledged by the readers.
 #[derive(Debug, Serialize)]
-pub struct Durable {
+pub(crate) struct Durable {
     /// Messages sent and durably accepted.
     pub messages: u64,
     /// How long that took.
@@ -84,7 +84,7 @@ pub struct Durable {
 
 /// The restart of the server after the measured run.
 #[derive(Debug, Serialize)]
-pub struct Restart {
+pub(crate) struct Restart {
     /// Messages in the store.
     pub stored: u64,
     /// From the shutdown request until `server::run` returned.
@@ -95,7 +95,7 @@ pub struct Restart {
 
 /// Memory of this process (`/proc/self/status`).
 #[derive(Debug, Serialize)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// Resident set size.
     pub vm_rss_kib: u64,
     /// Peak resident set size.
@@ -104,7 +104,7 @@ pub struct Memory {
 
 /// Audit proofs timed one call at a time, as an auditor would ask for them.
 #[derive(Debug, Serialize)]
-pub struct Proofs {
+pub(crate) struct Proofs {
     /// Proofs of each kind timed.
     pub count: usize,
     /// The size of the tree they were proved in.
@@ -119,7 +119,7 @@ pub struct Proofs {
 
 /// Proofs computed in-process from the stored hashes.
 #[derive(Debug, Serialize)]
-pub struct ComputedProofs {
+pub(crate) struct ComputedProofs {
     /// Inclusion proofs.
     pub inclusion: Percentiles,
     /// Consistency proofs.
@@ -128,7 +128,7 @@ pub struct ComputedProofs {
 
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     /// Median.
     pub p50_ms: f64,
     /// 99th percentile.

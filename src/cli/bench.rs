@@ -60,7 +60,7 @@ pub struct BenchArgs {
 /// # Errors
 /// Invalid flags, a directory that cannot be written, a server that fails to start, or a call
 /// that fails during the run.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let options = Options {
         senders: args.senders,
         readers: args.readers,

@@ -33,7 +33,7 @@ enum ConfigCommand {
 ///
 /// # Errors
 /// The configuration or one of its files cannot be used; the message says which and why.
-pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: ConfigArgs) -> anyhow::Result<()> {
     let ConfigCommand::Check(serve) = args.command;
     let config = serve.config()?;
     let source = match serve.config_file() {

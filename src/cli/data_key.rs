@@ -35,7 +35,7 @@ enum DataKeyCommand {
 ///
 /// # Errors
 /// The keyring cannot be read or written.
-pub fn run(args: DataKeyArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: DataKeyArgs) -> anyhow::Result<()> {
     match args.command {
         DataKeyCommand::New { keyring } => {
             let id = DataKeys::add_new(&keyring)?;

@@ -44,7 +44,7 @@ pub struct ConsentArgs {
 
 /// The consent subcommands.
 #[derive(Debug, Subcommand)]
-pub enum ConsentCommand {
+pub(super) enum ConsentCommand {
     /// Ask the originator of an H2/H3 message you hold for consent to forward it to an agency.
     Request(ConsentRequestArgs),
     /// As originator, consent to a request (found in your inbox as a CONSENT_REQUEST).
@@ -55,7 +55,7 @@ pub enum ConsentCommand {
 
 /// Flags of `puente consent request`.
 #[derive(Debug, Args)]
-pub struct ConsentRequestArgs {
+pub(super) struct ConsentRequestArgs {
     #[command(flatten)]
     connect: ConnectArgs,
     /// The message (or forwarded copy) you hold.
@@ -70,7 +70,7 @@ pub struct ConsentRequestArgs {
 
 /// Flags of `puente consent grant`.
 #[derive(Debug, Args)]
-pub struct GrantArgs {
+pub(super) struct GrantArgs {
     #[command(flatten)]
     connect: ConnectArgs,
     /// The consent request's message id.
@@ -82,7 +82,7 @@ pub struct GrantArgs {
 
 /// Flags of `puente consent deny`.
 #[derive(Debug, Args)]
-pub struct DenyArgs {
+pub(super) struct DenyArgs {
     #[command(flatten)]
     connect: ConnectArgs,
     /// The consent request's message id.
@@ -147,7 +147,7 @@ pub struct ThreadArgs {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+pub(super) async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let client_message_id = args
         .client_message_id
         .clone()
@@ -176,7 +176,7 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
+pub(super) async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
     match args.command {
         ConsentCommand::Request(args) => {
             let response = client(&args.connect)
@@ -232,7 +232,7 @@ pub async fn consent(args: ConsentArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn retract(args: RetractArgs) -> anyhow::Result<()> {
+pub(super) async fn retract(args: RetractArgs) -> anyhow::Result<()> {
     let response = client(&args.connect)
         .await?
         .retract_message(RetractMessageRequest {
@@ -253,7 +253,7 @@ pub async fn retract(args: RetractArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// An unreadable --text-file, connection failures or the exchange's refusal.
-pub async fn correct(args: CorrectArgs) -> anyhow::Result<()> {
+pub(super) async fn correct(args: CorrectArgs) -> anyhow::Result<()> {
     let text = match (args.text, &args.text_file) {
         (Some(text), _) => text,
         (None, Some(path)) => std::fs::read_to_string(path)
@@ -281,7 +281,7 @@ pub async fn correct(args: CorrectArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn thread(args: ThreadArgs) -> anyhow::Result<()> {
+pub(super) async fn thread(args: ThreadArgs) -> anyhow::Result<()> {
     let response = client(&args.connect)
         .await?
         .list_thread(ListThreadRequest {

@@ -61,7 +61,7 @@ pub struct ServeArgs {
 ///
 /// # Errors
 /// Invalid configuration, unusable key material, a port in use, or a store that cannot open.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         commit = env!("PUENTE_BUILD_COMMIT"),

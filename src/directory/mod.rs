@@ -1,7 +1,7 @@
 //! The agency directory: who may exchange, kept durable in the store and cached in memory for
 //! the per-call checks. Served to administrators by [`AdminService`](service::AdminService).
 
-pub mod service;
+pub(crate) mod service;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -127,7 +127,7 @@ impl TryFrom<Option<Agency>> for AgencyEntry {
 }
 
 /// Converts a stored record to its wire form.
-pub fn to_wire(record: &AgencyRecord) -> Agency {
+pub(crate) fn to_wire(record: &AgencyRecord) -> Agency {
     Agency {
         agency_id: record.agency_id.clone(),
         name: record.name.clone(),

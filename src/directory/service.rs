@@ -19,7 +19,7 @@ use crate::tls::CrlError;
 use crate::tls::TlsState;
 
 /// The AdminService handlers.
-pub struct AdminService {
+pub(crate) struct AdminService {
     directory: Arc<Directory>,
     tls: Arc<TlsState>,
     store: Arc<dyn Store>,
@@ -28,7 +28,7 @@ pub struct AdminService {
 impl AdminService {
     /// Serves `directory`, publishes CRLs into `tls`, and records refusals and CRLs in the
     /// audit log of `store`.
-    pub fn new(
+    pub(crate) fn new(
         directory: Arc<Directory>,
         tls: Arc<TlsState>,
         store: Arc<dyn Store>,

@@ -21,7 +21,7 @@ use crate::store::{Link, StoreError};
 use crate::time::{now_micros, timestamp};
 
 /// Longest reason given with a forward, consent or notice, in characters.
-pub const MAX_REASON_CHARS: usize = 1000;
+pub(super) const MAX_REASON_CHARS: usize = 1000;
 
 fn check_reason(reason: &str, required: bool) -> Result<String, ExchangeError> {
     let reason = reason.trim().to_string();

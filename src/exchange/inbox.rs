@@ -73,7 +73,8 @@ type Buffered = Result<
 >;
 
 /// The response stream of `StreamInbox`.
-pub type InboxStream = Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;
+pub(super) type InboxStream =
+    Pin<Box<dyn Stream<Item = Result<StreamInboxResponse, Status>> + Send>>;
 
 /// Whose inbox a stream reads, and what ends it early.
 pub(super) struct Reader {

@@ -14,9 +14,9 @@ use crate::store::records::MessageRecord;
 use crate::store::StoreError;
 
 /// Most messages one ListThread answers with.
-pub const MAX_THREAD_MESSAGES: usize = 1000;
+pub(super) const MAX_THREAD_MESSAGES: usize = 1000;
 /// Most messages one ListThread looks at, readable or not.
-pub const MAX_THREAD_WALK: usize = 10 * MAX_THREAD_MESSAGES;
+pub(super) const MAX_THREAD_WALK: usize = 10 * MAX_THREAD_MESSAGES;
 
 impl ExchangeService {
     /// The replies to `message_id`: (replying agency, reply id) from the reply index.

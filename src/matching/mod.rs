@@ -2,4 +2,4 @@
 //! ([`identifiers`]), and published, withdrawn and queried blinded ([`service`]).
 
 pub mod identifiers;
-pub mod service;
+pub(crate) mod service;

@@ -32,13 +32,13 @@ use crate::store::{NewMessage, PublishedKey, Store, StoreError};
 use crate::time::now_micros;
 
 /// Most identifiers one publication or withdrawal may carry.
-pub const MAX_PUBLISH_BATCH: usize = 10_000;
+pub(crate) const MAX_PUBLISH_BATCH: usize = 10_000;
 /// Most identifiers one query may carry.
-pub const MAX_QUERY_BATCH: usize = 1_000;
+pub(crate) const MAX_QUERY_BATCH: usize = 1_000;
 /// Length of a blinded identifier (HMAC-SHA-256).
-pub const BLINDED_LEN: usize = 32;
+pub(crate) const BLINDED_LEN: usize = 32;
 /// The quota window.
-pub const QUOTA_WINDOW: Duration = Duration::from_secs(3_600);
+pub(crate) const QUOTA_WINDOW: Duration = Duration::from_secs(3_600);
 
 /// Why a matching call failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ fn invalid(field: impl Into<String>, reason: &str) -> MatchError {
 }
 
 /// The MatchService handlers.
-pub struct MatchService {
+pub(crate) struct MatchService {
     store: Arc<dyn Store>,
     directory: Arc<Directory>,
     quota_per_hour: u64,
@@ -157,7 +157,7 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<St
 impl MatchService {
     /// Serves matching from `store`; agencies are checked against `directory`; each agency may
     /// query `quota_per_hour` identifiers per hour.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         directory: Arc<Directory>,
         quota_per_hour: u64,

@@ -20,14 +20,18 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, warn};
 
 /// The one path served.
-pub const PATH: &str = "/metrics";
+pub(crate) const PATH: &str = "/metrics";
 /// Scrape connections served at once; more are closed as they are accepted.
 const MAX_CONNECTIONS: usize = 16;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `registry` on `listener` until `stopping` turns true.
-pub fn spawn(listener: TcpListener, registry: Registry, mut stopping: watch::Receiver<bool>) {
+pub(crate) fn spawn(
+    listener: TcpListener,
+    registry: Registry,
+    mut stopping: watch::Receiver<bool>,
+) {
     let registry = Arc::new(registry);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {

@@ -12,9 +12,9 @@
 //! followed between scrapes (inbox delivery cursors, open connections' certificates); `scrape`
 //! what is read from the store and the data directory when the endpoint is scraped.
 
-pub mod endpoint;
+pub(crate) mod endpoint;
 mod handshake;
-pub mod rpc;
+pub(crate) mod rpc;
 mod scrape;
 mod tracked;
 
@@ -37,10 +37,10 @@ use crate::identity::{Caller, Role};
 use crate::pb::v1::AuditAction;
 use crate::store::Store;
 
-pub use handshake::HandshakeFailure;
+pub(crate) use handshake::HandshakeFailure;
 use scrape::Scraped;
 use tracked::{last_delivered, Certificates, InboxCursors};
-pub use tracked::{ConnectionGuard, InboxProgress};
+pub(crate) use tracked::{ConnectionGuard, InboxProgress};
 
 /// Upper bounds of the RPC latency buckets, seconds: 0.5 ms to 10 s for unary calls, then up to
 /// an hour for the life of server-streaming calls.

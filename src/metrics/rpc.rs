@@ -36,11 +36,11 @@ use super::Metrics;
 use crate::identity::{Caller, Peer};
 
 /// Log target of the per-call lines, to filter them (`RUST_LOG=puente::rpc=off`).
-pub const LOG_TARGET: &str = "puente::rpc";
+pub(crate) const LOG_TARGET: &str = "puente::rpc";
 
 /// Service and method of a call that names one the server serves.
 #[derive(Debug)]
-pub struct Method {
+pub(crate) struct Method {
     service: String,
     name: String,
     /// `/<service>/<name>`, the request path.
@@ -98,23 +98,23 @@ static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
 
 impl Method {
     /// The method a request path names, or the `unknown` method.
-    pub fn of_path(path: &str) -> &'static Method {
+    pub(crate) fn of_path(path: &str) -> &'static Method {
         METHODS.get(path).unwrap_or(&UNKNOWN)
     }
 
     /// The fully qualified service, e.g. `puente.v1.ExchangeService`.
-    pub fn service(&'static self) -> &'static str {
+    pub(crate) fn service(&'static self) -> &'static str {
         &self.service
     }
 
     /// The method name, e.g. `SendMessage`.
-    pub fn name(&'static self) -> &'static str {
+    pub(crate) fn name(&'static self) -> &'static str {
         &self.name
     }
 }
 
 /// The canonical name of a gRPC status code, as in the gRPC documentation.
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -145,13 +145,13 @@ fn status_of(headers: &HeaderMap) -> Option<Code> {
 
 /// The tower layer that observes every call of the router it wraps.
 #[derive(Clone)]
-pub struct RpcLayer {
+pub(crate) struct RpcLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RpcLayer {
     /// Observes calls into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> RpcLayer {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> RpcLayer {
         RpcLayer { metrics }
     }
 }
@@ -169,7 +169,7 @@ impl<S> Layer<S> for RpcLayer {
 
 /// The router wrapped by [`RpcLayer`].
 #[derive(Clone)]
-pub struct RpcService<S> {
+pub(crate) struct RpcService<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

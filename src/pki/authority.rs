@@ -14,7 +14,7 @@ use super::{
 
 /// One issued certificate in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
+pub(crate) struct LedgerEntry {
     /// Serial number, lower-case hex.
     pub serial: String,
     /// SPIFFE ID, or `server:<names>` for server certificates.
@@ -38,7 +38,7 @@ pub struct LedgerEntry {
 
 /// The ledger file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// Trust domain of the SPIFFE IDs this CA issues.
     pub trust_domain: String,
     /// Number of the last CRL put in force: written to a file, or accepted by the exchange.
@@ -56,7 +56,7 @@ pub struct Ledger {
 /// whose answer was lost sends the very same CRL rather than a different one with the same
 /// number, and repeated refused publications never move the number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingCrl {
+pub(crate) struct PendingCrl {
     /// Its number.
     pub number: u64,
     /// Signed at, Unix seconds.
@@ -75,7 +75,7 @@ const PENDING_CRL_REUSE_SECS: i64 = 3_600;
 
 /// Which certificates to revoke.
 #[derive(Debug, Clone)]
-pub enum Selector {
+pub(crate) enum Selector {
     /// One certificate, by serial (hex, case and leading zeros ignored).
     Serial(String),
     /// Every unrevoked certificate of an agency.
@@ -83,7 +83,7 @@ pub enum Selector {
 }
 
 /// A CA directory, opened.
-pub struct Authority {
+pub(crate) struct Authority {
     dir: PathBuf,
     ca: CertificateAuthority,
     ledger: Ledger,
@@ -97,7 +97,7 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> PkiError + '_ {
 }
 
 /// Normalises a hex serial for comparison: lower case, no separators, no leading zeros.
-pub fn normalize_serial(serial: &str) -> String {
+pub(crate) fn normalize_serial(serial: &str) -> String {
     let hex: String = serial
         .chars()
         .filter(|c| !matches!(c, ':' | ' ' | '-'))
@@ -112,7 +112,7 @@ pub fn normalize_serial(serial: &str) -> String {
 }
 
 /// Revocation reasons by their CLI names, with their RFC 5280 codes.
-pub const REASONS: [(&str, RevocationReason); 7] = [
+pub(crate) const REASONS: [(&str, RevocationReason); 7] = [
     ("unspecified", RevocationReason::Unspecified),
     ("key-compromise", RevocationReason::KeyCompromise),
     ("ca-compromise", RevocationReason::CaCompromise),
@@ -126,7 +126,7 @@ pub const REASONS: [(&str, RevocationReason); 7] = [
 ];
 
 /// The name of an RFC 5280 reason code.
-pub fn reason_name(code: u8) -> &'static str {
+pub(crate) fn reason_name(code: u8) -> &'static str {
     REASONS
         .iter()
         .find(|(_, reason)| *reason as u8 == code)
@@ -139,7 +139,7 @@ impl Authority {
     ///
     /// # Errors
     /// A CA already exists there, or files cannot be written.
-    pub fn init(
+    pub(crate) fn init(
         dir: &Path,
         trust_domain: &str,
         days: u32,
@@ -176,7 +176,7 @@ impl Authority {
     ///
     /// # Errors
     /// Missing files (run `ca init`), an encrypted key without its passphrase, a bad ledger.
-    pub fn open(dir: &Path, passphrase: Option<&[u8]>) -> Result<Authority, PkiError> {
+    pub(crate) fn open(dir: &Path, passphrase: Option<&[u8]>) -> Result<Authority, PkiError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
@@ -201,12 +201,12 @@ impl Authority {
     }
 
     /// The CA.
-    pub fn ca(&self) -> &CertificateAuthority {
+    pub(crate) fn ca(&self) -> &CertificateAuthority {
         &self.ca
     }
 
     /// The ledger.
-    pub fn ledger(&self) -> &Ledger {
+    pub(crate) fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
@@ -225,7 +225,7 @@ impl Authority {
     ///
     /// # Errors
     /// As [`CertificateAuthority::issue`], or the ledger cannot be written.
-    pub fn issue(
+    pub(crate) fn issue(
         &mut self,
         subject: &Subject,
         days: u32,
@@ -256,7 +256,7 @@ impl Authority {
     ///
     /// # Errors
     /// Nothing matches, or the ledger cannot be written.
-    pub fn revoke(
+    pub(crate) fn revoke(
         &mut self,
         selector: &Selector,
         reason: RevocationReason,
@@ -293,7 +293,7 @@ impl Authority {
     ///
     /// # Errors
     /// Signing failed, or the ledger cannot be written.
-    pub fn sign_crl(&mut self, next_update_days: u32) -> Result<(String, u64), PkiError> {
+    pub(crate) fn sign_crl(&mut self, next_update_days: u32) -> Result<(String, u64), PkiError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let revoked: Vec<Revoked> = self
             .ledger
@@ -349,7 +349,7 @@ impl Authority {
     ///
     /// # Errors
     /// The ledger cannot be written.
-    pub fn record_crl(&mut self, number: u64) -> Result<(), PkiError> {
+    pub(crate) fn record_crl(&mut self, number: u64) -> Result<(), PkiError> {
         self.ledger.crl_number = self.ledger.crl_number.max(number);
         if self
             .ledger

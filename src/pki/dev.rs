@@ -15,7 +15,7 @@ use crate::pb::v1::Region;
 use crate::store::DataKeys;
 
 /// Where `--dev` keeps its PKI, relative to the working directory.
-pub const DEV_PKI_DIR: &str = "certs/dev";
+pub(crate) const DEV_PKI_DIR: &str = "certs/dev";
 /// Validity of development certificates, in days.
 const DEV_DAYS: u32 = 365;
 /// Validity of the development CA, in days.
@@ -35,7 +35,7 @@ fn issue_into(
 }
 
 /// The demo agencies `--dev` registers: id, name, country, region.
-pub const DEMO_AGENCIES: [(&str, &str, &str, Region); 3] = [
+pub(crate) const DEMO_AGENCIES: [(&str, &str, &str, Region); 3] = [
     ("ES-CNP", "Policía Nacional", "ES", Region::Eu),
     (
         "CO-DIJIN",
@@ -48,7 +48,7 @@ pub const DEMO_AGENCIES: [(&str, &str, &str, Region); 3] = [
 
 /// Paths of the development PKI that the server needs.
 #[derive(Debug, Clone)]
-pub struct DevPki {
+pub(crate) struct DevPki {
     /// CA certificate (also the client CA bundle).
     pub ca_cert: PathBuf,
     /// Server certificate for localhost and 127.0.0.1.
@@ -75,7 +75,7 @@ fn identities() -> Result<Vec<(String, Subject)>, PkiError> {
 }
 
 /// Where the development PKI in `dir` keeps the files the server needs.
-pub fn paths(dir: &Path) -> DevPki {
+pub(crate) fn paths(dir: &Path) -> DevPki {
     DevPki {
         ca_cert: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
@@ -90,7 +90,7 @@ pub fn paths(dir: &Path) -> DevPki {
 ///
 /// # Errors
 /// Files cannot be read or written, or generation failed.
-pub fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki, PkiError> {
+pub(crate) fn ensure(dir: &Path, trust_domain: &str, addr: SocketAddr) -> Result<DevPki, PkiError> {
     let io = |source| PkiError::Io {
         path: dir.display().to_string(),
         source,

@@ -2,8 +2,8 @@
 //! client certificates carrying exactly one SPIFFE ID, signs CSRs (taking only their public key)
 //! and CRLs. [`authority`] keeps a CA on disk with its ledger; [`dev`] is the development PKI.
 
-pub mod authority;
-pub mod dev;
+pub(crate) mod authority;
+pub(crate) mod dev;
 mod keyfile;
 
 use std::io::Write;

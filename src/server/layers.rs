@@ -21,7 +21,7 @@ use crate::identity::Peer;
 /// The tower layer that counts each call of a connection in its [`Activity`](crate::admission::connections::Activity) (from the
 /// [`Peer`] of the request) until its response body ends or is dropped.
 #[derive(Clone, Copy, Default)]
-pub struct IdleLayer;
+pub(super) struct IdleLayer;
 
 impl<S> Layer<S> for IdleLayer {
     type Service = IdleService<S>;
@@ -33,7 +33,7 @@ impl<S> Layer<S> for IdleLayer {
 
 /// The router wrapped by [`IdleLayer`].
 #[derive(Clone)]
-pub struct IdleService<S> {
+pub(super) struct IdleService<S> {
     inner: S,
 }
 

@@ -214,7 +214,7 @@ fn open_authority(dir: &Path, passphrase: &PassphraseArgs) -> anyhow::Result<Aut
 ///
 /// # Errors
 /// Whatever the subcommand failed with, worded for the person at the terminal.
-pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: AdminArgs) -> anyhow::Result<()> {
     match args.command {
         AdminCommand::Ca(CaCommand::Init(args)) => ca_init(&args),
         AdminCommand::Cert(CertCommand::Issue(args)) => cert_issue(&args),

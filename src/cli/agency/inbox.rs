@@ -48,7 +48,7 @@ pub struct AckArgs {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn inbox(args: InboxArgs) -> anyhow::Result<()> {
+pub(crate) async fn inbox(args: InboxArgs) -> anyhow::Result<()> {
     let mut client = client(&args.connect).await?;
     let mut stream = client
         .stream_inbox(StreamInboxRequest {
@@ -100,7 +100,7 @@ pub(super) fn print_json(json: &str) -> anyhow::Result<bool> {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn ack(args: AckArgs) -> anyhow::Result<()> {
+pub(crate) async fn ack(args: AckArgs) -> anyhow::Result<()> {
     let state = if args.read {
         DeliveryState::Read
     } else {

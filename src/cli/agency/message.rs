@@ -44,7 +44,7 @@ pub struct GetArgs {
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn status(args: MessageArgs) -> anyhow::Result<()> {
+pub(crate) async fn status(args: MessageArgs) -> anyhow::Result<()> {
     let response = client(&args.connect)
         .await?
         .get_delivery_status(GetDeliveryStatusRequest {
@@ -97,7 +97,7 @@ pub async fn status(args: MessageArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Connection failures, the exchange's refusal, or attachments that cannot be saved.
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
     let response = client(&args.connect)
         .await?
         .get_message(GetMessageRequest {
@@ -193,7 +193,7 @@ pub struct ExportArgs {
 ///
 /// # Errors
 /// Connection failures, the exchange's refusal, or the file cannot be written.
-pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let message = client(&args.connect)
         .await?
         .get_message(GetMessageRequest {

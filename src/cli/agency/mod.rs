@@ -9,9 +9,9 @@ mod send;
 use clap::{Args, ValueEnum};
 use tonic::transport::Channel;
 
-pub use inbox::{ack, inbox, AckArgs, InboxArgs};
-pub use message::{export, get, status, ExportArgs, GetArgs, MessageArgs};
-pub use send::{send, SendArgs};
+pub(super) use inbox::{ack, inbox, AckArgs, InboxArgs};
+pub(super) use message::{export, get, status, ExportArgs, GetArgs, MessageArgs};
+pub(super) use send::{send, SendArgs};
 
 use super::{print_agencies, rpc_error, ConnectArgs};
 use crate::pb::v1::exchange_service_client::ExchangeServiceClient;
@@ -19,7 +19,7 @@ use crate::pb::v1::ListAgenciesRequest;
 
 /// Topic of a message, as typed on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum TopicArg {
+pub(super) enum TopicArg {
     /// Firearms trafficking.
     FirearmsTrafficking,
     /// Money laundering.
@@ -34,7 +34,7 @@ pub enum TopicArg {
 
 /// Europol handling code, as typed on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum HandlingArg {
+pub(super) enum HandlingArg {
     /// H0: use for the purpose provided, under national law.
     H0,
     /// H1: not to be used as evidence without the originator's consent.
@@ -63,7 +63,7 @@ pub(super) async fn client(
 ///
 /// # Errors
 /// Connection failures or the exchange's refusal.
-pub async fn agencies(args: AgenciesArgs) -> anyhow::Result<()> {
+pub(super) async fn agencies(args: AgenciesArgs) -> anyhow::Result<()> {
     let response = client(&args.connect)
         .await?
         .list_agencies(ListAgenciesRequest {})

@@ -96,7 +96,7 @@ Sending a JSON file:
 
 /// Priority, as typed on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum PriorityArg {
+pub(super) enum PriorityArg {
     /// Routine.
     Routine,
     /// Urgent: within days.
@@ -143,7 +143,7 @@ pub(super) fn parse_evaluation(s: &str) -> anyhow::Result<Evaluation> {
 ///
 /// # Errors
 /// Unreadable files, bad flags, or the exchange's refusal.
-pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
     let mut request = match &args.file {
         Some(path) => read_request(path)?,
         None => SendMessageRequest::default(),

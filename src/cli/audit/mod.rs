@@ -102,7 +102,7 @@ struct PinArgs {
 ///
 /// # Errors
 /// Connection failures, the exchange's refusal, or any verification failure.
-pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: AuditArgs) -> anyhow::Result<()> {
     match args.command {
         AuditCommand::Log(args) => log::log(args).await,
         AuditCommand::Verify(args) => match &args.export {

@@ -196,7 +196,7 @@ struct QueryArgs {
 ///
 /// # Errors
 /// Unreadable or invalid files and keys, or the exchange's refusal.
-pub async fn run(args: MatchArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: MatchArgs) -> anyhow::Result<()> {
     match args.command {
         MatchCommand::Keygen(args) => keygen(args),
         MatchCommand::Publish(args) => publish(args).await,

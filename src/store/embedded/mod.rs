@@ -56,7 +56,7 @@ use crate::audit::merkle::Hash;
 pub const MAX_GROUP_COMMIT: usize = 512;
 
 /// A key and its value in one of the store's indexes.
-pub type IndexEntry = (Vec<u8>, Vec<u8>);
+pub(super) type IndexEntry = (Vec<u8>, Vec<u8>);
 
 /// The embedded store. Cheap to share behind an `Arc`; reads go straight to sled, writes to the
 /// writer.

@@ -14,7 +14,7 @@ pub const INLINE_BODY_MAX: usize = 4 * 1024;
 
 /// The directory of external bodies.
 #[derive(Debug, Clone)]
-pub struct Objects {
+pub(super) struct Objects {
     dir: PathBuf,
 }
 
@@ -23,7 +23,7 @@ impl Objects {
     ///
     /// # Errors
     /// The directory cannot be created.
-    pub fn open(dir: PathBuf) -> io::Result<Objects> {
+    pub(super) fn open(dir: PathBuf) -> io::Result<Objects> {
         crate::private_files::create_dir(&dir)?;
         Ok(Objects { dir })
     }
@@ -36,7 +36,7 @@ impl Objects {
     ///
     /// # Errors
     /// Any I/O failure; nothing is left under the final name then.
-    pub fn put(&self, message_id: &str, body: &[u8]) -> io::Result<()> {
+    pub(super) fn put(&self, message_id: &str, body: &[u8]) -> io::Result<()> {
         let final_path = self.path(message_id);
         let tmp_path = self.dir.join(format!("{message_id}.tmp"));
         let mut file = crate::private_files::options()
@@ -54,7 +54,7 @@ impl Objects {
     ///
     /// # Errors
     /// The file is missing or unreadable.
-    pub fn get(&self, message_id: &str) -> io::Result<Vec<u8>> {
+    pub(super) fn get(&self, message_id: &str) -> io::Result<Vec<u8>> {
         fs::read(self.path(message_id))
     }
 
@@ -62,7 +62,7 @@ impl Objects {
     ///
     /// # Errors
     /// The file exists but cannot be removed.
-    pub fn remove(&self, message_id: &str) -> io::Result<()> {
+    pub(super) fn remove(&self, message_id: &str) -> io::Result<()> {
         match fs::remove_file(self.path(message_id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -74,7 +74,7 @@ impl Objects {
     ///
     /// # Errors
     /// The directory cannot be listed or a file cannot be removed.
-    pub fn sweep(&self, is_committed: impl Fn(&str) -> bool) -> io::Result<usize> {
+    pub(super) fn sweep(&self, is_committed: impl Fn(&str) -> bool) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
