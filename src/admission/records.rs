@@ -19,8 +19,9 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Status;
 
 use super::{exhausted, RateLimits};
@@ -262,8 +263,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refused_handshakes_past_the_global_burst_are_aggregated_whatever_the_address() {
+    #[tokio::test(start_paused = true)]
+    async fn refused_handshakes_past_the_global_burst_are_aggregated_whatever_the_address() {
         let records = HandshakeRecords::new(&limits(60, 3));
         for host in 2..5u8 {
             assert_eq!(
@@ -278,7 +279,7 @@ mod tests {
             );
         }
         assert_eq!(records.take_aggregate(), None, "no token yet");
-        std::thread::sleep(Duration::from_millis(1_100));
+        tokio::time::advance(Duration::from_millis(1_100)).await;
         assert_eq!(
             records.take_aggregate(),
             Some(Aggregate {
