@@ -14,8 +14,9 @@
 //! - [`telemetry`]: log lines on stderr, as text or JSON, filtered like `RUST_LOG`.
 //! - [`exchange`]: `ExchangeService`: validation, recipient expansion, inbox streams.
 //! - [`directory`]: the agency registry and `AdminService`.
-//! - [`store`]: sled records, the sequencing writer and group commit, the commit journal, and
-//!   the sealing of message bodies at rest.
+//! - [`store`]: the store seam ([`store::Store`], every operation the services need from
+//!   durable storage), record types, the sealing of message bodies at rest, and the embedded
+//!   backend over sled (`store::embedded`: writer and group commit, commit journal, objects).
 //! - [`audit`]: the verifiable audit log: Merkle tree, signed checkpoints, `AuditService`.
 //! - [`pki`]: the CA: issuing, CSRs, CRLs, the ledger, the development PKI.
 //! - [`cli`]: the `puente` command line (server, agency, administrator and auditor clients).
