@@ -198,6 +198,15 @@ impl AuditService {
         Ok(reader)
     }
 
+    /// `OUT_OF_RANGE` when `value` of `field` (a tree size) exceeds the durable log.
+    async fn within_log(&self, field: &'static str, value: u64) -> Result<(), AuditServiceError> {
+        let size = self.log.store().audit_size().await?;
+        if value > size {
+            return Err(AuditServiceError::BeyondLog { field, value, size });
+        }
+        Ok(())
+    }
+
     fn authorize<T>(&self, request: &Request<T>) -> Result<Reader, AuditServiceError> {
         let caller = caller_of(request)?;
         match &caller.role {
@@ -541,20 +550,7 @@ impl AuditApi for AuditService {
                 format!("leaf_index={leaf_index} tree_size={tree_size}"),
             )
             .await?;
-        let size = self
-            .log
-            .store()
-            .audit_size()
-            .await
-            .map_err(AuditServiceError::from)?;
-        if tree_size > size {
-            return Err(AuditServiceError::BeyondLog {
-                field: "tree_size",
-                value: tree_size,
-                size,
-            }
-            .into());
-        }
+        self.within_log("tree_size", tree_size).await?;
         if leaf_index >= tree_size {
             return Err(AuditServiceError::from(InvalidField::new(
                 "leaf_index",
@@ -595,20 +591,7 @@ impl AuditApi for AuditService {
             format!("from_size={from_size} to_size={to_size}"),
         )
         .await?;
-        let size = self
-            .log
-            .store()
-            .audit_size()
-            .await
-            .map_err(AuditServiceError::from)?;
-        if to_size > size {
-            return Err(AuditServiceError::BeyondLog {
-                field: "to_size",
-                value: to_size,
-                size,
-            }
-            .into());
-        }
+        self.within_log("to_size", to_size).await?;
         if from_size > to_size {
             return Err(AuditServiceError::from(InvalidField::new(
                 "from_size",
