@@ -299,20 +299,32 @@ async fn tamper_evidence_names_the_altered_entry() {
         .expect("terminate");
     assert!(status.success(), "puente serve exited with {status}");
 
-    // Someone with access to the data directory rewrites who a message went to.
+    // Someone with access to the data directory rewrites who a message went to, in place (the
+    // leaves file holds the leaves one after the other; `ends` says where each one ends).
     {
-        let db = sled::Config::new()
-            .path(ws.path("data/store"))
-            .open()
-            .expect("open the store");
-        let key = [b"l/".as_slice(), &altered.to_be_bytes()].concat();
-        let leaf = db.get(&key).expect("read").expect("stored leaf");
-        let mut event = AuditEvent::decode(leaf.as_ref()).expect("audit event");
+        use std::os::unix::fs::FileExt as _;
+        let ends = std::fs::read(ws.path("data/audit/ends")).expect("read ends");
+        let end_of = |index: u64| {
+            let at = usize::try_from(index * 8).expect("offset");
+            u64::from_be_bytes(ends[at..at + 8].try_into().expect("8 bytes"))
+        };
+        let (start, end) = (end_of(altered - 1), end_of(altered));
+        let leaves = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(ws.path("data/audit/leaves"))
+            .expect("open leaves");
+        let mut leaf = vec![0u8; usize::try_from(end - start).expect("length")];
+        leaves.read_exact_at(&mut leaf, start).expect("read leaf");
+        let mut event = AuditEvent::decode(leaf.as_slice()).expect("audit event");
         assert_eq!(event.action, AuditAction::MessageAccepted as i32);
         assert_eq!(event.message_id, sent[9].message_id);
-        event.recipients = vec!["BE-FPJ".into()];
-        db.insert(&key, event.encode_to_vec()).expect("write");
-        db.flush().expect("flush");
+        assert_eq!(event.recipients, vec!["CO-DIJIN".to_string()]);
+        event.recipients = vec!["BE-FPJ01".into()];
+        let rewritten = event.encode_to_vec();
+        assert_eq!(rewritten.len(), leaf.len(), "rewritten in place");
+        leaves.write_all_at(&rewritten, start).expect("write");
+        leaves.sync_all().expect("sync");
     }
 
     // The server still starts: its stored hashes, which it checks, are untouched.

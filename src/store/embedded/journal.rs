@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::objects::sync_dir;
+use super::Tables;
 use crate::store::StoreError;
 
 /// Size past which the writer moves to the next journal file and has sled flushed in the
@@ -50,29 +51,29 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    /// Replays every journal file in `dir` onto `db` in order, makes sled durable, removes the
+    /// Replays every journal file in `dir` onto `tables` in order, makes them durable, removes the
     /// files and starts a new one. Returns the journal and how many records were replayed.
     ///
     /// # Errors
     /// The directory or a file cannot be read, or sled cannot apply or flush.
-    pub(super) fn recover(
-        dir: &Path,
-        db: &sled::Db,
-        db_file: &File,
-    ) -> Result<(Journal, usize), StoreError> {
+    pub(super) fn recover(dir: &Path, tables: &Tables) -> Result<(Journal, usize), StoreError> {
         crate::private_files::create_dir(dir)?;
         let generations = generations(dir)?;
         let mut replayed = 0;
         for generation in &generations {
             let mut bytes = Vec::new();
             File::open(file_name(dir, *generation))?.read_to_end(&mut bytes)?;
-            for batch in decode_groups(&bytes) {
-                db.apply_batch(batch?)?;
+            for group in decode_groups(&bytes) {
+                for (key, value) in group? {
+                    tables.apply(key, value).map_err(|e| {
+                        StoreError::Io(io::Error::other(format!("replaying the journal: {e}")))
+                    })?;
+                }
                 replayed += 1;
             }
         }
         if replayed > 0 {
-            super::flush_sled(db, db_file)?;
+            tables.flush()?;
         }
         let next = generations.last().map_or(0, |last| last + 1);
         remove_before(dir, next)?;
@@ -287,11 +288,15 @@ fn records(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// The groups of one journal file's bytes, as a start replays them: each record whose
 /// checksum matches, up to the first torn or zeroed one, decoded into its writes. A record whose
 /// checksum matches but which does not decode is an error.
-pub fn decode_groups(bytes: &[u8]) -> impl Iterator<Item = Result<sled::Batch, StoreError>> + '_ {
-    records(bytes).map(decode_batch)
+pub fn decode_groups(bytes: &[u8]) -> impl Iterator<Item = Result<Writes, StoreError>> + '_ {
+    records(bytes).map(decode_writes)
 }
 
-fn decode_batch(mut payload: &[u8]) -> Result<sled::Batch, StoreError> {
+/// The writes of one group commit, in journal order: each key with its new value, `None` to
+/// remove it.
+pub(crate) type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+fn decode_writes(mut payload: &[u8]) -> Result<Writes, StoreError> {
     fn take<'a>(payload: &mut &'a [u8], len: usize) -> Result<&'a [u8], StoreError> {
         if payload.len() < len {
             return Err(StoreError::Io(io::Error::other(
@@ -306,13 +311,13 @@ fn decode_batch(mut payload: &[u8]) -> Result<sled::Batch, StoreError> {
         let len = u32::from_le_bytes(take(payload, 4)?.try_into().unwrap_or_default());
         take(payload, len as usize)
     }
-    let mut batch = sled::Batch::default();
+    let mut writes = Vec::new();
     while !payload.is_empty() {
         let tag = take(&mut payload, 1)?[0];
-        let key = take_bytes(&mut payload)?;
+        let key = take_bytes(&mut payload)?.to_vec();
         match tag {
-            PUT => batch.insert(key, take_bytes(&mut payload)?),
-            REMOVE => batch.remove(key),
+            PUT => writes.push((key, Some(take_bytes(&mut payload)?.to_vec()))),
+            REMOVE => writes.push((key, None)),
             other => {
                 return Err(StoreError::Io(io::Error::other(format!(
                     "journal record holds an unknown write kind {other}"
@@ -320,7 +325,7 @@ fn decode_batch(mut payload: &[u8]) -> Result<sled::Batch, StoreError> {
             }
         }
     }
-    Ok(batch)
+    Ok(writes)
 }
 
 #[cfg(test)]
@@ -339,15 +344,18 @@ mod tests {
         journal.sync().expect("sync");
     }
 
-    fn open_db(dir: &Path) -> (sled::Db, File) {
+    fn open_tables(dir: &Path) -> Tables {
         let db = crate::store::embedded::tests::retry_while_locked(|| {
             sled::Config::new()
                 .path(dir.join("store"))
                 .flush_every_ms(None)
                 .open()
         });
-        let file = File::open(dir.join("store").join("db")).expect("db file");
-        (db, file)
+        Tables {
+            db,
+            db_file: File::open(dir.join("store").join("db")).expect("db file"),
+            audit: super::super::AuditFiles::open(&dir.join("audit")).expect("audit files"),
+        }
     }
 
     #[test]
@@ -355,8 +363,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal_dir = dir.path().join("journal");
         {
-            let (db, file) = open_db(dir.path());
-            let (mut journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            let tables = open_tables(dir.path());
+            let (mut journal, replayed) = Journal::recover(&journal_dir, &tables).expect("open");
             assert_eq!(replayed, 0);
             commit(&mut journal, &writes(&[("a", Some("1")), ("b", Some("2"))]));
             commit(&mut journal, &writes(&[("b", None), ("c", Some("3"))]));
@@ -369,12 +377,18 @@ mod tests {
                 .expect("torn write");
             // sled is dropped without a flush: only the journal holds the writes.
         }
-        let (db, file) = open_db(dir.path());
-        let (journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        let tables = open_tables(dir.path());
+        let (journal, replayed) = Journal::recover(&journal_dir, &tables).expect("recover");
         assert_eq!(replayed, 2);
-        assert_eq!(db.get("a").expect("get").as_deref(), Some(b"1".as_slice()));
-        assert_eq!(db.get("b").expect("get"), None);
-        assert_eq!(db.get("c").expect("get").as_deref(), Some(b"3".as_slice()));
+        assert_eq!(
+            tables.db.get("a").expect("get").as_deref(),
+            Some(b"1".as_slice())
+        );
+        assert_eq!(tables.db.get("b").expect("get"), None);
+        assert_eq!(
+            tables.db.get("c").expect("get").as_deref(),
+            Some(b"3".as_slice())
+        );
         assert_eq!(
             generations(&journal_dir).expect("list"),
             vec![journal.generation()]
@@ -387,8 +401,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal_dir = dir.path().join("journal");
         {
-            let (db, file) = open_db(dir.path());
-            let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            let tables = open_tables(dir.path());
+            let (mut journal, _) = Journal::recover(&journal_dir, &tables).expect("open");
             commit(
                 &mut journal,
                 &writes(&[("a", Some("old")), ("b", Some("1"))]),
@@ -396,14 +410,14 @@ mod tests {
             journal.rotate().expect("rotate");
             commit(&mut journal, &writes(&[("a", Some("new")), ("b", None)]));
         }
-        let (db, file) = open_db(dir.path());
-        let (journal, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        let tables = open_tables(dir.path());
+        let (journal, replayed) = Journal::recover(&journal_dir, &tables).expect("recover");
         assert_eq!(replayed, 2);
         assert_eq!(
-            db.get("a").expect("get").as_deref(),
+            tables.db.get("a").expect("get").as_deref(),
             Some(b"new".as_slice())
         );
-        assert_eq!(db.get("b").expect("get"), None);
+        assert_eq!(tables.db.get("b").expect("get"), None);
         assert_eq!(
             generations(&journal_dir).expect("list"),
             vec![journal.generation()]
@@ -416,8 +430,8 @@ mod tests {
         let journal_dir = dir.path().join("journal");
         let generation;
         {
-            let (db, file) = open_db(dir.path());
-            let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            let tables = open_tables(dir.path());
+            let (mut journal, _) = Journal::recover(&journal_dir, &tables).expect("open");
             commit(&mut journal, &writes(&[("a", Some("1"))]));
             commit(&mut journal, &writes(&[("b", Some("2"))]));
             generation = journal.generation();
@@ -427,11 +441,11 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, bytes).expect("write");
-        let (db, file) = open_db(dir.path());
-        let (_, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        let tables = open_tables(dir.path());
+        let (_, replayed) = Journal::recover(&journal_dir, &tables).expect("recover");
         assert_eq!(replayed, 1);
-        assert!(db.get("a").expect("get").is_some());
-        assert!(db.get("b").expect("get").is_none());
+        assert!(tables.db.get("a").expect("get").is_some());
+        assert!(tables.db.get("b").expect("get").is_none());
     }
 
     #[test]
@@ -439,8 +453,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal_dir = dir.path().join("journal");
         {
-            let (db, file) = open_db(dir.path());
-            let (mut journal, _) = Journal::recover(&journal_dir, &db, &file).expect("open");
+            let tables = open_tables(dir.path());
+            let (mut journal, _) = Journal::recover(&journal_dir, &tables).expect("open");
             commit(&mut journal, &writes(&[("a", Some("1"))]));
             assert!(!journal.wants_rotation(None));
             prepare(&journal_dir, journal.generation() + 1).expect("prepare");
@@ -458,9 +472,12 @@ mod tests {
                 PREALLOCATED_BYTES
             );
         }
-        let (db, file) = open_db(dir.path());
-        let (_, replayed) = Journal::recover(&journal_dir, &db, &file).expect("recover");
+        let tables = open_tables(dir.path());
+        let (_, replayed) = Journal::recover(&journal_dir, &tables).expect("recover");
         assert_eq!(replayed, 1);
-        assert_eq!(db.get("b").expect("get").as_deref(), Some(b"2".as_slice()));
+        assert_eq!(
+            tables.db.get("b").expect("get").as_deref(),
+            Some(b"2".as_slice())
+        );
     }
 }

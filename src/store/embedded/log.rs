@@ -1,6 +1,7 @@
-//! The audit log's storage: its leaves (`l/`), the index of the entries each agency is party
-//! to (`p/`), the stored complete-subtree hashes (`h/`) and the signed checkpoints (`c/`); the
-//! writer's state of the log (size, Merkle frontier, last time) and how it appends entries.
+//! The audit log's storage: its leaves and stored complete-subtree hashes (in their own files,
+//! `audit_files`, written through the journal as `L/` and `h/` writes), the index of the entries
+//! each agency is party to (`p/`) and the signed checkpoints (`c/`) in sled; the writer's state
+//! of the log (size, Merkle frontier, last time, end of the leaves) and how it appends entries.
 //! What an entry says, and which agencies it concerns, is the audit module's vocabulary: the
 //! store files each [`LogEntry`] under the parties it comes with.
 
@@ -8,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use prost::Message as _;
 
+use super::audit_files::AuditFiles;
 use super::keys::trailing_u64;
 use super::writer::Op;
 use super::SledStore;
@@ -16,20 +18,29 @@ use crate::pb::v1::AuditEvent;
 use crate::store::{LogEntry, StoreError};
 use crate::time::now_micros;
 
-/// Key layout of the log in the store's single tree.
+/// Key layout of the log: in sled, and in the journal for what goes to the audit files.
 mod keys {
-    /// `l/` prefix of the leaves.
-    pub(super) const LEAF_PREFIX: &[u8] = b"l/";
+    /// `l/` prefix of the leaves as release 1 kept them in sled (moved to the audit files at
+    /// the first start that finds them).
+    pub(super) const LEGACY_LEAF_PREFIX: &[u8] = b"l/";
 
-    /// `l/<index, 8 bytes big-endian>` → the audit leaf (an encoded `AuditEvent`).
+    /// `L/` prefix of a leaf write in the journal.
+    pub(super) const LEAF_PREFIX: &[u8] = b"L/";
+
+    /// `L/<index, 8 bytes big-endian>` → `<start, 8 bytes big-endian><leaf>`: leaf `index`
+    /// (an encoded `AuditEvent`), written at byte `start` of the leaves file.
     pub(super) fn leaf(index: u64) -> Vec<u8> {
         [LEAF_PREFIX, &index.to_be_bytes()].concat()
     }
 
+    /// `h/` prefix of the stored hashes: journal writes to the audit files (and, from release
+    /// 1, sled keys moved there at the first start that finds them).
+    pub(super) const HASH_PREFIX: &[u8] = b"h/";
+
     /// `h/<level, 1 byte><index, 8 bytes big-endian>` → the hash of a complete subtree, for
     /// levels from `FIRST_STORED_HASH_LEVEL` up (lower ones are computed from the leaves).
     pub(super) fn hash(level: u8, index: u64) -> Vec<u8> {
-        [b"h/".as_slice(), &[level], &index.to_be_bytes()].concat()
+        [HASH_PREFIX, &[level], &index.to_be_bytes()].concat()
     }
 
     /// `p/<agency>/<index, 8 bytes big-endian>` → empty: the agency is party to that entry.
@@ -59,8 +70,93 @@ pub(super) fn checkpoint_key(size: u64) -> Vec<u8> {
 /// computed from the altered leaves.
 pub(crate) const FIRST_STORED_HASH_LEVEL: u8 = 1;
 
+/// Applies one write of a durable group: leaf and hash writes to the audit files, every other
+/// key to sled. Writing the same group twice (a replay) leaves the same result.
+pub(super) fn apply_write(
+    db: &sled::Db,
+    audit: &AuditFiles,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+) -> Result<(), ApplyError> {
+    if let (Some(index), Some(value)) = (key.strip_prefix(keys::LEAF_PREFIX), &value) {
+        let index = trailing_u64(index).ok_or(ApplyError::Malformed("leaf key"))?;
+        let (start, leaf) = value
+            .split_at_checked(8)
+            .ok_or(ApplyError::Malformed("leaf"))?;
+        let start = trailing_u64(start).ok_or(ApplyError::Malformed("leaf start"))?;
+        return Ok(audit.write_leaf(index, start, leaf)?);
+    }
+    if let (Some(node), Some(value)) = (key.strip_prefix(keys::HASH_PREFIX), &value) {
+        let (&level, index) = node
+            .split_first()
+            .ok_or(ApplyError::Malformed("hash key"))?;
+        let index = trailing_u64(index).ok_or(ApplyError::Malformed("hash key"))?;
+        return Ok(audit.write_hash(level, index, value)?);
+    }
+    match value {
+        Some(value) => db.insert(key, value).map(drop)?,
+        None => db.remove(key).map(drop)?,
+    }
+    Ok(())
+}
+
+/// Why a journaled write could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// sled refused it.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// An audit file could not be written.
+    #[error("audit files: {0}")]
+    Io(#[from] std::io::Error),
+    /// A journal write meant for the audit files does not have their shape.
+    #[error("malformed {0} write in the journal")]
+    Malformed(&'static str),
+}
+
+/// Moves the leaves and stored hashes release 1 kept in sled (`l/`, `h/`) into the audit files,
+/// then removes them from sled. A start interrupted half-way finds them in sled again and
+/// starts over. Returns how many leaves moved.
+pub(super) fn move_legacy_entries(db: &sled::Db, audit: &AuditFiles) -> Result<u64, StoreError> {
+    if db.scan_prefix(keys::LEGACY_LEAF_PREFIX).next().is_none() {
+        return Ok(0);
+    }
+    // Hashes a journal of release 1 held were replayed into the files already (`h/` writes
+    // go there); its leaves went to sled with the others.
+    audit.clear_leaves()?;
+    let (mut moved, mut start) = (0u64, 0u64);
+    for item in db.scan_prefix(keys::LEGACY_LEAF_PREFIX) {
+        let (key, leaf) = item?;
+        let index = trailing_u64(&key).unwrap_or_default();
+        if index != moved {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "audit leaf {moved} is missing from the store (the next one is {index})"
+            ))));
+        }
+        audit.write_leaf(index, start, &leaf)?;
+        start += leaf.len() as u64;
+        moved += 1;
+    }
+    for item in db.scan_prefix(keys::HASH_PREFIX) {
+        let (key, hash) = item?;
+        if let Some((&level, index)) = key[keys::HASH_PREFIX.len()..].split_first() {
+            audit.write_hash(level, trailing_u64(index).unwrap_or_default(), &hash)?;
+        }
+    }
+    audit.sync()?;
+    let mut batch = sled::Batch::default();
+    for prefix in [keys::LEGACY_LEAF_PREFIX, keys::HASH_PREFIX] {
+        for item in db.scan_prefix(prefix) {
+            batch.remove(item?.0);
+        }
+    }
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(moved)
+}
+
 /// The stored complete-subtree hashes of the audit log, for `audit::merkle`.
-struct StoredHashes<'a>(&'a sled::Db);
+struct StoredHashes<'a>(&'a AuditFiles);
 
 impl HashReader for StoredHashes<'_> {
     /// Levels below [`FIRST_STORED_HASH_LEVEL`] are computed from the stored leaves; higher
@@ -73,12 +169,13 @@ impl HashReader for StoredHashes<'_> {
         };
         if level < FIRST_STORED_HASH_LEVEL {
             let (start, end) = (index << level, (index + 1) << level);
-            let mut hashes = self
+            let mut hashes: Vec<Hash> = self
                 .0
-                .range(keys::leaf(start)..keys::leaf(end))
-                .map(|item| item.map(|(_, leaf)| merkle::hash_leaf(&leaf)))
-                .collect::<Result<Vec<Hash>, _>>()
-                .map_err(|e| unavailable(e.to_string()))?;
+                .leaves(start, end, usize::MAX)
+                .map_err(|e| unavailable(e.to_string()))?
+                .iter()
+                .map(|(_, leaf)| merkle::hash_leaf(leaf))
+                .collect();
             if hashes.len() as u64 != end - start {
                 return Err(unavailable("leaf not stored".into()));
             }
@@ -90,15 +187,10 @@ impl HashReader for StoredHashes<'_> {
             }
             return Ok(hashes[0]);
         }
-        let value = self
-            .0
-            .get(keys::hash(level, index))
+        self.0
+            .hash(level, index)
             .map_err(|e| unavailable(e.to_string()))?
-            .ok_or_else(|| unavailable("not stored".into()))?;
-        value
-            .as_ref()
-            .try_into()
-            .map_err(|_| unavailable("stored value is not 32 bytes".into()))
+            .ok_or_else(|| unavailable("not stored".into()))
     }
 }
 
@@ -109,23 +201,27 @@ pub(super) struct LogState {
     pub(super) size: u64,
     pub(super) frontier: Vec<(u8, Hash)>,
     pub(super) last_time: i64,
+    /// Where the next leaf goes in the leaves file.
+    pub(super) leaves_end: u64,
 }
 
 impl LogState {
     /// The state after a restart: size from the last leaf, frontier from the stored hashes,
     /// time from the last entry.
-    pub(super) fn load(db: &sled::Db) -> Result<LogState, StoreError> {
-        let Some(last) = db.scan_prefix(keys::LEAF_PREFIX).next_back() else {
+    pub(super) fn load(audit: &AuditFiles) -> Result<LogState, StoreError> {
+        let size = audit.size()?;
+        let Some(last) = size.checked_sub(1) else {
             return Ok(LogState::default());
         };
-        let (key, leaf) = last?;
-        let size = trailing_u64(&key).unwrap_or_default() + 1;
-        let last_time = super::decode::<AuditEvent>(&key, &leaf)?.time_unix_micros;
-        let frontier = merkle::frontier(&StoredHashes(db), size).map_err(StoreError::LogHashes)?;
+        let leaf = audit.leaf(last)?.unwrap_or_default();
+        let last_time = super::decode::<AuditEvent>(&keys::leaf(last), &leaf)?.time_unix_micros;
+        let frontier =
+            merkle::frontier(&StoredHashes(audit), size).map_err(StoreError::LogHashes)?;
         Ok(LogState {
             size,
             frontier,
             last_time,
+            leaves_end: audit.end_of(size)?,
         })
     }
 
@@ -153,7 +249,12 @@ impl LogState {
             for party in &parties {
                 put(keys::party(party, index), Vec::new());
             }
-            put(keys::leaf(index), leaf);
+            let start = self.leaves_end;
+            self.leaves_end += leaf.len() as u64;
+            put(
+                keys::leaf(index),
+                [start.to_be_bytes().as_slice(), &leaf].concat(),
+            );
             self.size += 1;
             indices.push(index);
         }
@@ -211,24 +312,26 @@ impl SledStore {
 
     /// The hash the tree holds for leaf `index`.
     pub(super) fn leaf_hash(&self, index: u64) -> Result<Hash, StoreError> {
-        StoredHashes(&self.db)
+        StoredHashes(&self.tables.audit)
             .hash(0, index)
             .map_err(StoreError::LogHashes)
     }
 
     /// The root of the first `size` entries.
     pub(super) fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
-        merkle::root(&StoredHashes(&self.db), size).map_err(StoreError::LogHashes)
+        merkle::root(&StoredHashes(&self.tables.audit), size).map_err(StoreError::LogHashes)
     }
 
     /// The inclusion proof of leaf `index` in the tree of size `size`.
     pub(super) fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
-        merkle::inclusion_proof(&StoredHashes(&self.db), index, size).map_err(StoreError::LogHashes)
+        merkle::inclusion_proof(&StoredHashes(&self.tables.audit), index, size)
+            .map_err(StoreError::LogHashes)
     }
 
     /// The consistency proof between the trees of sizes `from` and `to`.
     pub(super) fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
-        merkle::consistency_proof(&StoredHashes(&self.db), from, to).map_err(StoreError::LogHashes)
+        merkle::consistency_proof(&StoredHashes(&self.tables.audit), from, to)
+            .map_err(StoreError::LogHashes)
     }
 
     /// Up to `limit` audit leaves with `start <= index < end`, in order.
@@ -241,17 +344,7 @@ impl SledStore {
         end: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        self.db
-            .range(keys::leaf(start)..keys::leaf(end))
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((trailing_u64(&key).unwrap_or_default(), value.to_vec()))
-            })
-            .collect()
+        Ok(self.tables.audit.leaves(start, end, limit)?)
     }
 
     /// Up to `limit` indices, `start <= index < end`, of audit entries `agency` is party to.
@@ -280,6 +373,6 @@ impl SledStore {
     /// # Errors
     /// sled errors.
     pub(super) fn audit_leaf(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(keys::leaf(index))?.map(|v| v.to_vec()))
+        Ok(self.tables.audit.leaf(index)?)
     }
 }

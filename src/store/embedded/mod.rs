@@ -16,6 +16,7 @@
 //! leaves, party index, hashes, proofs and checkpoints), `writer` (sequencing and group commit),
 //! `journal`, `objects` (large bodies), `keys` (the key layout), `stats` (commit metrics).
 
+mod audit_files;
 mod journal;
 mod keys;
 mod log;
@@ -33,6 +34,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use audit_files::AuditFiles;
 pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use log::LogState;
@@ -62,6 +64,7 @@ pub(super) type IndexEntry = (Vec<u8>, Vec<u8>);
 /// writer.
 pub struct SledStore {
     db: sled::Db,
+    tables: Arc<Tables>,
     objects: Objects,
     data_keys: Arc<DataKeys>,
     ops: mpsc::Sender<Op>,
@@ -125,14 +128,25 @@ impl SledStore {
             .flush_every_ms(None)
             .open()?;
         crate::private_files::restrict_tree(&db_dir)?;
-        // Kept for `flush_sled`, which fdatasyncs it after each sled flush.
-        let db_file = File::open(db_dir.join("db"))?;
+        let tables = Arc::new(Tables {
+            db: db.clone(),
+            // Kept for `Tables::flush`, which fdatasyncs it after each sled flush.
+            db_file: File::open(db_dir.join("db"))?,
+            audit: AuditFiles::open(&data_dir.join("audit"))?,
+        });
         let journal_dir = data_dir.join("journal");
-        let (journal, replayed) = Journal::recover(&journal_dir, &db, &db_file)?;
+        let (journal, replayed) = Journal::recover(&journal_dir, &tables)?;
         if replayed > 0 {
             tracing::info!(groups = replayed, "replayed the commit journal");
         }
-        let flusher = Flusher::spawn(db.clone(), db_file, journal_dir, journal.generation())?;
+        let moved = log::move_legacy_entries(&db, &tables.audit)?;
+        if moved > 0 {
+            tracing::info!(
+                entries = moved,
+                "moved the audit log's leaves and hashes out of sled into their own files"
+            );
+        }
+        let flusher = Flusher::spawn(Arc::clone(&tables), journal_dir, journal.generation())?;
         let objects = Objects::open(data_dir.join("objects"))?;
         let removed = objects.sweep(|id| matches!(db.contains_key(keys::message(id)), Ok(true)))?;
         if removed > 0 {
@@ -150,12 +164,12 @@ impl SledStore {
             sequences.insert(agency.agency_id, last);
         }
 
-        let log = LogState::load(&db)?;
+        let log = LogState::load(&tables.audit)?;
         let durable_log_size = Arc::new(AtomicU64::new(log.size));
         let (ops, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let (failed, failure) = watch::channel(None);
         let writer = Writer::new(
-            db.clone(),
+            Arc::clone(&tables),
             journal,
             flusher,
             Arc::clone(&inboxes),
@@ -169,6 +183,7 @@ impl SledStore {
             .spawn(move || writer.run(queue))?;
         Ok(Arc::new(SledStore {
             db,
+            tables,
             objects,
             data_keys,
             ops,
@@ -495,11 +510,26 @@ impl Store for SledStore {
     }
 }
 
-/// Makes everything applied to sled durable: its flush (which only `sync_file_range`s), then an
-/// `fdatasync` of its database file.
-fn flush_sled(db: &sled::Db, db_file: &File) -> std::io::Result<()> {
-    db.flush()?;
-    db_file.sync_data()
+/// Where the writes of durable groups are applied: sled, and the audit log's own files.
+pub(super) struct Tables {
+    db: sled::Db,
+    db_file: File,
+    audit: AuditFiles,
+}
+
+impl Tables {
+    /// Applies one write of a durable group (see [`log::apply_write`]).
+    fn apply(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), log::ApplyError> {
+        log::apply_write(&self.db, &self.audit, key, value)
+    }
+
+    /// Makes everything applied durable: sled's flush (which only `sync_file_range`s), an
+    /// `fdatasync` of its database file, and of the audit files.
+    fn flush(&self) -> std::io::Result<()> {
+        self.db.flush()?;
+        self.db_file.sync_data()?;
+        self.audit.sync()
+    }
 }
 
 fn scan_agencies(db: &sled::Db) -> Result<Vec<AgencyRecord>, StoreError> {

@@ -65,6 +65,66 @@ async fn full_journal_files_are_flushed_into_sled_and_removed() {
     store.close().await;
 }
 
+/// A data directory of release 1 (audit leaves and hashes in sled, under `l/` and `h/`) opens
+/// with the same log: they move to the audit files and leave sled, and the log grows on.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_entries_kept_in_sled_move_to_their_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path(), test_keys(dir.path())).expect("open");
+    let mut event = crate::audit::event(AuditAction::CrlApplied, None);
+    for n in 0..37 {
+        event.reason = "y".repeat(n);
+        store
+            .record(vec![event.clone().into()])
+            .await
+            .expect("record");
+    }
+    let root = store.audit_root(37).expect("root");
+    let leaves = store.audit_leaves(0, 37, 100).expect("leaves");
+    store.close().await;
+    drop(store);
+    {
+        let audit_dir = dir.path().join("audit");
+        let files = AuditFiles::open(&audit_dir).expect("audit files");
+        let db = retry_while_locked(|| sled::Config::new().path(dir.path().join("store")).open());
+        for (index, leaf) in &leaves {
+            db.insert(
+                [b"l/".as_slice(), &index.to_be_bytes()].concat(),
+                leaf.as_slice(),
+            )
+            .expect("leaf");
+        }
+        for level in 1..8u8 {
+            for index in 0..(37u64 >> level) {
+                let hash = files
+                    .hash(level, index)
+                    .expect("read")
+                    .expect("stored hash");
+                db.insert(
+                    [b"h/".as_slice(), &[level], &index.to_be_bytes()].concat(),
+                    hash.as_slice(),
+                )
+                .expect("hash");
+            }
+        }
+        db.flush().expect("flush");
+        drop(files);
+        std::fs::remove_dir_all(&audit_dir).expect("remove the audit files");
+    }
+    let store = retry_while_locked(|| SledStore::open(dir.path(), test_keys(dir.path())));
+    assert_eq!(store.audit_size(), 37);
+    assert_eq!(store.audit_root(37).expect("root"), root);
+    assert_eq!(store.audit_leaves(0, 37, 100).expect("leaves"), leaves);
+    assert_eq!(store.db.scan_prefix(b"l/").count(), 0);
+    assert_eq!(store.db.scan_prefix(b"h/").count(), 0);
+    store.record(vec![event.into()]).await.expect("record");
+    let grown = store.audit_root(38).expect("root");
+    let proof = store.consistency_proof(37, 38).expect("proof");
+    crate::audit::merkle::verify_consistency(37, 38, &proof, &root, &grown)
+        .expect("the moved log grows consistently");
+    store.close().await;
+}
+
 /// The keyring `data.keys` in `dir`, created on first use.
 fn test_keys(dir: &Path) -> Arc<DataKeys> {
     let path = dir.join("data.keys");

@@ -3,7 +3,6 @@
 //! commit journal and `fdatasync`s, then applies to sled; it answers only after that.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +12,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::journal::{self, Journal};
 use super::log::{self, LogState};
-use super::{decode, encode, idempotent_answer, keys, Inboxes, IndexEntry, MAX_GROUP_COMMIT};
+use super::{
+    decode, encode, idempotent_answer, keys, Inboxes, IndexEntry, Tables, MAX_GROUP_COMMIT,
+};
 use crate::store::records::{AgencyRecord, DeliveryRecord, IdempotencyRecord, MessageRecord};
 use crate::store::{Accepted, LogEntry, NewMessage, PutMode, StoreError};
 use crate::time::now_micros;
@@ -114,11 +115,10 @@ impl Group {
     }
 }
 
-/// Flushes sled in the background after the writer moved to a new journal file, removes the
-/// journal files sled now holds, and prepares the file after the new one.
+/// Flushes sled and the audit files in the background after the writer moved to a new journal
+/// file, removes the journal files they now hold, and prepares the file after the new one.
 pub(super) struct Flusher {
-    db: sled::Db,
-    db_file: Arc<File>,
+    tables: Arc<Tables>,
     requests: Option<std::sync::mpsc::Sender<u64>>,
     busy: Arc<AtomicBool>,
     /// The latest generation prepared, plus one (0: none yet).
@@ -127,20 +127,18 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the flusher thread for `db` (whose file is `db_file`) and the journal in `dir`,
-    /// whose current generation is `current`; it prepares the next one at once.
+    /// Starts the flusher thread for `tables` and the journal in `dir`, whose current
+    /// generation is `current`; it prepares the next one at once.
     pub(super) fn spawn(
-        db: sled::Db,
-        db_file: File,
+        tables: Arc<Tables>,
         dir: PathBuf,
         current: u64,
     ) -> std::io::Result<Flusher> {
         let (requests, received) = std::sync::mpsc::channel::<u64>();
         let busy = Arc::new(AtomicBool::new(true));
         let prepared = Arc::new(AtomicU64::new(0));
-        let db_file = Arc::new(db_file);
         let thread = {
-            let (db, db_file) = (db.clone(), Arc::clone(&db_file));
+            let flushed_tables = Arc::clone(&tables);
             let (busy, prepared) = (Arc::clone(&busy), Arc::clone(&prepared));
             std::thread::Builder::new()
                 .name("puente-store-flusher".into())
@@ -155,7 +153,8 @@ impl Flusher {
                         let Ok(generation) = received.recv() else {
                             return;
                         };
-                        let flushed = super::flush_sled(&db, &db_file)
+                        let flushed = flushed_tables
+                            .flush()
                             .and_then(|()| journal::remove_before(&dir, generation));
                         if let Err(e) = flushed {
                             tracing::warn!(error = %e, "background sled flush failed; the journal is kept and will be replayed at the next start");
@@ -165,8 +164,7 @@ impl Flusher {
                 })?
         };
         Ok(Flusher {
-            db,
-            db_file,
+            tables,
             requests: Some(requests),
             busy,
             prepared,
@@ -183,7 +181,8 @@ impl Flusher {
         self.prepared.load(Ordering::Acquire).checked_sub(1)
     }
 
-    /// Has sled flushed, then the journal files before `generation` removed.
+    /// Has sled and the audit files flushed, then the journal files before `generation`
+    /// removed.
     fn flush_before(&self, generation: u64) {
         if let Some(requests) = &self.requests {
             self.busy.store(true, Ordering::Release);
@@ -201,9 +200,9 @@ impl Flusher {
         }
     }
 
-    /// Flushes sled and `fdatasync`s its file, on the calling thread.
-    fn flush_sled(&self) -> std::io::Result<()> {
-        super::flush_sled(&self.db, &self.db_file)
+    /// Makes the tables durable, on the calling thread.
+    fn flush_tables(&self) -> std::io::Result<()> {
+        self.tables.flush()
     }
 }
 
@@ -216,9 +215,11 @@ pub enum CommitFailure {
     /// The journal record was written but could not be synced.
     #[error("the commit journal could not be synced ({0}); restart the server to recover")]
     JournalSync(#[source] std::io::Error),
-    /// sled refused a write of a journaled group.
-    #[error("sled refused a journaled write ({0}); restart the server to replay the journal")]
-    SledApply(#[source] sled::Error),
+    /// sled or an audit file refused a write of a journaled group.
+    #[error(
+        "a journaled write could not be applied ({0}); restart the server to replay the journal"
+    )]
+    Apply(#[source] log::ApplyError),
 }
 
 /// What the writer assigns as it goes, saved at the start of a group so that a group whose
@@ -230,7 +231,7 @@ struct Assigned {
 }
 
 pub(super) struct Writer {
-    db: sled::Db,
+    tables: Arc<Tables>,
     group: Group,
     journal: Journal,
     flusher: Flusher,
@@ -251,7 +252,7 @@ pub(super) struct Writer {
 impl Writer {
     #[allow(clippy::too_many_arguments)] // each is a distinct piece of the writer's state
     pub(super) fn new(
-        db: sled::Db,
+        tables: Arc<Tables>,
         journal: Journal,
         flusher: Flusher,
         inboxes: Arc<Inboxes>,
@@ -261,7 +262,7 @@ impl Writer {
         failure: watch::Sender<Option<String>>,
     ) -> Writer {
         Writer {
-            db,
+            tables,
             group: Group::default(),
             journal,
             flusher,
@@ -324,7 +325,7 @@ impl Writer {
             // Everything is in sled: a clean stop leaves no journal to replay.
             if let Err(e) = self
                 .flusher
-                .flush_sled()
+                .flush_tables()
                 .and_then(|()| journal::remove_before(self.journal.dir(), u64::MAX))
             {
                 tracing::error!(error = %e, "final store flush failed; the journal will be replayed at the next start");
@@ -369,12 +370,8 @@ impl Writer {
         // durable journal record that a start after a crash replays in full; readers see it
         // only once the inbox watermarks and log size move, after the whole group.
         for (key, value) in group.writes {
-            let applied = match value {
-                Some(value) => self.db.insert(key, value).map(drop),
-                None => self.db.remove(key).map(drop),
-            };
-            if let Err(e) = applied {
-                return Err(self.fail(CommitFailure::SledApply(e)));
+            if let Err(e) = self.tables.apply(key, value) {
+                return Err(self.fail(CommitFailure::Apply(e)));
             }
         }
         if self.journal.wants_rotation(self.flusher.prepared()) && !self.flusher.busy() {
@@ -469,7 +466,7 @@ impl Writer {
         let idempotency_key = keys::idempotency(&record.sender, &client_message_id);
         let earlier = self
             .group
-            .get_record::<IdempotencyRecord>(&self.db, &idempotency_key)?;
+            .get_record::<IdempotencyRecord>(&self.tables.db, &idempotency_key)?;
         if let Some(original) = idempotent_answer(earlier, &request_sha256)? {
             return Ok(original);
         }
@@ -519,7 +516,10 @@ impl Writer {
         let mut erased = Vec::with_capacity(messages.len());
         for (message_id, event) in messages {
             let key = keys::message(&message_id);
-            let Some(record) = self.group.get_record::<MessageRecord>(&self.db, &key)? else {
+            let Some(record) = self
+                .group
+                .get_record::<MessageRecord>(&self.tables.db, &key)?
+            else {
                 continue;
             };
             for agency in &record.recipients {
@@ -545,12 +545,15 @@ impl Writer {
         event: LogEntry,
     ) -> Result<DeliveryRecord, StoreError> {
         let key = keys::delivery(message_id, agency);
-        let current = match self.group.get_record::<DeliveryRecord>(&self.db, &key)? {
+        let current = match self
+            .group
+            .get_record::<DeliveryRecord>(&self.tables.db, &key)?
+        {
             Some(current) => current,
             None => {
                 let message = self
                     .group
-                    .get_record::<MessageRecord>(&self.db, &keys::message(message_id))?
+                    .get_record::<MessageRecord>(&self.tables.db, &keys::message(message_id))?
                     .ok_or(StoreError::NotFound)?;
                 if !message.recipients.iter().any(|r| r == agency) {
                     return Err(StoreError::NotFound);
@@ -577,7 +580,9 @@ impl Writer {
         event: LogEntry,
     ) -> Result<AgencyRecord, StoreError> {
         let key = keys::agency(&record.agency_id);
-        let existing = self.group.get_record::<AgencyRecord>(&self.db, &key)?;
+        let existing = self
+            .group
+            .get_record::<AgencyRecord>(&self.tables.db, &key)?;
         match (mode, existing) {
             (PutMode::Create, Some(_)) => return Err(StoreError::AlreadyExists),
             (PutMode::Update, None) => return Err(StoreError::NotFound),
