@@ -124,7 +124,10 @@ impl SledStore {
         crate::private_files::create_dir(&db_dir)?;
         let db = sled::Config::new()
             .path(&db_dir)
-            .cache_capacity(128 * 1024 * 1024)
+            // sled's page cache. At a million stored messages a settled server holds 352 MiB
+            // with 32 MiB here and 469 MiB with 128 MiB (starting fills it: the metrics walk
+            // back through inboxes), at the same send rate (BENCHMARKS.md).
+            .cache_capacity(32 * 1024 * 1024)
             .flush_every_ms(None)
             .open()?;
         crate::private_files::restrict_tree(&db_dir)?;
