@@ -43,6 +43,11 @@ impl Class {
 /// The class of `c` if it is not allowed as such in a string a person reads, else `None`.
 /// Tab and line feed are controls too: [`check`] lets them through in [`Shape::Lines`].
 pub(crate) fn class_of(c: char) -> Option<Class> {
+    // Most text is printable ASCII: answered before the tables (this runs on every character
+    // of every message; it showed at ~3 % of the send path's CPU).
+    if matches!(c, ' '..='~') {
+        return None;
+    }
     if c.is_control() {
         return Some(Class::Control);
     }
