@@ -77,6 +77,10 @@ fn reports_the_durable_rate_against_the_bound_then_restart_memory_and_proofs() {
     assert!(number(&figures, "group commit size (mean)") >= 1.0);
     assert!(number(&figures, "bound rate (bare tonic echo)") > 0.0);
     assert!(number(&figures, "durable / bound") > 0.0);
+    // Process CPU is counted in 10 ms ticks: a run this short may round to nothing.
+    for cpu in ["CPU per message (process)", "bound CPU per echo (process)"] {
+        assert!(number(&figures, cpu) >= 0.0, "{cpu}");
+    }
     assert!(figures.contains_key("summary"));
 
     assert!(number(&figures, "restart with 300 stored") > 0.0);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
 
@@ -52,6 +52,28 @@ pub(super) fn memory() -> Option<Memory> {
         vm_rss_kib: kib("VmRSS:")?,
         vm_hwm_kib: kib("VmHWM:")?,
     })
+}
+
+/// CPU time (user and system) this process has used so far, all threads (Linux only).
+pub(super) fn process_cpu() -> Option<Duration> {
+    // `/proc/<pid>/stat` counts in USER_HZ, which Linux fixes at 100 for this interface.
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces): state is field 3,
+    // utime field 14, stime field 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+/// Microseconds of process CPU per message between two readings of [`process_cpu`].
+pub(super) fn cpu_per_message(
+    before: Option<Duration>,
+    after: Option<Duration>,
+    messages: u64,
+) -> Option<f64> {
+    let used = after?.checked_sub(before?)?;
+    (messages > 0).then(|| used.as_secs_f64() * 1e6 / messages as f64)
 }
 
 /// Times `count` inclusion proofs of random leaves and `count` consistency proofs between random

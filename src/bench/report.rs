@@ -59,6 +59,8 @@ pub(crate) struct Bound {
     pub rtt_p50_ms: f64,
     /// 99th percentile round trip.
     pub rtt_p99_ms: f64,
+    /// CPU time of the whole process (echo server and clients) per echo, in µs (Linux only).
+    pub cpu_us_per_message: Option<f64>,
 }
 
 /// The measured run: durable sends in closed loops, read and acknowledged by the readers.
@@ -80,6 +82,9 @@ pub(crate) struct Durable {
     /// Time to make one group durable: its journal write and `fdatasync`, with sled applying it
     /// meanwhile.
     pub mean_flush_ms: f64,
+    /// CPU time of the whole process (server, senders and readers) per message, in µs (Linux
+    /// only). Less the bound's figure, it is what the exchange costs beyond a bare gRPC call.
+    pub cpu_us_per_message: Option<f64>,
 }
 
 /// The restart of the server after the measured run.
@@ -197,6 +202,9 @@ impl fmt::Display for Report {
                 "group commit flush (mean)",
                 format!("{:.2} ms", durable.mean_flush_ms),
             )?;
+            if let Some(cpu) = durable.cpu_us_per_message {
+                line("CPU per message (process)", format!("{cpu:.0} µs"))?;
+            }
         }
         if let Some(bound) = &self.bound {
             line(
@@ -208,6 +216,9 @@ impl fmt::Display for Report {
             )?;
             line("bound RTT p50", format!("{:.2} ms", bound.rtt_p50_ms))?;
             line("bound RTT p99", format!("{:.2} ms", bound.rtt_p99_ms))?;
+            if let Some(cpu) = bound.cpu_us_per_message {
+                line("bound CPU per echo (process)", format!("{cpu:.0} µs"))?;
+            }
         }
         if let Some(ratio) = self.durable_to_bound {
             line("durable / bound", format!("{ratio:.3}"))?;

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::after::open_data_keys;
+use super::after::{cpu_per_message, open_data_keys, process_cpu};
 use super::report::{Bound, Durable, Percentiles, Preload};
 use super::servers::{join_all, Budget, Running, Service};
 use super::setup::{Cast, Pki};
@@ -48,6 +48,7 @@ pub(super) async fn measure_bound(
     }
     let payload = vec![b'x'; options.size];
     let budget = Budget::new(options.messages, options.duration);
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for mut client in clients {
@@ -69,6 +70,7 @@ pub(super) async fn measure_bound(
     }
     let mut rtts: Vec<Duration> = join_all(tasks).await?.into_iter().flatten().collect();
     let elapsed = started.elapsed();
+    let cpu_after = process_cpu();
     server.stop().await?;
     let rtt = Percentiles::of(&mut rtts);
     Ok(Bound {
@@ -77,6 +79,7 @@ pub(super) async fn measure_bound(
         per_second: rtts.len() as f64 / elapsed.as_secs_f64(),
         rtt_p50_ms: rtt.p50_ms,
         rtt_p99_ms: rtt.p99_ms,
+        cpu_us_per_message: cpu_per_message(cpu_before, cpu_after, rtts.len() as u64),
     })
 }
 
@@ -278,6 +281,7 @@ pub(super) async fn measure_durable(
     let recipients = cast.recipients();
     let before = commit_stats();
     let budget = Budget::new(options.messages, options.duration);
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for client in senders {
@@ -302,6 +306,7 @@ pub(super) async fn measure_durable(
         reader.send_replace(Some(*count));
     }
     let mut deliveries: Vec<Duration> = join_all(readers).await?.into_iter().flatten().collect();
+    let cpu_after = process_cpu();
     let stats = commit_stats().since(before);
 
     let messages = send_to_ack.len() as u64;
@@ -313,6 +318,7 @@ pub(super) async fn measure_durable(
         send_to_delivery: (!cast.readers.is_empty()).then(|| Percentiles::of(&mut deliveries)),
         mean_group_commit: stats.mean_group_size(),
         mean_flush_ms: stats.mean_flush_micros() / 1e3,
+        cpu_us_per_message: cpu_per_message(cpu_before, cpu_after, messages),
     })
 }
 
