@@ -44,8 +44,9 @@ pub struct MessageRecord {
     /// Serial (hex) of the certificate the message was sent with.
     #[prost(string, tag = "13")]
     pub sender_serial: String,
-    /// The body, sealed (see `store::sealing`), when small enough to keep inline; empty when
-    /// `body_external`. Callers hand the store the plain body; `Store::body` opens it.
+    /// The body, sealed (see `store::sealing`), when small enough to keep inline and not in the
+    /// embedded backend's bodies file (`body_file_len`); empty when `body_external`. Callers hand
+    /// the store the plain body; `Store::body` opens it.
     #[prost(bytes = "vec", tag = "14")]
     pub body: Vec<u8>,
     /// The sealed body lives in the object directory under the message id.
@@ -103,6 +104,13 @@ pub struct MessageRecord {
     /// Nonce `sealed_fields` was sealed with.
     #[prost(bytes = "vec", tag = "32")]
     pub sealed_fields_nonce: Vec<u8>,
+    /// Where the sealed body starts in the embedded backend's bodies file.
+    #[prost(uint64, tag = "33")]
+    pub body_offset: u64,
+    /// Length of the sealed body in the bodies file; 0 when it is not there (a sealed body is
+    /// never empty: it carries its tag).
+    #[prost(uint64, tag = "34")]
+    pub body_file_len: u64,
 }
 
 /// The free-text fields of a message, sealed at rest beside its body.

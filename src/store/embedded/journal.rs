@@ -355,6 +355,7 @@ mod tests {
             db,
             db_file: File::open(dir.join("store").join("db")).expect("db file"),
             audit: super::super::AuditFiles::open(&dir.join("audit")).expect("audit files"),
+            bodies: super::super::Bodies::open(&dir.join("bodies")).expect("bodies file"),
         }
     }
 

@@ -271,16 +271,20 @@ impl SledStore {
     /// `NotFound` when the message was erased (retention) after `record` was read; the body
     /// file cannot be read; the key is not in the keyring; the sealed body was altered.
     pub(super) fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+        let erased = || -> Result<bool, StoreError> {
+            Ok(self.db.get(keys::message(&record.message_id))?.is_none())
+        };
         let ciphertext = if record.body_external {
             match self.objects.get(&record.message_id) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        && self.db.get(keys::message(&record.message_id))?.is_none() =>
-                {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && erased()? => {
                     return Err(StoreError::NotFound)
                 }
                 read => read?,
             }
+        } else if record.body_file_len > 0 {
+            self.tables
+                .bodies
+                .read(record.body_offset, record.body_file_len)?
         } else {
             record.body.clone()
         };
@@ -289,9 +293,11 @@ impl SledStore {
             nonce: record.body_nonce.clone(),
             ciphertext,
         };
-        Ok(self
-            .data_keys
-            .open(&record.message_id, Part::Body, sealed)?)
+        match self.data_keys.open(&record.message_id, Part::Body, sealed) {
+            // An erasure overwrote it with zeros after `record` was read.
+            Err(_) if record.body_file_len > 0 && erased()? => Err(StoreError::NotFound),
+            opened => Ok(opened?),
+        }
     }
 
     /// The delivery record of each recipient of `message` (as [`Store::message`] read it),

@@ -17,6 +17,7 @@
 //! `journal`, `objects` (large bodies), `keys` (the key layout), `stats` (commit metrics).
 
 mod audit_files;
+mod bodies;
 mod journal;
 mod keys;
 mod log;
@@ -35,6 +36,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use audit_files::AuditFiles;
+use bodies::Bodies;
 pub use journal::decode_groups as decode_journal_groups;
 use journal::Journal;
 use log::LogState;
@@ -136,6 +138,7 @@ impl SledStore {
             // Kept for `Tables::flush`, which fdatasyncs it after each sled flush.
             db_file: File::open(db_dir.join("db"))?,
             audit: AuditFiles::open(&data_dir.join("audit"))?,
+            bodies: Bodies::open(&data_dir.join("bodies"))?,
         });
         let journal_dir = data_dir.join("journal");
         let (journal, replayed) = Journal::recover(&journal_dir, &tables)?;
@@ -180,7 +183,7 @@ impl SledStore {
             log,
             Arc::clone(&durable_log_size),
             failed,
-        );
+        )?;
         let handle = std::thread::Builder::new()
             .name("puente-store-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -513,25 +516,33 @@ impl Store for SledStore {
     }
 }
 
-/// Where the writes of durable groups are applied: sled, and the audit log's own files.
+/// Where the writes of durable groups are applied: sled, the audit log's own files and the
+/// bodies file.
 pub(super) struct Tables {
     db: sled::Db,
     db_file: File,
     audit: AuditFiles,
+    bodies: Bodies,
 }
 
 impl Tables {
-    /// Applies one write of a durable group (see [`log::apply_write`]).
+    /// Applies one write of a durable group: a body to the bodies file, leaves and hashes to the
+    /// audit files (see [`log::apply_write`]), every other key to sled. Writing the same group
+    /// twice (a replay) leaves the same result.
     fn apply(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), log::ApplyError> {
+        if let (Some(offset), Some(body)) = (bodies::offset_of(&key), &value) {
+            return Ok(self.bodies.write(offset, body)?);
+        }
         log::apply_write(&self.db, &self.audit, key, value)
     }
 
     /// Makes everything applied durable: sled's flush (which only `sync_file_range`s), an
-    /// `fdatasync` of its database file, and of the audit files.
+    /// `fdatasync` of its database file, of the audit files and of the bodies file.
     fn flush(&self) -> std::io::Result<()> {
         self.db.flush()?;
         self.db_file.sync_data()?;
-        self.audit.sync()
+        self.audit.sync()?;
+        self.bodies.sync()
     }
 }
 

@@ -255,6 +255,8 @@ async fn erased_messages_leave_only_their_audit_entries_and_inbox_slots() {
     // A reader that read m-1's record just before the erasure.
     let read_before = store.message("m-1").expect("read").expect("stored");
     assert!(read_before.body_external);
+    let small_before = store.message("m-0").expect("read").expect("stored");
+    assert!(small_before.body_file_len > 0 && small_before.body.is_empty());
     let size = store.audit_size();
     let erase = |id: &str| {
         let mut event = crate::audit::event(AuditAction::MessageErased, None);
@@ -282,6 +284,16 @@ async fn erased_messages_leave_only_their_audit_entries_and_inbox_slots() {
     assert!(
         matches!(store.body(&read_before), Err(StoreError::NotFound)),
         "a body read racing its message's erasure is NotFound, not an I/O failure"
+    );
+    assert!(matches!(
+        store.body(&small_before),
+        Err(StoreError::NotFound)
+    ));
+    let (offset, len) = (small_before.body_offset, small_before.body_file_len);
+    assert_eq!(
+        store.tables.bodies.read(offset, len).expect("read"),
+        vec![0u8; usize::try_from(len).expect("length")],
+        "an erased body is overwritten with zeros in the bodies file"
     );
     assert!(store
         .accepted_before(5, now_micros() - 5_000_000, None, 10)

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::bodies;
 use super::journal::{self, Journal};
 use super::log::{self, LogState};
 use super::{
@@ -228,6 +229,7 @@ pub enum CommitFailure {
 struct Assigned {
     sequences: HashMap<String, u64>,
     log: LogState,
+    bodies_end: u64,
 }
 
 pub(super) struct Writer {
@@ -245,6 +247,8 @@ pub(super) struct Writer {
     /// Last assigned inbox sequence per agency (assigned, maybe not yet durable).
     sequences: HashMap<String, u64>,
     log: LogState,
+    /// Where the next body goes in the bodies file (assigned, maybe not yet durable).
+    bodies_end: u64,
     /// The audit log size that is on stable storage, for readers.
     durable_log_size: Arc<AtomicU64>,
 }
@@ -260,8 +264,9 @@ impl Writer {
         log: LogState,
         durable_log_size: Arc<AtomicU64>,
         failure: watch::Sender<Option<String>>,
-    ) -> Writer {
-        Writer {
+    ) -> std::io::Result<Writer> {
+        Ok(Writer {
+            bodies_end: tables.bodies.end()?,
             tables,
             group: Group::default(),
             journal,
@@ -272,7 +277,7 @@ impl Writer {
             sequences,
             log,
             durable_log_size,
-        }
+        })
     }
 
     pub(super) fn run(mut self, mut queue: mpsc::Receiver<Op>) {
@@ -286,6 +291,7 @@ impl Writer {
             let saved = Assigned {
                 sequences: self.sequences.clone(),
                 log: self.log.clone(),
+                bodies_end: self.bodies_end,
             };
             let mut next = Some(first);
             while let Some(op) = next.take() {
@@ -303,6 +309,7 @@ impl Writer {
             if durable.is_err() {
                 self.sequences = saved.sequences;
                 self.log = saved.log;
+                self.bodies_end = saved.bodies_end;
                 advanced.clear();
             }
             super::stats::record_group(pending.len(), flush_started.elapsed().as_nanos() as u64);
@@ -458,7 +465,7 @@ impl Writer {
         advanced: &mut HashMap<String, u64>,
     ) -> Result<Accepted, StoreError> {
         let NewMessage {
-            record,
+            mut record,
             client_message_id,
             request_sha256,
             links,
@@ -471,6 +478,14 @@ impl Writer {
             return Ok(original);
         }
         event.set_time(record.created_at_micros);
+        if !record.body_external {
+            // The sealed body goes to the bodies file; the record keeps where.
+            let body = std::mem::take(&mut record.body);
+            record.body_offset = self.bodies_end;
+            record.body_file_len = body.len() as u64;
+            self.bodies_end += record.body_file_len;
+            self.group.insert(bodies::key(record.body_offset), body);
+        }
         let audit_index = self.append_audit(vec![event])[0];
         for agency in &record.recipients {
             let sequence = self.sequences.entry(agency.clone()).or_default();
@@ -531,6 +546,10 @@ impl Writer {
                 &message_id,
             ));
             self.group.remove(key);
+            if record.body_file_len > 0 {
+                let zeros = vec![0u8; usize::try_from(record.body_file_len).unwrap_or_default()];
+                self.group.insert(bodies::key(record.body_offset), zeros);
+            }
             self.append_audit(vec![event]);
             erased.push(record);
         }
