@@ -6,7 +6,9 @@
 # AMQP listener, no management plugin, its own epmd, node name, data and log directories in a
 # temporary directory), declares a durable quorum queue and drives it with amqp-peer
 # (benches/peers/, lapin over rustls) with publisher confirms and 1 KiB persistent messages:
-# 1 publisher, 32 publishers, 32 publishers + 1 consumer acknowledging every message. It then
+# 1 publisher, 32 publishers, 32 publishers + 1 consumer acknowledging every message, and 32
+# publishers + 32 consumers on the same queue (as many connections as Puente's 32 readers; each
+# message still goes to one consumer, as each goes to one Puente reader). It then
 # stops the broker (so that an idle Erlang VM does not share the 2 cores with Puente's runs) and
 # runs `puente bench --readers 0`, `puente bench --senders 1 --readers 0 --messages 3000
 # --proofs 0` and `puente bench` (32 senders / 32 readers), and prints one table. Everything it
@@ -83,10 +85,11 @@ BEAM_PID=""
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
-# Runs a rabbitmq CLI tool against our node (its cookie is in $TMP, its epmd on EPMD_PORT).
+# Runs a rabbitmq CLI tool against our node (its cookie is in $TMP, its epmd on EPMD_PORT),
+# for at most SECONDS: ctl SECONDS TOOL ARGS...
 ctl() {
-    local tool=$1; shift
-    env HOME="$TMP" ERL_EPMD_PORT="$EPMD_PORT" RABBITMQ_CONF_ENV_FILE="$TMP/rabbitmq-env.conf" \
+    local seconds=$1 tool=$2; shift 2
+    timeout --kill-after=5 "$seconds" env HOME="$TMP" ERL_EPMD_PORT="$EPMD_PORT" RABBITMQ_CONF_ENV_FILE="$TMP/rabbitmq-env.conf" \
         RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
         "$RABBIT_BIN/$tool" -n "$NODE" "$@"
 }
@@ -100,7 +103,7 @@ wait_gone() { # PID SECONDS
 stop_broker() {
     if alive "$BEAM_PID" || alive "$WRAPPER_PID"; then
         say "stopping RabbitMQ (node $NODE, pids $WRAPPER_PID $BEAM_PID)"
-        timeout 60 ctl rabbitmqctl -q stop >/dev/null 2>&1 || true
+        ctl 60 rabbitmqctl -q stop >/dev/null 2>&1 || true
         wait_gone "$BEAM_PID" 30 || true
         if alive "$WRAPPER_PID"; then kill -TERM "$WRAPPER_PID" 2>/dev/null || true; wait_gone "$WRAPPER_PID" 30 || true; fi
         for pid in $BEAM_PID $WRAPPER_PID; do
@@ -207,7 +210,7 @@ ready=0
 for ((i = 0; i < 120; i++)); do
     alive "$WRAPPER_PID" || { cat "$TMP/log/startup.out" >&2; die "rabbitmq-server exited during startup"; }
     [ -n "$BEAM_PID" ] || BEAM_PID=$(pgrep -P "$WRAPPER_PID" | head -n1 || true)
-    if timeout 30 ctl rabbitmqctl -q await_startup --timeout 20 >/dev/null 2>&1; then ready=1; break; fi
+    if ctl 30 rabbitmqctl -q await_startup --timeout 20 >/dev/null 2>&1; then ready=1; break; fi
     sleep 1
 done
 [ "$ready" = 1 ] || die "RabbitMQ did not start within the time allowed"
@@ -215,8 +218,8 @@ done
 if [ -n "$BEAM_PID" ] && ! tr '\0' ' ' < "/proc/$BEAM_PID/cmdline" | grep -qF "$TMP"; then
     die "pid $BEAM_PID does not look like our node (no $TMP in its command line)"
 fi
-RABBIT_VERSION=$(timeout 30 ctl rabbitmqctl -q eval 'rabbit_misc:version().' 2>/dev/null | tr -d '"' || echo '?')
-ERLANG_VERSION=$(timeout 30 ctl rabbitmqctl -q eval 'rabbit_misc:otp_release().' 2>/dev/null | tr -d '"' || echo '?')
+RABBIT_VERSION=$(ctl 30 rabbitmqctl -q eval 'rabbit_misc:version().' 2>/dev/null | tr -d '"' || echo '?')
+ERLANG_VERSION=$(ctl 30 rabbitmqctl -q eval 'rabbit_misc:otp_release().' 2>/dev/null | tr -d '"' || echo '?')
 say "RabbitMQ $RABBIT_VERSION (Erlang/OTP $ERLANG_VERSION) ready: wrapper $WRAPPER_PID, VM $BEAM_PID, epmd $EPMD_PID"
 if command -v ss >/dev/null; then
     ss -ltnpH 2>/dev/null | grep -E "pid=($BEAM_PID|$EPMD_PID)," | awk '{print "peers: listening " $4}' >&2 || true
@@ -242,6 +245,7 @@ peer=("$PEER" run --uri "$URI" --ca "$TMP/certs/ca.pem" --cert "$TMP/certs/clien
 step rabbit-1 "${peer[@]}" --publishers 1 --messages "$SINGLE"
 step rabbit-32 "${peer[@]}" --publishers 32 --messages "$MESSAGES"
 step rabbit-32c "${peer[@]}" --publishers 32 --consumers 1 --messages "$MESSAGES"
+step rabbit-32c32 "${peer[@]}" --publishers 32 --consumers 32 --messages "$MESSAGES"
 
 stop_broker
 
@@ -257,6 +261,7 @@ echo
     "RabbitMQ quorum, 1 publisher=$TMP/reports/rabbit-1.json" \
     "RabbitMQ quorum, 32 publishers=$TMP/reports/rabbit-32.json" \
     "RabbitMQ quorum, 32 publishers + 1 consumer=$TMP/reports/rabbit-32c.json" \
+    "RabbitMQ quorum, 32 publishers + 32 consumers=$TMP/reports/rabbit-32c32.json" \
     "Puente, 1 sender=$TMP/reports/puente-1.json" \
     "Puente, 32 senders=$TMP/reports/puente-32.json" \
     "Puente, 32 senders / 32 readers=$TMP/reports/puente-3232.json"

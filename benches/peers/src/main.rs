@@ -491,30 +491,33 @@ fn table_command(args: &[String]) -> Result<()> {
         None => first,
     };
     let (reference_label, reference_rate) = (reference.label.clone(), reference.per_second);
-    let width = rows.iter().map(|row| row.label.len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|row| row.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let ms = |value: f64| format!("{value:.2} ms");
     println!(
-        "| {:width$} | {:>8} | {:>7} | {:>7} | {:>12} | {:>8} | note",
+        "| {:width$} | {:>8} | {:>9} | {:>9} | {:>12} | {:>9} | note |",
         "", "msg/s", "ack p50", "ack p99", "delivery p99", "ratio",
     );
     println!(
-        "|{}|{}|{}|{}|{}|{}|---",
+        "|{}|{}:|{}:|{}:|{}:|{}:|---|",
         "-".repeat(width + 2),
+        "-".repeat(9),
         "-".repeat(10),
-        "-".repeat(9),
-        "-".repeat(9),
-        "-".repeat(14),
+        "-".repeat(10),
+        "-".repeat(13),
         "-".repeat(10)
     );
     for row in &rows {
-        let delivery = row
-            .delivery_p99
-            .map_or_else(|| "—".to_string(), |p99| format!("{p99:.2} ms"));
+        let delivery = row.delivery_p99.map_or_else(|| "—".to_string(), ms);
         println!(
-            "| {:width$} | {:>8.0} | {:>7} | {:>7} | {:>12} | {:>8.2} | {}",
+            "| {:width$} | {:>8.0} | {:>9} | {:>9} | {:>12} | {:>9.2} | {} |",
             row.label,
             row.per_second,
-            format!("{:.2} ms", row.ack_p50),
-            format!("{:.2} ms", row.ack_p99),
+            ms(row.ack_p50),
+            ms(row.ack_p99),
             delivery,
             row.per_second / reference_rate,
             row.note,
