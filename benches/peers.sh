@@ -205,19 +205,26 @@ env HOME="$TMP" \
     "$RABBIT_BIN/rabbitmq-server" >"$TMP/log/startup.out" 2>&1 &
 WRAPPER_PID=$!
 
-# Ready when `await_startup` answers; the VM is the wrapper script's child.
+# The VM: the wrapper script's child whose command line names our temporary directory (while
+# the script sets up, its other children come and go).
+find_beam() {
+    local pid
+    for pid in $(pgrep -P "$WRAPPER_PID" || true); do
+        if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$TMP"; then echo "$pid"; return; fi
+    done
+}
+
+# Ready when `await_startup` answers.
 ready=0
 for ((i = 0; i < 120; i++)); do
     alive "$WRAPPER_PID" || { cat "$TMP/log/startup.out" >&2; die "rabbitmq-server exited during startup"; }
-    [ -n "$BEAM_PID" ] || BEAM_PID=$(pgrep -P "$WRAPPER_PID" | head -n1 || true)
+    [ -n "$BEAM_PID" ] || BEAM_PID=$(find_beam)
     if ctl 30 rabbitmqctl -q await_startup --timeout 20 >/dev/null 2>&1; then ready=1; break; fi
     sleep 1
 done
+[ -n "$BEAM_PID" ] || BEAM_PID=$(find_beam)
 [ "$ready" = 1 ] || die "RabbitMQ did not start within the time allowed"
-[ -n "$BEAM_PID" ] || BEAM_PID=$(pgrep -P "$WRAPPER_PID" | head -n1 || true)
-if [ -n "$BEAM_PID" ] && ! tr '\0' ' ' < "/proc/$BEAM_PID/cmdline" | grep -qF "$TMP"; then
-    die "pid $BEAM_PID does not look like our node (no $TMP in its command line)"
-fi
+[ -n "$BEAM_PID" ] || die "cannot find our node's Erlang VM among the children of $WRAPPER_PID"
 RABBIT_VERSION=$(ctl 30 rabbitmqctl -q eval 'rabbit_misc:version().' 2>/dev/null | tr -d '"' || echo '?')
 ERLANG_VERSION=$(ctl 30 rabbitmqctl -q eval 'rabbit_misc:otp_release().' 2>/dev/null | tr -d '"' || echo '?')
 say "RabbitMQ $RABBIT_VERSION (Erlang/OTP $ERLANG_VERSION) ready: wrapper $WRAPPER_PID, VM $BEAM_PID, epmd $EPMD_PID"
@@ -257,11 +264,18 @@ echo
 echo "benches/peers.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)$([ "$QUICK" = 1 ] && echo ', --quick')"
 echo "RabbitMQ $RABBIT_VERSION (Erlang/OTP $ERLANG_VERSION), quorum queue, mutual TLS, publisher confirms, ${MESSAGES} x 1 KiB persistent (1 publisher: $SINGLE); Puente $("$PUENTE" --version 2>/dev/null | awk '{print $2}') ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo
-"$PEER" table --reference "RabbitMQ quorum, 32 publishers" \
-    "RabbitMQ quorum, 1 publisher=$TMP/reports/rabbit-1.json" \
-    "RabbitMQ quorum, 32 publishers=$TMP/reports/rabbit-32.json" \
-    "RabbitMQ quorum, 32 publishers + 1 consumer=$TMP/reports/rabbit-32c.json" \
-    "RabbitMQ quorum, 32 publishers + 32 consumers=$TMP/reports/rabbit-32c32.json" \
-    "Puente, 1 sender=$TMP/reports/puente-1.json" \
-    "Puente, 32 senders=$TMP/reports/puente-32.json" \
-    "Puente, 32 senders / 32 readers=$TMP/reports/puente-3232.json"
+R1="RabbitMQ quorum, 1 publisher"
+R32="RabbitMQ quorum, 32 publishers"
+R32C="RabbitMQ quorum, 32 publishers + 1 consumer"
+R32C32="RabbitMQ quorum, 32 publishers + 32 consumers"
+P1="Puente, 1 sender"
+P32="Puente, 32 senders"
+P3232="Puente, 32 senders / 32 readers"
+"$PEER" table --reference "$R32" --pair "$P1=$R1" --pair "$P32=$R32" --pair "$P3232=$R32C32" \
+    "$R1=$TMP/reports/rabbit-1.json" \
+    "$R32=$TMP/reports/rabbit-32.json" \
+    "$R32C=$TMP/reports/rabbit-32c.json" \
+    "$R32C32=$TMP/reports/rabbit-32c32.json" \
+    "$P1=$TMP/reports/puente-1.json" \
+    "$P32=$TMP/reports/puente-32.json" \
+    "$P3232=$TMP/reports/puente-3232.json"

@@ -43,9 +43,10 @@ usage:
       --prefetch N       default 256 (each consumer's basic.qos)
       --timeout SECS     default 300: the whole run, connections included
       --json             one JSON object instead of text
-  amqp-peer table [--reference LABEL] LABEL=REPORT.json...
-      One table from `amqp-peer run --json` and `puente bench --json` reports; the last
+  amqp-peer table [--reference LABEL] [--pair LABEL=OTHER]... LABEL=REPORT.json...
+      One table from `amqp-peer run --json` and `puente bench --json` reports; the ratio
       column is each row's rate over the reference row's (default: the first row).
+      --pair LABEL=OTHER  also say LABEL's rate over OTHER's in LABEL's note (like for like)
 ";
 
 fn main() -> ExitCode {
@@ -432,14 +433,25 @@ fn row(label: &str, report: &Value) -> Result<Row> {
     };
     if let Some(durable) = report.get("durable").filter(|d| !d.is_null()) {
         // `puente bench --json`
-        let note = match (report.get("bound"), report.get("durable_to_bound")) {
-            (Some(bound), Some(ratio)) if !bound.is_null() && !ratio.is_null() => format!(
-                "{:.3} of its in-run bound ({:.0} msg/s)",
-                number(ratio)?,
-                number(&bound["per_second"])?
-            ),
-            _ => String::new(),
-        };
+        let mut notes = Vec::new();
+        if let (Some(bound), Some(ratio)) = (report.get("bound"), report.get("durable_to_bound")) {
+            if !bound.is_null() && !ratio.is_null() {
+                notes.push(format!(
+                    "{:.3} of its in-run bound ({:.0} msg/s)",
+                    number(ratio)?,
+                    number(&bound["per_second"])?
+                ));
+                let fdatasync = report["fdatasync"]["p50_ms"].as_f64();
+                if let (1, Some(fdatasync)) = (report["senders"].as_u64().unwrap_or(0), fdatasync) {
+                    let target = 2.0 * number(&bound["rtt_p50_ms"])? + fdatasync;
+                    notes.push(format!(
+                        "p50 = {:.2} × (2 × RTT + fdatasync = {target:.3} ms)",
+                        number(&durable["send_to_ack"]["p50_ms"])? / target
+                    ));
+                }
+            }
+        }
+        let note = notes.join("; ");
         Ok(Row {
             label: label.into(),
             per_second: number(&durable["per_second"])?,
@@ -464,11 +476,20 @@ fn row(label: &str, report: &Value) -> Result<Row> {
 
 fn table_command(args: &[String]) -> Result<()> {
     let mut reference = None;
+    let mut pairs: Vec<(String, String)> = Vec::new();
     let mut rows = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         if arg == "--reference" {
             reference = Some(args.next().ok_or("--reference needs a label")?.clone());
+            continue;
+        }
+        if arg == "--pair" {
+            let pair = args.next().ok_or("--pair needs LABEL=LABEL")?;
+            let (row, other) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::from(format!("expected --pair LABEL=LABEL, not {pair}")))?;
+            pairs.push((row.to_string(), other.to_string()));
             continue;
         }
         let (label, path) = arg
@@ -491,6 +512,29 @@ fn table_command(args: &[String]) -> Result<()> {
         None => first,
     };
     let (reference_label, reference_rate) = (reference.label.clone(), reference.per_second);
+    // Like for like: a row's rate over another's, said in its note.
+    let mut liked = Vec::new();
+    for (label, other) in &pairs {
+        let rate = |wanted: &str| {
+            rows.iter()
+                .find(|row| row.label == wanted)
+                .map(|row| row.per_second)
+                .ok_or_else(|| Error::from(format!("--pair: no row labelled {wanted}")))
+        };
+        liked.push((
+            label.clone(),
+            format!("{:.2} × \"{other}\"", rate(label)? / rate(other)?),
+        ));
+    }
+    for (label, note) in liked {
+        if let Some(row) = rows.iter_mut().find(|row| row.label == label) {
+            row.note = if row.note.is_empty() {
+                note
+            } else {
+                format!("{note}; {}", row.note)
+            };
+        }
+    }
     let width = rows
         .iter()
         .map(|row| row.label.chars().count())
