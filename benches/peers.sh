@@ -232,6 +232,15 @@ if command -v ss >/dev/null; then
     ss -ltnpH 2>/dev/null | grep -E "pid=($BEAM_PID|$EPMD_PID)," | awk '{print "peers: listening " $4}' >&2 || true
 fi
 
+# Mutual TLS for real: a client without a certificate must be turned away in the handshake.
+refusal=$( (printf 'AMQP\0\0\011\001'; sleep 2) | timeout 10 openssl s_client -quiet -connect "127.0.0.1:$AMQPS_PORT" \
+    -CAfile "$TMP/certs/ca.pem" 2>&1 || true)
+if grep -q "certificate required" <<<"$refusal"; then
+    say "a client without a certificate is refused (TLS alert: certificate required)"
+else
+    die "the node did not refuse a client without a certificate: $refusal"
+fi
+
 settle() { sync; sleep "$SETTLE"; }
 
 # Runs one measured step, bounded; its JSON report goes to reports/NAME.json.
