@@ -4,15 +4,16 @@
 # Installs Debian's rabbitmq-server if it is missing, starts a throwaway node of it on 127.0.0.1
 # only (AMQPS with mutual TLS, EXTERNAL authentication by the client certificate's CN, no plain
 # AMQP listener, no management plugin, its own epmd, node name, data and log directories in a
-# temporary directory), declares a durable quorum queue and drives it with amqp-peer
-# (benches/peers/, lapin over rustls) with publisher confirms and 1 KiB persistent messages:
-# 1 publisher, 32 publishers, 32 publishers + 1 consumer acknowledging every message, and 32
-# publishers + 32 consumers on the same queue (as many connections as Puente's 32 readers; each
-# message still goes to one consumer, as each goes to one Puente reader). It then
-# stops the broker (so that an idle Erlang VM does not share the 2 cores with Puente's runs) and
-# runs `puente bench --readers 0`, `puente bench --senders 1 --readers 0 --messages 3000
-# --proofs 0` and `puente bench` (32 senders / 32 readers), and prints one table. Everything it
-# started is stopped by its PID (trap on EXIT) and the temporary directory removed.
+# temporary directory), checks that a client without a certificate is refused, declares a
+# durable quorum queue and drives it with amqp-peer (benches/peers/, lapin over rustls) with
+# publisher confirms and 1 KiB persistent messages: 1 publisher, 32 publishers, 32 publishers
+# + 1 consumer acknowledging every message, and 32 publishers + 32 consumers on the same queue
+# (as many connections as Puente's 32 readers; each message still goes to one consumer, as each
+# goes to one Puente reader). It then stops the broker (so that an idle Erlang VM does not share
+# the 2 cores with Puente's runs), runs `puente bench --readers 0`, `puente bench --senders 1
+# --readers 0 --messages 3000 --proofs 0` and `puente bench` (32 senders / 32 readers), and
+# prints one table. Everything it started is stopped by its PID (trap on EXIT) and the
+# temporary directory removed.
 #
 #   bash benches/peers.sh            # the full run (about 10 minutes with the builds done)
 #   bash benches/peers.sh --quick    # smaller counts: a smoke run
@@ -27,7 +28,7 @@ QUICK=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "peers.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
