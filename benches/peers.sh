@@ -244,10 +244,13 @@ fi
 
 settle() { sync; sleep "$SETTLE"; }
 
-# Runs one measured step, bounded; its JSON report goes to reports/NAME.json.
+# Runs one measured step, bounded; its JSON report goes to reports/NAME.json. The 1-minute
+# load average as each step starts is kept for the table's footer (other work on the machine).
+LOADS=()
 step() {
     local name=$1; shift
     settle
+    LOADS+=("$name $(cut -d' ' -f1 /proc/loadavg)")
     say "$name: $*"
     if ! timeout --kill-after=10 "$STEP_TIMEOUT" "$@" > "$TMP/reports/$name.json" 2> "$TMP/reports/$name.err"; then
         tail -n 20 "$TMP/reports/$name.err" >&2
@@ -289,3 +292,4 @@ P3232="Puente, 32 senders / 32 readers"
     "$P1=$TMP/reports/puente-1.json" \
     "$P32=$TMP/reports/puente-32.json" \
     "$P3232=$TMP/reports/puente-3232.json"
+echo "load average (1 min) as each step started: $(IFS=,; echo "${LOADS[*]}" | sed 's/,/, /g')"
