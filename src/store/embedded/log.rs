@@ -12,7 +12,7 @@ use prost::Message as _;
 use super::audit_files::AuditFiles;
 use super::keys::trailing_u64;
 use super::writer::Op;
-use super::SledStore;
+use super::{ApplyError, SledStore};
 use crate::audit::merkle::{self, Hash, HashReader, MerkleError};
 use crate::pb::v1::AuditEvent;
 use crate::store::{LogEntry, StoreError};
@@ -98,20 +98,6 @@ pub(super) fn apply_write(
         None => db.remove(key).map(drop)?,
     }
     Ok(())
-}
-
-/// Why a journaled write could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// sled refused it.
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    /// An audit file could not be written.
-    #[error("audit files: {0}")]
-    Io(#[from] std::io::Error),
-    /// A journal write meant for the audit files does not have their shape.
-    #[error("malformed {0} write in the journal")]
-    Malformed(&'static str),
 }
 
 /// Moves the leaves and stored hashes release 1 kept in sled (`l/`, `h/`) into the audit files,

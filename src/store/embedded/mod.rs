@@ -516,6 +516,20 @@ impl Store for SledStore {
     }
 }
 
+/// Why a journaled write could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// sled refused it.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// The bodies file or an audit file could not be written.
+    #[error("a file beside sled: {0}")]
+    Io(#[from] std::io::Error),
+    /// A journal write meant for the audit files does not have their shape.
+    #[error("malformed {0} write in the journal")]
+    Malformed(&'static str),
+}
+
 /// Where the writes of durable groups are applied: sled, the audit log's own files and the
 /// bodies file.
 pub(super) struct Tables {
@@ -529,7 +543,7 @@ impl Tables {
     /// Applies one write of a durable group: a body to the bodies file, leaves and hashes to the
     /// audit files (see [`log::apply_write`]), every other key to sled. Writing the same group
     /// twice (a replay) leaves the same result.
-    fn apply(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), log::ApplyError> {
+    fn apply(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), ApplyError> {
         if let (Some(offset), Some(body)) = (bodies::offset_of(&key), &value) {
             return Ok(self.bodies.write(offset, body)?);
         }

@@ -220,7 +220,7 @@ pub enum CommitFailure {
     #[error(
         "a journaled write could not be applied ({0}); restart the server to replay the journal"
     )]
-    Apply(#[source] log::ApplyError),
+    Apply(#[source] super::ApplyError),
 }
 
 /// What the writer assigns as it goes, saved at the start of a group so that a group whose
