@@ -17,6 +17,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::objects::open_positioned;
 use crate::audit::merkle::Hash;
 
 /// Bytes of one entry of `ends`.
@@ -35,22 +36,11 @@ pub(super) struct AuditFiles {
 impl AuditFiles {
     /// Opens (or creates, owner-only) the files in `dir`.
     pub(super) fn open(dir: &Path) -> io::Result<AuditFiles> {
-        crate::private_files::create_dir(dir)?;
-        let open = |name: &str| {
-            crate::private_files::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(dir.join(name))
-        };
-        let files = AuditFiles {
-            leaves: open("leaves")?,
-            ends: open("ends")?,
-            hashes: open("hashes")?,
-        };
-        super::objects::sync_dir(dir)?;
-        Ok(files)
+        Ok(AuditFiles {
+            leaves: open_positioned(dir, "leaves")?,
+            ends: open_positioned(dir, "ends")?,
+            hashes: open_positioned(dir, "hashes")?,
+        })
     }
 
     /// How many leaves the files hold completely (a torn last entry of `ends` does not count).
@@ -130,12 +120,14 @@ impl AuditFiles {
     /// The stored hash of the complete subtree `index` of `level` (1 and up), if written.
     pub(super) fn hash(&self, level: u8, index: u64) -> io::Result<Option<Hash>> {
         let mut hash = [0u8; 32];
-        let position = hash_position(level, index) * HASH_BYTES;
-        if position + HASH_BYTES > self.hashes.metadata()?.len() {
-            return Ok(None);
+        match self
+            .hashes
+            .read_exact_at(&mut hash, hash_position(level, index) * HASH_BYTES)
+        {
+            Ok(()) => Ok(Some(hash)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
         }
-        self.hashes.read_exact_at(&mut hash, position)?;
-        Ok(Some(hash))
     }
 
     /// Makes everything written so far durable.

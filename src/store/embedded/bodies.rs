@@ -36,15 +36,9 @@ pub(super) struct Bodies {
 impl Bodies {
     /// Opens (or creates, owner-only) the file in `dir`.
     pub(super) fn open(dir: &Path) -> io::Result<Bodies> {
-        crate::private_files::create_dir(dir)?;
-        let file = crate::private_files::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join("data"))?;
-        super::objects::sync_dir(dir)?;
-        Ok(Bodies { file })
+        Ok(Bodies {
+            file: super::objects::open_positioned(dir, "data")?,
+        })
     }
 
     /// Where the next body goes: the end of what is written.

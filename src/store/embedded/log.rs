@@ -87,10 +87,7 @@ pub(super) fn apply_write(
         return Ok(audit.write_leaf(index, start, leaf)?);
     }
     if let (Some(node), Some(value)) = (key.strip_prefix(keys::HASH_PREFIX), &value) {
-        let (&level, index) = node
-            .split_first()
-            .ok_or(ApplyError::Malformed("hash key"))?;
-        let index = trailing_u64(index).ok_or(ApplyError::Malformed("hash key"))?;
+        let (level, index) = hash_node(node).ok_or(ApplyError::Malformed("hash key"))?;
         return Ok(audit.write_hash(level, index, value)?);
     }
     match value {
@@ -98,6 +95,12 @@ pub(super) fn apply_write(
         None => db.remove(key).map(drop)?,
     }
     Ok(())
+}
+
+/// The level and index a hash key names after its `h/` prefix.
+fn hash_node(node: &[u8]) -> Option<(u8, u64)> {
+    let (&level, index) = node.split_first()?;
+    Some((level, trailing_u64(index)?))
 }
 
 /// Moves the leaves and stored hashes release 1 kept in sled (`l/`, `h/`) into the audit files,
@@ -125,8 +128,8 @@ pub(super) fn move_legacy_entries(db: &sled::Db, audit: &AuditFiles) -> Result<u
     }
     for item in db.scan_prefix(keys::HASH_PREFIX) {
         let (key, hash) = item?;
-        if let Some((&level, index)) = key[keys::HASH_PREFIX.len()..].split_first() {
-            audit.write_hash(level, trailing_u64(index).unwrap_or_default(), &hash)?;
+        if let Some((level, index)) = hash_node(&key[keys::HASH_PREFIX.len()..]) {
+            audit.write_hash(level, index, &hash)?;
         }
     }
     audit.sync()?;

@@ -95,3 +95,17 @@ impl Objects {
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// Opens `name` in `dir` (both created owner-only if missing) for reading and writing at
+/// offsets, keeping what it holds.
+pub(super) fn open_positioned(dir: &Path, name: &str) -> io::Result<File> {
+    crate::private_files::create_dir(dir)?;
+    let file = crate::private_files::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(name))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
